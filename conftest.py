@@ -1,0 +1,115 @@
+"""pytest wiring: `--target NAME[,NAME…]|all`, one artifacts directory per session, boot fixtures.
+
+Tests never branch on a target's name: a test that needs a capability is marked
+`@pytest.mark.requires("extended-regions")` and is deselected (not skipped) for targets without it.
+Each target's tests share one boot and stay on one xdist worker (`--dist loadgroup`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from harness import targets
+from harness.boot import BootSession
+from harness.errors import HarnessError
+from harness.monitor import BootFailure
+
+ROOT = Path(__file__).resolve().parent
+SESSION_ENV = "HARNESS_SESSION_ARTIFACTS"  # set by the controller so xdist workers share the directory
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "Xen on Arm boot harness")
+    group.addoption("--target", default=os.environ.get("HARNESS_TARGET", "qemu-virt"),
+                    help="target(s) from targets/, comma-separated, or 'all' (default: qemu-virt)")
+    group.addoption("--xen", type=Path, help="boot this Xen image instead of the pinned Debian one")
+    group.addoption("--kernel", type=Path, help="boot this dom0 kernel instead of the pinned Debian one")
+    group.addoption("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
+    group.addoption("--artifacts", type=Path, help="root of the session's artifacts (default: artifacts/)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(capability): run only on targets that have this capability")
+    try:
+        config.harness_targets = targets.expand(config.getoption("target"))
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if SESSION_ENV not in os.environ:  # the controller (or a run without xdist)
+        root = (config.getoption("artifacts") or ROOT / "artifacts").resolve()
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.environ[SESSION_ENV] = str(root / f"{stamp}-pytest-{os.getpid()}")
+    config.harness_artifacts = Path(os.environ[SESSION_ENV])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"harness targets: {', '.join(config.harness_targets)}",
+        f"harness artifacts: {config.harness_artifacts}",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.harness_artifacts.exists():
+        terminalreporter.write_line(f"harness artifacts (console logs, DTBs, result.json): {config.harness_artifacts}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target_name" in metafunc.fixturenames:
+        names = metafunc.config.harness_targets
+        metafunc.parametrize("target_name", names, ids=names, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        name = getattr(item, "callspec", None) and item.callspec.params.get("target_name")
+        if name is None:
+            keep.append(item)
+            continue
+        item.add_marker(pytest.mark.xdist_group(name))
+        spec = targets.load_spec(name)
+        needs = [m.args[0] for m in item.iter_markers("requires")]
+        (keep if all(spec.can(n) for n in needs) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def session_artifacts(pytestconfig: pytest.Config, record_testsuite_property) -> Path:
+    path = pytestconfig.harness_artifacts
+    path.mkdir(parents=True, exist_ok=True)
+    record_testsuite_property("harness_artifacts", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def overrides(pytestconfig: pytest.Config) -> dict[str, Path | None]:
+    return {name: pytestconfig.getoption(name) for name in ("xen", "kernel", "initrd")}
+
+
+@pytest.fixture(scope="session")
+def dom0(target_name: str, session_artifacts: Path, overrides) -> BootSession:
+    """The target booted to dom0's shell, probed and checked once for all the tests that ask.
+
+    A boot that crashes or hangs is recorded, not raised: test_boot reports it as a failure with its
+    evidence, and the other tests fail pointing at it. A lab failure (QEMU missing, download failed)
+    is raised, so pytest reports it as an error, not as a failure of the code under test.
+    """
+    session = BootSession(targets.load_spec(target_name), session_artifacts / target_name, overrides)
+    try:
+        session.boot()
+        session.check()
+    except BootFailure as exc:
+        if exc.infrastructure:
+            session.close()
+            pytest.fail(f"infrastructure error: {exc}", pytrace=False)
+    except HarnessError as exc:
+        session.close()
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    yield session
+    session.close()

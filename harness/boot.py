@@ -1,0 +1,241 @@
+"""One boot of one target, start to verdict: images → boot plan → labgrid → monitor → probes → checks.
+
+`BootSession` is what both `harness boot` and the pytest fixtures use, so a boot judged on the
+command line and in a test run is the same boot. One record, `BootResult`, travels the path and
+each stage adds to it; it is written as result.json beside the console log and the DTBs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import labgrid
+
+from . import checks, guest, xenlog
+from .bootdtb import Module, build_boot_dtb, layout, packed
+from .errors import HarnessError, UsageError
+from .findings import Finding, failures
+from .images import Artifact, Images
+from .initramfs import initramfs
+from .lab import qemu as _registers_drivers  # noqa: F401
+from .lab.strategy import Deadlines, Status
+from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict
+from .targets import TargetSpec
+
+log = logging.getLogger(__name__)
+
+TITLES = {m.key: m.title for m in MILESTONES} | {"shell": "shell prompt"}
+
+
+def milestone_title(key: str) -> str:
+    guest_name, _, name = key.rpartition(":")
+    title = TITLES.get(name, name)
+    return f"{guest_name} {title}" if guest_name else title
+
+
+@dataclass
+class BootResult:
+    target: str
+    artifacts: Path
+    started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    verdict: Verdict | None = None
+    images: dict[str, Artifact] = field(default_factory=dict)
+    milestones: dict[str, float] = field(default_factory=dict)  # key -> seconds since power-on
+    claims: xenlog.XenClaims | None = None
+    views: dict[str, guest.GuestView] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    failure: Failure | None = None
+    error: str = ""  # an infrastructure or usage problem, as one sentence
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def decide(self) -> Verdict:
+        if self.error:
+            self.verdict = Verdict.INFRASTRUCTURE
+        elif self.failure:
+            self.verdict = self.failure.verdict
+        else:
+            self.verdict = Verdict.FAILED if failures(self.findings) else Verdict.PASSED
+        return self.verdict
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "started": self.started,
+            "verdict": str(self.verdict) if self.verdict else None,
+            "artifacts": str(self.artifacts),
+            "images": {name: a.to_dict() for name, a in self.images.items()},
+            "milestones": self.milestones,
+            "xen": self.claims.to_dict() if self.claims else None,
+            "guests": {name: _view_summary(v) for name, v in self.views.items()},
+            "findings": [f.to_dict() for f in self.findings],
+            "failure": self.failure.to_dict() if self.failure else None,
+            "error": self.error,
+            "timings": self.timings,
+        }
+
+    def write(self) -> Path:
+        path = self.artifacts / "result.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _view_summary(view: guest.GuestView) -> dict:
+    irq = view.event_irq
+    return {
+        "kernel": view.uname,
+        "hypervisor_type": view.hypervisor_type,
+        "hypervisor_version": view.hypervisor_version,
+        "event_irq": None if irq is None else {
+            "irq": irq.irq, "hwirq": irq.hwirq, "chip": irq.chip, "type": irq.trigger,
+            "count": irq.total, "count_later": view.event_count_later,
+        },
+        "probe_seconds": view.seconds,
+    }
+
+
+class BootSession:
+    """Boot one target to its console guest's shell, probe it, check it; always clean up."""
+
+    def __init__(
+        self,
+        spec: TargetSpec,
+        artifacts: Path,
+        overrides: dict[str, Path | None] | None = None,
+        images: Images | None = None,
+        on_milestone: Callable[[str, Line], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.artifacts = artifacts
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v}
+        self.images = images or Images()
+        self.on_milestone = on_milestone
+        self.result = BootResult(spec.name, artifacts)
+        self.env: labgrid.Environment | None = None
+        self.strategy = None
+        self.error: HarnessError | None = None  # what stopped the boot, when it was not the guest
+
+    # --- stages -----------------------------------------------------------------------------
+
+    def boot(self) -> BootResult:
+        """Power on and reach the console guest's shell; a failed boot is recorded, then raised."""
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            self.result.images = self._artifacts()
+            self.env = labgrid.Environment(config_file=str(self.spec.path))
+            target = self.env.get_target("main")
+            self._plan(target)
+            self.strategy = target.get_driver("XenStrategy")
+            self.strategy.deadlines = Deadlines.from_config(self.spec.deadlines)
+            self.strategy.on_milestone = self._milestone
+            qemu = target.get_driver("XenQEMUDriver", activate=False)
+            console_log = (self.artifacts / "console.log").open("ab")
+            qemu.listeners.append(lambda data: (console_log.write(data), console_log.flush()))
+            self.strategy.transition(Status.shell)
+        except BootFailure as exc:
+            self.result.failure = exc.failure
+            if exc.infrastructure:
+                self.result.error = exc.failure.message()
+            raise
+        except HarnessError as exc:
+            self.error = exc
+            self.result.error = str(exc)
+            raise
+        finally:
+            self.result.timings["boot"] = round(time.monotonic() - started, 2)
+            self._record_milestones()
+        return self.result
+
+    def _artifacts(self) -> dict[str, Artifact]:
+        arts = self.images.artifacts(self.spec.images, self.overrides)
+        if "initrd" not in arts:
+            arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
+        return arts
+
+    def _plan(self, target) -> None:
+        """The qemu-loader boot plan: machine DT + /chosen modules, blobs loaded by QEMU's loader."""
+        if self.spec.boot != "qemu-loader":
+            raise UsageError(f"{self.spec.path.name}: boot method {self.spec.boot!r} is not known (use qemu-loader).")
+        qemu = target.get_driver("XenQEMUDriver", activate=False)
+        arts = self.result.images
+        machine_path = self.artifacts / "machine.dtb"
+        machine = packed(qemu.dump_machine_dtb(machine_path))
+        machine_path.write_bytes(machine)
+        modules = layout(
+            machine,
+            arts["xen"].path.read_bytes(),
+            [
+                Module("kernel", str(arts["kernel"].path), arts["kernel"].path.stat().st_size, self.spec.dom0_cmdline),
+                Module("ramdisk", str(arts["initrd"].path), arts["initrd"].path.stat().st_size),
+            ],
+        )
+        boot_dtb = self.artifacts / "boot.dtb"
+        boot_dtb.write_bytes(build_boot_dtb(machine, qemu.boot_args or "", modules))
+        _decompile(boot_dtb)
+        self.env.config.data.setdefault("images", {}).update({"xen": str(arts["xen"].path), "boot-dtb": str(boot_dtb)})
+        qemu.loader_args = [
+            arg for m in modules for arg in ("-device", f"loader,file={m.path},addr={m.addr:#x},force-raw=on")
+        ]
+        qemu.stderr_path = self.artifacts / "qemu.stderr"
+
+    def _milestone(self, key: str, line: Line) -> None:
+        self.result.milestones[key] = line.t
+        if self.on_milestone:
+            self.on_milestone(key, line)
+
+    def _record_milestones(self) -> None:
+        if self.strategy and self.strategy.monitor:
+            self.result.milestones = {k: v.t for k, v in self.strategy.monitor.reached.items()}
+
+    def shell(self, name: str = "dom0") -> guest.GuestShell:
+        target = self.env.get_target("main")
+        return guest.GuestShell(target.get_driver("ShellDriver"), name, self.strategy.monitor)
+
+    def check(self) -> list[Finding]:
+        """Probe the console guest and run every check on what Xen and the guest said."""
+        started = time.monotonic()
+        monitor = self.strategy.monitor
+        claims = self.result.claims = xenlog.parse(monitor.text("xen"))
+        try:
+            view = self.result.views["dom0"] = guest.probe(self.shell("dom0"))
+        except BootFailure as exc:
+            self.result.failure = exc.failure
+            raise
+        except guest.ProbeError as exc:
+            # A shell that stops answering is the guest's fault, not the lab's: a hang at the shell.
+            self.result.failure = Failure(Verdict.HUNG, monitor.stage, "probe-unanswered", str(exc), None,
+                                          monitor.lines[-6:])
+            raise BootFailure(self.result.failure) from None
+        if view.fdt:
+            (self.artifacts / "dom0.dtb").write_bytes(view.fdt)
+        (self.artifacts / "dom0-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
+        self.result.findings = checks.check_dom0(claims, view)
+        self.result.timings["probe"] = round(time.monotonic() - started, 2)
+        return self.result.findings
+
+    def close(self) -> BootResult:
+        """Power off, release labgrid, decide the verdict and write result.json."""
+        try:
+            if self.strategy is not None and self.strategy.status != Status.unknown:
+                self.strategy.transition(Status.off)
+        finally:
+            if self.env is not None:
+                self.env.cleanup()
+            self.result.decide()
+            self.result.write()
+        return self.result
+
+
+def _decompile(dtb: Path) -> None:
+    """boot.dts beside boot.dtb, for people; dtc is optional."""
+    if shutil.which("dtc"):
+        subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", "-o", str(dtb.with_suffix(".dts")), str(dtb)],
+                       check=False, capture_output=True)

@@ -1,0 +1,180 @@
+"""The checks: three witnesses compared, each disagreement a finding that says expected vs found.
+
+1. Xen's own console lines (what it says it gave: xenlog.XenClaims);
+2. the device tree the guest received (the hypervisor node, validated by harness.validate.dt);
+3. the guest kernel (its log, /proc/interrupts, /sys/kernel/irq, /sys/hypervisor).
+
+Pure functions over text and bytes: unit-tested without QEMU, reused by `harness boot` and pytest.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .findings import Finding, Severity
+from .guest import GuestView
+from .validate import dt
+from .xenlog import PPI_BASE, XenClaims
+
+# Linux's own failure strings when it does not find what Xen should have given it
+# (arch/arm/xen/enlighten.c, drivers/xen): any of them in a guest's log is a finding.
+KERNEL_XEN_ERRORS = (
+    "Xen grant table region is not found",
+    "Xen event channel interrupt not found",
+    "Error request IRQ",
+    "No extended regions are found",
+    "is not mapped!",
+)
+EVENTS_ABI = re.compile(r"xen:events: Using (FIFO-based|2-level) ABI")
+XEN_FOUND = re.compile(r"Xen (\d+\.\d+) support found")
+
+
+def _error(rule: str, where: str, expected: str, found: str, note: str = "") -> Finding:
+    return Finding(rule, Severity.ERROR, where, expected, found, note)
+
+
+def check_xen_claims(claims: XenClaims, *, dom0: bool = True, is_32bit: bool = False) -> list[Finding]:
+    """Xen printed what every later check compares against."""
+    out = []
+    if claims.version is None:
+        out.append(_error("xen.banner", "Xen console", "a 'Xen version X.Y' banner", "none"))
+    if dom0 and claims.grant is None:
+        out.append(_error("xen.grant", "Xen console", "'Grant table range: A-B'", "none"))
+    if dom0 and claims.event_ppi is None:
+        out.append(_error("xen.event-ppi", "Xen console", "'Allocating PPI N for event channel interrupt'", "none"))
+    if dom0 and claims.event_ppi is not None and not PPI_BASE <= claims.event_ppi < 32:
+        out.append(_error("xen.event-ppi", "Xen console", "a PPI INTID in 16..31", str(claims.event_ppi)))
+    if dom0 and not is_32bit and not claims.extended.get(0):
+        out.append(
+            _error("xen.extended", "Xen console", "'d0: extended region N: A->B' lines for a 64-bit dom0", "none")
+        )
+    return out
+
+
+def expectation(claims: XenClaims, domid: int = 0, is_32bit: bool = False) -> dt.Expectation:
+    """What the DT validator should find in a guest's hypervisor node, per Xen's own lines."""
+    return dt.Expectation(
+        xen_version=claims.version,
+        grant=claims.grant if domid == 0 else None,
+        # Xen prints no extended-region lines for toolstack guests: unknown then, not "none".
+        extended=tuple(claims.extended[domid]) if domid in claims.extended else None,
+        event_intid=claims.event_ppi if domid == 0 else None,
+        is_32bit=is_32bit,
+    )
+
+
+def check_device_tree(view: GuestView, expect: dt.Expectation, profile: str = "dom0") -> list[Finding]:
+    """The hypervisor node of the tree the guest was given, against the binding and Xen's claims."""
+    where = f"{view.guest} /sys/firmware/fdt"
+    if view.fdt is None:
+        return [_error("dt.missing", where, "the flattened tree the guest booted with", "no /sys/firmware/fdt")]
+    findings = dt.validate_dtb(view.fdt, profile, expect)
+    node = dt.read_hypervisor_node(view.fdt)
+    if node is None:
+        return findings
+    # The live tree Linux built (/proc/device-tree) must say what the flattened one says.
+    flat = _node_props(view.fdt)
+    for prop, live in view.procfs_hypervisor.items():
+        if flat.get(prop) != live:
+            findings.append(
+                _error("dt.procfs.match", f"{view.guest} /proc/device-tree/hypervisor/{prop}",
+                       _hex(flat.get(prop)), _hex(live), "the kernel's live tree differs from the tree it booted")
+            )
+    for prop in ("compatible", "reg", "interrupts"):
+        if prop in flat and prop not in view.procfs_hypervisor:
+            findings.append(
+                _error("dt.procfs.match", f"{view.guest} /proc/device-tree/hypervisor/{prop}",
+                       "present, as in the flattened tree", "absent")
+            )
+    return findings
+
+
+def _node_props(fdt_bytes: bytes) -> dict[str, bytes]:
+    import libfdt
+
+    fdt = libfdt.Fdt(fdt_bytes)
+    node = fdt.path_offset("/hypervisor")
+    return {
+        name: bytes(value)
+        for name in ("compatible", "reg", "interrupts")
+        if (value := fdt.getprop(node, name, [libfdt.NOTFOUND])) != -libfdt.NOTFOUND
+    }
+
+
+def _hex(data: bytes | None) -> str:
+    return "absent" if data is None else data.hex(" ", 4)
+
+
+def check_kernel_log(view: GuestView, xen_version: str | None) -> list[Finding]:
+    """The guest kernel says it found Xen, its grant table and its event channel ABI."""
+    log = view.dmesg
+    where = f"{view.guest} kernel log"
+    out = []
+    versions = [m.group(1) for line in log if (m := XEN_FOUND.search(line))]
+    if not versions:
+        out.append(_error("kernel.xen-found", where, f"'Xen {xen_version or 'X.Y'} support found'", "no such line",
+                          "the guest did not recognise Xen (its hypervisor node is missing or misnamed?)"))
+    elif xen_version and versions[0] != xen_version:
+        out.append(_error("kernel.xen-found", where, f"Xen {xen_version} (the booted Xen)", f"Xen {versions[0]}"))
+    for rule, text in (
+        ("kernel.grant-layout", "Grant tables using version 1 layout"),
+        ("kernel.grant-init", "Grant table initialized"),
+    ):
+        if not _has(log, text):
+            out.append(_error(rule, where, f"'{text}'", "no such line"))
+    if not any(EVENTS_ABI.search(line) for line in log):
+        out.append(_error("kernel.events-abi", where, "'xen:events: Using FIFO-based|2-level ABI'", "no such line"))
+    for text in KERNEL_XEN_ERRORS:
+        for line in log:
+            if text in line:
+                out.append(_error("kernel.xen-error", where, "no Xen discovery errors", line.strip()))
+    return out
+
+
+def _has(lines: Iterable[str], text: str) -> bool:
+    return any(text in line for line in lines)
+
+
+def check_event_irq(view: GuestView, intid: int | None) -> list[Finding]:
+    """The guest's `events` interrupt is Xen's PPI and fires while the guest runs."""
+    where = f"{view.guest} /proc/interrupts"
+    irq = view.event_irq
+    if irq is None:
+        return [_error("irq.events.row", where, "a row named 'events'", "none",
+                       "the guest never requested Xen's event channel interrupt")]
+    out = []
+    sys_where = f"{view.guest} /sys/kernel/irq/{irq.irq}"
+    if intid is not None and irq.hwirq != intid:
+        out.append(_error("irq.events.hwirq", f"{sys_where}/hwirq", f"{intid} (Xen's event PPI)", str(irq.hwirq)))
+    if "Level" not in irq.trigger and "level" not in irq.trigger:
+        out.append(_error("irq.events.trigger", f"{sys_where}/type", "level (the binding's level-low PPI)",
+                          irq.trigger or "unknown"))
+    later = view.event_count_later
+    if later is None or later <= irq.total:
+        out.append(_error("irq.events.count", where, f"a count above {irq.total} after the probes ran",
+                          "no events row" if later is None else str(later),
+                          "Xen's event channel interrupt did not fire while the guest ran"))
+    return out
+
+
+def check_hypervisor_sysfs(view: GuestView, xen_version: str | None) -> list[Finding]:
+    where = f"{view.guest} /sys/hypervisor"
+    out = []
+    if view.hypervisor_type != "xen":
+        out.append(_error("sys.hypervisor.type", f"{where}/type", "xen", view.hypervisor_type or "absent"))
+    if xen_version and view.hypervisor_version != xen_version:
+        out.append(_error("sys.hypervisor.version", f"{where}/version", xen_version,
+                          view.hypervisor_version or "absent"))
+    return out
+
+
+def check_dom0(claims: XenClaims, view: GuestView) -> list[Finding]:
+    """Every check of a device-tree dom0, in witness order."""
+    return [
+        *check_xen_claims(claims),
+        *check_device_tree(view, expectation(claims)),
+        *check_kernel_log(view, claims.version),
+        *check_event_irq(view, claims.event_ppi),
+        *check_hypervisor_sysfs(view, claims.version),
+    ]

@@ -1,0 +1,238 @@
+"""`harness`: boot a target and report what it proved; check DTBs and ACPI tables; manage images.
+
+Exit status of `harness boot` follows `git bisect run`: 0 good, 1 bad (a check failed, Xen or a
+guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd file is missing or
+not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
+`harness check` exits 0 clean, 1 findings, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from . import targets
+from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
+from .findings import failures, render_table, to_json
+from .monitor import BootFailure, Line, Verdict
+
+EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
+EXIT_CHECK_UNUSABLE = 2
+
+log = logging.getLogger("harness")
+
+
+def default_artifacts_root() -> Path:
+    return Path(os.environ.get("HARNESS_ARTIFACTS", "artifacts")).resolve()
+
+
+def new_artifacts_dir(root: Path, name: str) -> Path:
+    """One directory per run: <root>/<UTC time>-<name>-<pid>, never reused."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{name}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+# --- boot ---------------------------------------------------------------------------------------
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .boot import BootSession, milestone_title
+
+    spec = targets.load_spec(args.target)
+    artifacts = Path(args.artifacts).resolve() if args.artifacts else new_artifacts_dir(
+        default_artifacts_root(), spec.name)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    out = sys.stderr if args.json else sys.stdout
+
+    def progress(key: str, line: Line) -> None:
+        print(f"  {line.t:7.2f} s  {milestone_title(key)}", file=out, flush=True)
+
+    print(f"harness: booting {spec.name}: {spec.description}", file=out)
+    print(f"harness: artifacts in {artifacts}", file=out, flush=True)
+    session = BootSession(
+        spec, artifacts, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
+        on_milestone=progress,
+    )
+    try:
+        session.boot()
+        print("harness: dom0 shell is up; probing it", file=out, flush=True)
+        session.check()
+    except BootFailure as exc:
+        print(f"harness: {exc}", file=out)
+    except HarnessError as exc:
+        print(f"harness: {exc}", file=out)
+    finally:
+        result = session.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(summary(result))
+    if isinstance(session.error, UnusableInput):
+        return EXIT_UNTESTABLE
+    if result.verdict is Verdict.INFRASTRUCTURE:
+        return EXIT_LAB
+    return EXIT_GOOD if result.verdict is Verdict.PASSED else EXIT_BAD
+
+
+def summary(result) -> str:
+    from .boot import milestone_title
+
+    lines = ["", f"{'milestone':34} {'since power-on':>14}"]
+    lines += [f"{milestone_title(k):34} {t:12.2f} s" for k, t in result.milestones.items()]
+    claims = result.claims
+    view = result.views.get("dom0")
+    if claims:
+        lines.append("")
+        lines.append(f"{'Xen':34} {claims.release or '?'}")
+        lines.append(f"{'grant table (Xen says)':34} {claims.grant or '-'}")
+        ext = ", ".join(str(r) for r in claims.extended.get(0, [])) or "-"
+        lines.append(f"{'extended regions (Xen says)':34} {ext}")
+        lines.append(f"{'event channel PPI (Xen says)':34} {claims.event_ppi if claims.event_ppi is not None else '-'}")
+    if view and view.event_irq:
+        irq = view.event_irq
+        lines.append(
+            f"{'dom0 events interrupt':34} irq {irq.irq}, hwirq {irq.hwirq} on {irq.chip}, {irq.trigger}, "
+            f"count {irq.total} -> {view.event_count_later}"
+        )
+    if result.findings:
+        lines += ["", render_table(result.findings)]
+    lines.append("")
+    verdict = str(result.verdict).upper()
+    if result.failure:
+        verdict += f" ({result.failure.signature} after '{result.failure.stage}')"
+    elif result.findings:
+        verdict += f" ({len(failures(result.findings))} failing findings)"
+    lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
+    return "\n".join(lines)
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        if args.kind == "dtb":
+            from .validate import dt
+
+            expect = dt.Expectation(xen_version=args.xen_version) if args.xen_version else None
+            findings = dt.check_path(Path(args.path), profile=args.profile, expect=expect)
+        else:
+            from .validate import acpi
+
+            findings = acpi.check_path(
+                Path(args.path), host=Path(args.host) if args.host else None, vcpus=args.vcpus,
+                hypervisor_id=args.hypervisor_id,
+            )
+    except UnusableInput as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_CHECK_UNUSABLE
+    print(to_json(findings) if args.json else render_table(findings))
+    return EXIT_BAD if failures(findings) else EXIT_GOOD
+
+
+# --- images and targets -------------------------------------------------------------------------
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from .images import Images, StaleLock, load_lock
+
+    images = Images()
+    if args.action == "lock":
+        images.lock()
+        print(f"harness: wrote {images.lock_path}")
+        return EXIT_GOOD
+    if args.action == "refresh":
+        # CI's explicit re-pin: only when a pinned package has left the archive, and said loudly.
+        try:
+            for entries in load_lock().values():
+                for entry in entries.values():
+                    images.fetch(entry)
+            print("harness: every pinned image is still in the archive and in the cache")
+        except StaleLock as exc:
+            print(f"harness: REFRESHING THE LOCK: {exc}")
+            images.lock()
+            print(f"harness: re-pinned {images.lock_path}; commit it to make the new pins the project's")
+        return EXIT_GOOD
+    for profile, entries in load_lock().items():
+        for name, entry in entries.items():
+            path = images.fetch(entry) if args.action == "fetch" else None
+            print(f"{profile:16} {name:8} {entry.package} {entry.version}" + (f"  {path}" if path else ""))
+    return EXIT_GOOD
+
+
+def cmd_targets(args: argparse.Namespace) -> int:  # noqa: ARG001
+    for name in targets.target_names():
+        spec = targets.load_spec(name)
+        print(f"{name:20} {spec.description}  [{', '.join(sorted(spec.capabilities))}]")
+    return EXIT_GOOD
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does in detail")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    boot = sub.add_parser("boot", help="boot Xen + dom0 on a target and report what it verified")
+    boot.add_argument("--target", default="qemu-virt", help="a name from targets/ (default: qemu-virt)")
+    boot.add_argument("--xen", type=Path, help="boot this Xen image instead of Debian's")
+    boot.add_argument("--kernel", type=Path, help="boot this dom0 kernel Image instead of Debian's")
+    boot.add_argument("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
+    boot.add_argument("--artifacts", help="directory for this run's artifacts (default: artifacts/<time>-<target>)")
+    boot.add_argument("--json", action="store_true", help="print result.json on stdout, progress on stderr")
+    boot.set_defaults(func=cmd_boot)
+
+    check = sub.add_parser("check", help="validate a DTB or a directory of ACPI tables you bring")
+    kinds = check.add_subparsers(dest="kind", required=True)
+    dtb = kinds.add_parser("dtb", help="a DTB (or a copy of /proc/device-tree): Xen's hypervisor node")
+    dtb.add_argument("path")
+    dtb.add_argument("--profile", default="dom0", choices=["dom0", "domU", "acpi-dom0"])
+    dtb.add_argument("--xen-version", help="the Xen X.Y that booted, checked against compatible")
+    dtb.add_argument("--json", action="store_true")
+    acpi = kinds.add_parser("acpi", help="a directory of raw ACPI tables (as in /sys/firmware/acpi/tables)")
+    acpi.add_argument("path")
+    acpi.add_argument("--host", help="the host's tables, to tell rewritten from passed-through ones")
+    acpi.add_argument("--vcpus", type=int, help="dom0's vCPU count: enabled GICC entries expected")
+    acpi.add_argument("--hypervisor-id", help="expected FADT hypervisor vendor id (default: report only)")
+    acpi.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+
+    images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
+    images.add_argument("action", choices=["list", "fetch", "lock", "refresh"],
+                        help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
+    images.set_defaults(func=cmd_images)
+
+    tl = sub.add_parser("targets", help="list the targets")
+    tl.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="harness: %(message)s", stream=sys.stderr
+    )
+    if not args.verbose:
+        logging.getLogger("labgrid").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_LAB if args.command == "boot" else EXIT_CHECK_UNUSABLE
+    except InfrastructureError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_LAB
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Guest probes: what a running guest says about Xen, read through its shell on the console.
+
+Files move from guest to host framed so that console noise cannot corrupt them silently: the guest
+prints the file's length and SHA256, then its base64; the host drops lines that cannot be base64
+(Xen's own messages share the console), decodes, and checks both. A mismatch is retried once, then
+reported with both digests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+
+import pexpect
+
+from .errors import HarnessError
+from .monitor import BootFailure, ConsoleMonitor
+
+XEN_LINE = re.compile(r"^\(XEN\) |^\(d\d+\) ")
+BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+class ProbeError(HarnessError):
+    """A guest did not answer a probe, or answered something the harness cannot read."""
+
+
+class GuestShell:
+    """Commands in a guest's shell (a labgrid ShellDriver), with console noise filtered out."""
+
+    def __init__(self, shell, guest: str, monitor: ConsoleMonitor | None = None) -> None:
+        self.shell = shell
+        self.guest = guest
+        self.monitor = monitor
+
+    def run(self, command: str, timeout: float = 30.0, check: bool = True) -> list[str]:
+        try:
+            out, _, status = self.shell.run(command, timeout=timeout)
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+            if self.monitor and self.monitor.failure:
+                raise BootFailure(self.monitor.failure, f"while {self.guest} ran `{command}`") from None
+            what = "stopped" if isinstance(exc, pexpect.EOF) else f"did not answer within {timeout:.0f} s"
+            raise ProbeError(f"{self.guest} {what} while running `{command}`: see console.log.") from None
+        lines = [line.rstrip("\r") for line in out if not XEN_LINE.match(line)]
+        if check and status != 0:
+            tail = " | ".join(lines[-3:]) or "no output"
+            raise ProbeError(f"`{command}` failed in {self.guest} with status {status}: {tail}")
+        return lines
+
+    def read_text(self, path: str) -> str:
+        return "\n".join(self.run(f"cat {shlex.quote(path)}"))
+
+    def read_file(self, path: str, attempts: int = 2) -> bytes:
+        quoted = shlex.quote(path)
+        problem = ""
+        for _ in range(attempts):
+            try:
+                return decode_transfer(self.run(TRANSFER.format(path=quoted), timeout=120))
+            except TransferError as exc:
+                problem = str(exc)
+        raise ProbeError(f"copying {path} out of {self.guest} failed {attempts} times: {problem}.")
+
+
+# The guest's half of a file transfer: busybox's wc, sha256sum and base64.
+TRANSFER = "wc -c < {path}; sha256sum < {path}; base64 < {path}"
+
+
+class TransferError(ValueError):
+    pass
+
+
+def decode_transfer(lines: list[str]) -> bytes:
+    """The file a TRANSFER command printed, checked against the length and SHA256 it printed first."""
+    if len(lines) < 2 or not lines[0].strip().isdigit() or not re.match(r"^[0-9a-f]{64}\b", lines[1]):
+        raise TransferError(f"unexpected answer {lines[:2]!r}")
+    size, digest = int(lines[0]), lines[1].split()[0]
+    payload = "".join(line.strip() for line in lines[2:] if BASE64_LINE.match(line.strip()))
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except ValueError as exc:
+        raise TransferError(f"undecodable base64 ({exc})") from None
+    found = hashlib.sha256(data).hexdigest()
+    if len(data) != size or found != digest:
+        raise TransferError(
+            f"expected {size} bytes with SHA256 {digest}, received {len(data)} bytes with SHA256 {found}"
+        )
+    return data
+
+
+@dataclass
+class EventIrq:
+    """The `events` row of /proc/interrupts and what /sys/kernel/irq says of it."""
+
+    irq: int
+    hwirq: int | None
+    chip: str
+    trigger: str
+    actions: str
+    counts: list[int]  # per CPU, at the first sample
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class GuestView:
+    guest: str
+    uname: str = ""
+    hypervisor_type: str = ""
+    hypervisor_version: str = ""  # "4.17" from /sys/hypervisor/version
+    dmesg: list[str] = field(default_factory=list)
+    interrupts: str = ""  # /proc/interrupts at the first sample
+    interrupts_later: str = ""  # … and after the other probes ran
+    event_irq: EventIrq | None = None
+    event_count_later: int | None = None
+    fdt: bytes | None = None  # /sys/firmware/fdt: the whole tree the guest was given
+    procfs_hypervisor: dict[str, bytes] = field(default_factory=dict)  # /proc/device-tree/hypervisor/*
+    seconds: float = 0.0  # how long probing took
+
+
+def parse_interrupts(text: str) -> dict[str, tuple[int, list[int], list[str]]]:
+    """/proc/interrupts rows with a numeric IRQ: name -> (irq, per-CPU counts, other columns)."""
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    ncpus = len(lines[0].split())
+    rows: dict[str, tuple[int, list[int], list[str]]] = {}
+    for line in lines[1:]:
+        head, _, rest = line.partition(":")
+        if not head.strip().isdigit():
+            continue
+        cols = rest.split()
+        counts = [int(c) for c in cols[:ncpus] if c.isdigit()]
+        rows.setdefault(cols[-1] if cols else "", (int(head), counts, cols[len(counts):]))
+    return rows
+
+
+def event_irq(shell: GuestShell, interrupts: str) -> EventIrq | None:
+    row = parse_interrupts(interrupts).get("events")
+    if row is None:
+        return None
+    irq, counts, _ = row
+    base = f"/sys/kernel/irq/{irq}"
+    values = dict(
+        line.split("=", 1)
+        for line in shell.run(
+            f"for f in hwirq chip_name type actions; do echo \"$f=$(cat {base}/$f 2>/dev/null)\"; done"
+        )
+        if "=" in line
+    )
+    hwirq = values.get("hwirq", "").strip()
+    return EventIrq(
+        irq=irq,
+        hwirq=int(hwirq) if hwirq.isdigit() else None,
+        chip=values.get("chip_name", "").strip(),
+        trigger=values.get("type", "").strip(),
+        actions=values.get("actions", "").strip(),
+        counts=counts,
+    )
+
+
+def probe(shell: GuestShell) -> GuestView:
+    """Everything the checks need from a guest that booted on a device tree."""
+    started = time.monotonic()
+    view = GuestView(shell.guest)
+    view.interrupts = "\n".join(shell.run("cat /proc/interrupts"))
+    view.event_irq = event_irq(shell, view.interrupts)
+    view.uname = " ".join(shell.run("uname -r"))
+    view.hypervisor_type = " ".join(shell.run("cat /sys/hypervisor/type", check=False)).strip()
+    view.hypervisor_version = ".".join(
+        shell.run("cat /sys/hypervisor/version/major /sys/hypervisor/version/minor", check=False)
+    ).strip()
+    view.dmesg = shell.run("dmesg", timeout=60)
+    if shell.run("test -e /sys/firmware/fdt && echo yes", check=False) == ["yes"]:
+        view.fdt = shell.read_file("/sys/firmware/fdt")
+    present = shell.run("ls /proc/device-tree/hypervisor 2>/dev/null", check=False)
+    for prop in ("compatible", "reg", "interrupts"):
+        if any(prop in line.split() for line in present):
+            view.procfs_hypervisor[prop] = shell.read_file(f"/proc/device-tree/hypervisor/{prop}")
+    view.interrupts_later = "\n".join(shell.run("cat /proc/interrupts"))
+    if later := parse_interrupts(view.interrupts_later).get("events"):
+        view.event_count_later = sum(later[1])
+    view.seconds = round(time.monotonic() - started, 2)
+    return view

@@ -1,0 +1,292 @@
+"""Images: the pinned Debian packages a boot uses, fetched through apt, verified and cached.
+
+`images/manifest.yaml` says which packages each profile boots; `images/lock.json` pins each to an
+exact version, URL and SHA256 (of the .deb and of the file taken out of it). Fetching uses apt's
+own downloader (`apt-helper download-file`, which honours the host's apt proxy settings and checks
+the hash) and never touches the host's apt state; locking resolves versions in a private apt state
+under the cache. A user's own build (`--xen PATH` …) replaces any artifact.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import subprocess
+import tarfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from .cache import Cache, sha256_bytes, sha256_file
+from .errors import InfrastructureError, UnusableInput, UsageError
+
+log = logging.getLogger(__name__)
+
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+MANIFEST = IMAGES_DIR / "manifest.yaml"
+LOCK = IMAGES_DIR / "lock.json"
+RELOCK_COMMAND = "./run images lock"
+APT_HELPER = "/usr/lib/apt/apt-helper"
+
+
+class StaleLock(InfrastructureError):
+    """A pinned package is no longer in the archive (Debian's security pool keeps only the newest)."""
+
+
+@dataclass(frozen=True)
+class LockedArtifact:
+    name: str
+    package: str
+    version: str
+    url: str
+    deb_sha256: str
+    deb_size: int
+    file: str  # path inside the package
+    file_sha256: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a boot uses, wherever it came from."""
+
+    name: str
+    path: Path
+    sha256: str
+    origin: str  # "debian PACKAGE VERSION", "user", or "built"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "path": str(self.path), "sha256": self.sha256, "origin": self.origin}
+
+
+def load_manifest(path: Path = MANIFEST) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def load_lock(path: Path = LOCK) -> dict[str, dict[str, LockedArtifact]]:
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run `{RELOCK_COMMAND}` to pin the images.")
+    data = json.loads(path.read_text())
+    return {
+        profile: {name: LockedArtifact(name=name, **entry) for name, entry in artifacts.items()}
+        for profile, artifacts in data["profiles"].items()
+    }
+
+
+class Images:
+    def __init__(self, cache: Cache | None = None, lock_path: Path = LOCK) -> None:
+        self.cache = cache or Cache()
+        self.lock_path = lock_path
+
+    # --- what a boot uses -------------------------------------------------------------------
+
+    def artifacts(self, profile: str, overrides: dict[str, Path] | None = None) -> dict[str, Artifact]:
+        """Every artifact of `profile`, fetched and verified; `overrides` replace locked ones by name."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        locked = load_lock(self.lock_path)
+        if profile not in locked:
+            raise UsageError(
+                f"image profile {profile!r} is not in {self.lock_path.name} "
+                f"(it has: {', '.join(sorted(locked))}): run `{RELOCK_COMMAND}`."
+            )
+        result: dict[str, Artifact] = {}
+        for name, entry in locked[profile].items():
+            if name in overrides:
+                result[name] = user_artifact(name, overrides.pop(name))
+            else:
+                path = self.fetch(entry)
+                result[name] = Artifact(name, path, entry.file_sha256, f"debian {entry.package} {entry.version}")
+        for name, path in overrides.items():  # artifacts the profile does not lock, e.g. an initrd
+            result[name] = user_artifact(name, path)
+        return result
+
+    def fetch(self, entry: LockedArtifact) -> Path:
+        """The verified file `entry` names, downloading and extracting it when the cache lacks it."""
+        target = self.cache.dir("files") / f"{entry.file_sha256[:16]}-{Path(entry.file).name}"
+        if self.cache.verified(target, entry.file_sha256):
+            return target
+        with self.cache.locked():
+            if self.cache.verified(target, entry.file_sha256):  # another worker did it meanwhile
+                return target
+            deb = self.fetch_deb(entry)
+            member, data = extract(deb, entry.file)
+            if (found := sha256_bytes(data)) != entry.file_sha256:
+                raise InfrastructureError(
+                    f"{member} in {deb.name} has SHA256 {found}, the lock says {entry.file_sha256}: "
+                    f"the lock and the package disagree; run `{RELOCK_COMMAND}`."
+                )
+            return self.cache.store(target, data)
+
+    def fetch_deb(self, entry: LockedArtifact) -> Path:
+        deb = self.cache.dir("debs") / f"{entry.deb_sha256[:16]}-{entry.package}.deb"
+        if self.cache.verified(deb, entry.deb_sha256):
+            return deb
+        log.info("fetching %s %s (%.1f MB)", entry.package, entry.version, entry.deb_size / 1e6)
+        download(entry.url, deb, entry.deb_sha256, what=f"{entry.package} {entry.version}")
+        return deb
+
+    # --- pinning ----------------------------------------------------------------------------
+
+    def lock(self, manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
+        """Resolve every manifest package to the archive's newest version and rewrite the lock."""
+        manifest = manifest or load_manifest()
+        profiles: dict[str, dict[str, LockedArtifact]] = {}
+        for profile, spec in manifest["profiles"].items():
+            apt = PrivateApt(self.cache, spec["architecture"], manifest["archive"])
+            apt.update()
+            profiles[profile] = {}
+            for name, art in spec["artifacts"].items():
+                package = apt.follow(art["package"]) if art.get("follow_depends") else art["package"]
+                version, url, size, sha = apt.resolve(package)
+                stub = LockedArtifact(name, package, version, url, sha, size, art["file"], "")
+                member, data = extract(self.fetch_deb(stub), art["file"])
+                profiles[profile][name] = LockedArtifact(
+                    name, package, version, url, sha, size, member.removeprefix("./"), sha256_bytes(data)
+                )
+                log.info("%s/%s: %s %s", profile, name, package, version)
+        document = {
+            "comment": f"Written by `{RELOCK_COMMAND}` from images/manifest.yaml; do not edit by hand.",
+            "locked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "profiles": {
+                p: {n: {k: v for k, v in asdict(a).items() if k != "name"} for n, a in arts.items()}
+                for p, arts in profiles.items()
+            },
+        }
+        self.lock_path.write_text(json.dumps(document, indent=2) + "\n")
+        return profiles
+
+
+def user_artifact(name: str, path: Path) -> Artifact:
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise UnusableInput(f"--{name} {path}: no such file; give the path of your own {name} build.")
+    return Artifact(name, path, sha256_file(path), "user")
+
+
+def download(url: str, dest: Path, sha256: str, what: str) -> None:
+    """Download through apt (its proxy settings, its hash check) into `dest` atomically."""
+    partial = dest.with_name(f".partial-{dest.name}")
+    cmd = [APT_HELPER, *apt_sandbox_options(), "download-file", url, str(partial), f"SHA256:{sha256}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError as exc:
+        raise InfrastructureError(f"{APT_HELPER} is missing: install Debian's `apt` package.") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InfrastructureError(f"downloading {what} from {url} took over 15 minutes: check the network.") from exc
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0 or "E: " in output or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        if re.search(r"\b404\b", output):
+            raise StaleLock(
+                f"{what} is no longer in the Debian archive ({url} answers 404): "
+                f"run `{RELOCK_COMMAND}` to pin the current version."
+            )
+        if "Hash Sum mismatch" in output or "Filesize" in output:
+            raise InfrastructureError(
+                f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
+                "the mirror or a proxy served other bytes; retry, or check the mirror."
+            )
+        reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
+        raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
+    os.replace(partial, dest)
+
+
+def apt_sandbox_options() -> list[str]:
+    # As root apt drops to the _apt user, which cannot write into a user's cache directory.
+    return ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+
+
+def extract(deb: Path, pattern: str) -> tuple[str, bytes]:
+    """The one member of `deb`'s data matching `pattern` (a path or a glob), with its bytes."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    matches: list[tuple[str, bytes]] = []
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile() and fnmatch.fnmatch(member.name.removeprefix("./"), pattern):
+                    matches.append((member.name.removeprefix("./"), tar.extractfile(member).read()))
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    if len(matches) != 1:
+        found = ", ".join(m for m, _ in matches) or "nothing"
+        raise InfrastructureError(
+            f"{deb.name} should hold exactly one file matching {pattern!r} and holds {found}: "
+            "fix the `file` entry in images/manifest.yaml."
+        )
+    return matches[0]
+
+
+class PrivateApt:
+    """An apt state of our own under the cache: one architecture, Debian's archive, no host changes."""
+
+    def __init__(self, cache: Cache, architecture: str, archive: dict) -> None:
+        self.root = cache.dir("apt", architecture)
+        self.architecture = architecture
+        sources = self.root / "sources.list"
+        sources.write_text(
+            "".join(
+                f"deb [arch={architecture} signed-by={archive['keyring']}] {src['url']} {suite} main\n"
+                for src in archive["sources"]
+                for suite in src["suites"]
+            )
+        )
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "status").touch()
+        self.options = [
+            *("-o", f"Dir::State::Lists={self.root / 'lists'}"),
+            *("-o", f"Dir::State::status={self.root / 'status'}"),
+            *("-o", f"Dir::Etc::SourceList={sources}"),
+            *("-o", "Dir::Etc::SourceParts=/dev/null"),
+            *("-o", f"Dir::Cache={self.root / 'cache'}"),
+            *("-o", f"APT::Architecture={architecture}"),
+            *("-o", f"APT::Architectures::={architecture}"),
+            *("-o", "Debug::NoLocking=1"),
+            *apt_sandbox_options(),
+        ]
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([tool, *self.options, *args], capture_output=True, text=True, timeout=600)
+
+    def update(self, attempts: int = 3) -> None:
+        # Mirrors fail transiently ("File has unexpected size … Mirror sync in progress?"): retry.
+        for attempt in range(1, attempts + 1):
+            proc = self._run("apt-get", "update")
+            if proc.returncode == 0:
+                return
+            log.warning("apt-get update (%s) failed, attempt %d of %d", self.architecture, attempt, attempts)
+        errors = "; ".join(ln for ln in proc.stderr.splitlines() if ln.startswith("E: "))
+        raise InfrastructureError(
+            f"could not read Debian's {self.architecture} package index ({errors}): "
+            "retry later, a mirror may be syncing."
+        )
+
+    def follow(self, metapackage: str) -> str:
+        """The versioned package a metapackage (e.g. linux-image-cloud-arm64) depends on."""
+        fields = self._show(metapackage)
+        depends = fields.get("Depends", "").split(",")[0].strip()
+        if not depends:
+            raise InfrastructureError(f"{metapackage} has no Depends to follow: fix images/manifest.yaml.")
+        return depends.split()[0]
+
+    def resolve(self, package: str) -> tuple[str, str, int, str]:
+        """(version, URL, size, SHA256) of the newest `package` the archive holds."""
+        version = self._show(package)["Version"]
+        proc = self._run("apt-get", "download", "--print-uris", f"{package}={version}")
+        m = re.search(r"^'(\S+)' \S+ (\d+) SHA256:([0-9a-f]{64})$", proc.stdout, re.M)
+        if proc.returncode != 0 or not m:
+            raise InfrastructureError(f"apt cannot locate {package} {version}: {proc.stderr.strip()[-300:]}")
+        return version, m.group(1), int(m.group(2)), m.group(3)
+
+    def _show(self, package: str) -> dict[str, str]:
+        proc = self._run("apt-cache", "show", "--no-all-versions", package)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            raise InfrastructureError(
+                f"{package} ({self.architecture}) is not in Debian's archive: fix images/manifest.yaml."
+            )
+        return dict(re.findall(r"^([\w-]+): (.*)$", proc.stdout, re.M))

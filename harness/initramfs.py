@@ -1,0 +1,62 @@
+"""A reproducible initramfs: busybox plus images/initramfs/init, as a gzipped newc cpio.
+
+Written in Python rather than with cpio(1) so that every header field is fixed (inode numbers
+counted from 1, mtime 0, uid/gid 0) and no host tool or file system detail leaks in: the same
+busybox and init give the same bytes, and the cache keys the result by those inputs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import stat
+from pathlib import Path
+
+from .cache import Cache, sha256_bytes
+from .images import IMAGES_DIR, Artifact
+
+INIT_SCRIPT = IMAGES_DIR / "initramfs" / "init"
+FORMAT_VERSION = "1"  # bump when the layout below changes, so cached images are rebuilt
+
+DIRECTORIES = ("bin", "dev", "etc", "proc", "root", "sys", "tmp")
+CONSOLE = ("dev/console", 5, 1)  # the kernel opens it before init runs; devtmpfs is not mounted yet
+
+
+def cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
+    """Serialise (name, mode, data, (rdev major, minor)) entries as a newc archive with its trailer."""
+    out = bytearray()
+    for ino, (name, mode, data, (rmajor, rminor)) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))], 1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rmajor, rminor, len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        out += b"\0" * (-len(out) % 4)
+        out += data + b"\0" * (-len(data) % 4)
+    out += b"\0" * (-len(out) % 512)
+    return bytes(out)
+
+
+def build(busybox: bytes, init: bytes) -> bytes:
+    entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
+        (d, stat.S_IFDIR | 0o755, b"", (0, 0)) for d in DIRECTORIES
+    ]
+    name, major, minor = CONSOLE
+    entries.append((name, stat.S_IFCHR | 0o600, b"", (major, minor)))
+    entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox, (0, 0)))
+    entries.append(("init", stat.S_IFREG | 0o755, init, (0, 0)))
+    return gzip.compress(cpio_newc(entries), compresslevel=9, mtime=0)
+
+
+def initramfs(busybox: Artifact, cache: Cache, init_script: Path = INIT_SCRIPT) -> Artifact:
+    """The initramfs for this busybox, from the cache or built now."""
+    init = init_script.read_bytes()
+    key = hashlib.sha256(f"{FORMAT_VERSION}:{busybox.sha256}:{sha256_bytes(init)}".encode()).hexdigest()
+    path = cache.dir("initramfs") / f"{key[:16]}.cpio.gz"
+    digest_file = path.with_suffix(".sha256")
+    if path.is_file() and digest_file.is_file():
+        digest = digest_file.read_text().strip()
+        if cache.verified(path, digest):
+            return Artifact("initrd", path, digest, "built")
+    data = build(busybox.path.read_bytes(), init)
+    cache.store(path, data)
+    cache.store(digest_file, sha256_bytes(data).encode())
+    return Artifact("initrd", path, sha256_bytes(data), "built")

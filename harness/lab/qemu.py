@@ -1,0 +1,276 @@
+"""labgrid's QEMUDriver with its rough edges fixed once, here, rather than in every test.
+
+- no 10 ms sleep before every console read (0.4–0.5 s per boot, and unread output stalls the guest);
+- `on()` fails within a deadline, quoting QEMU's stderr, when QEMU dies at start instead of waiting forever;
+- `off()` works after the guest powered the machine off (QEMU already gone) instead of raising BrokenPipeError;
+- console output of a previous boot never leaks into the next one (fresh expect buffer per power-on);
+- QEMU dies with the process that started it (parent-death signal), even when pytest is SIGKILLed;
+- the console socket lives in the abstract namespace, so no socket file or temp dir is ever left behind;
+- a closed console (QEMU exited) raises pexpect.EOF at once instead of reading nothing until a timeout;
+- input is paced by its echo: Xen buffers only 128 bytes of serial input for dom0 (SERIAL_RX_SIZE in
+  xen/drivers/char/console.c) and drops the rest while dom0 is slow to read, which truncated commands
+  under load. Each chunk waits for the guest's echo (or a short deadline) before the next is sent.
+
+It also lets the harness add its boot modules (`loader_args`) and listen to every console byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attr
+import pexpect
+from labgrid.driver.qemudriver import QEMUDriver
+from labgrid.factory import target_factory
+from labgrid.step import step
+from labgrid.util.expect import PtxExpect
+from labgrid.util.qmp import QMPError, QMPMonitor
+
+from ..errors import InfrastructureError
+
+PR_SET_PDEATHSIG = 1
+ECHO_CHUNK = 32  # bytes per write, well under Xen's 128-byte input ring
+ECHO_WAIT_S = 3.0  # longest wait for a chunk's echo; a guest busy running a command does not echo
+START_DEADLINE_S = 30.0  # QEMU connects its console and answers QMP in well under a second when healthy
+STOP_DEADLINE_S = 10.0
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+@target_factory.reg_driver
+@attr.s(eq=False)
+class XenQEMUDriver(QEMUDriver):
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.loader_args: list[str] = []  # -device loader,… for Xen's boot modules, set by the boot plan
+        self.listeners: list[Callable[[bytes], None]] = []  # every console byte read goes to each
+        self.stderr_path: Path | None = None  # where QEMU's stderr goes; a temp file when unset
+        self.exit_status: int | None = None
+        self._stderr = None
+        self._pending = bytearray()  # output read while waiting for an echo, returned by the next _read
+
+    # --- command line -----------------------------------------------------------------------
+
+    def machine_args(self) -> list[str]:
+        """The QEMU options that define the machine (what its device tree depends on)."""
+        qemu = self.target.env.config.get_tool(self.qemu_bin)
+        extra = shlex.split(self.extra_args or "")
+        return [qemu, *extra, "-machine", self.machine, "-cpu", self.cpu, "-m", self.memory]
+
+    def dump_machine_dtb(self, path: Path) -> bytes:
+        """QEMU's own DT for this machine (`-machine dumpdtb=`), the base of the boot DTB."""
+        cmd = [*self.machine_args(), "-machine", f"dumpdtb={path}", "-display", "none", "-nic", "none"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError as exc:
+            raise InfrastructureError(
+                f"{cmd[0]} is not installed: install Debian's qemu-system-arm package (./run does it)."
+            ) from exc
+        if proc.returncode != 0 or not path.is_file():
+            raise InfrastructureError(
+                f"QEMU rejected the target's machine options ({proc.stderr.strip()}): fix the target YAML."
+            )
+        return path.read_bytes()
+
+    def on_activate(self) -> None:
+        # An abstract-namespace socket: nothing on disk to leak when the process is killed.
+        self._sockname = f"xen-harness-{os.getpid()}-{id(self):x}-{time.monotonic_ns():x}"
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socket.bind("\0" + self._sockname)
+        self._socket.listen(1)
+        self._cmd = [
+            *self.get_qemu_base_args(),
+            *self.loader_args,
+            *("-S", "-qmp", "stdio"),
+            *("-chardev", f"socket,id=serialsocket,path={self._sockname},abstract=on"),
+            *("-serial", "chardev:serialsocket"),
+        ]
+
+    def on_deactivate(self) -> None:
+        self.off()
+        self._close_stderr()
+        if self._socket:
+            self._socket.close()
+            self._socket = None
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    # --- power ------------------------------------------------------------------------------
+
+    @step()
+    def on(self) -> None:
+        if self.status:
+            return
+        self.exit_status = None
+        self._expect = PtxExpect(self)  # nothing read before this power-on may match after it
+        self._close_stderr()
+        # Kept open after QEMU exits, so a failure can quote it; closed at the next power-on.
+        self._stderr = self.stderr_path.open("wb") if self.stderr_path else tempfile.TemporaryFile()  # noqa: SIM115
+        self.logger.debug("Starting with: %s", self._cmd)
+        try:
+            self._child = subprocess.Popen(
+                self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except FileNotFoundError as exc:
+            raise InfrastructureError(
+                f"{self._cmd[0]} is not installed: install Debian's qemu-system-arm package (./run does it)."
+            ) from exc
+        try:
+            self._accept_console()
+            self._wait_readable(self._child.stdout, "answer on its QMP monitor")
+            self.qmp = QMPMonitor(self._child.stdout, self._child.stdin)
+        except (QMPError, OSError) as exc:
+            self._kill()
+            raise InfrastructureError(f"QEMU failed to start: {self._start_failure()}") from exc
+        self.status = 1
+        self.monitor_command("cont")
+
+    def _accept_console(self) -> None:
+        self._socket.settimeout(0.1)
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            try:
+                self._clientsocket, _ = self._socket.accept()
+                break
+            except TimeoutError:
+                if self._child.poll() is not None:
+                    raise InfrastructureError(f"QEMU failed to start: {self._start_failure()}") from None
+                if time.monotonic() > deadline:
+                    self._kill()
+                    raise InfrastructureError(
+                        f"QEMU did not connect its console within {START_DEADLINE_S:.0f} s: "
+                        "the host may be out of memory or CPU."
+                    ) from None
+        self._clientsocket.setblocking(False)
+
+    def _wait_readable(self, stream, what: str) -> None:
+        ready, _, _ = select.select([stream], [], [], START_DEADLINE_S)
+        if not ready:
+            self._kill()
+            raise InfrastructureError(f"QEMU did not {what} within {START_DEADLINE_S:.0f} s.")
+
+    def _start_failure(self) -> str:
+        status = self._child.poll() if self._child else None
+        text = self.stderr_text().strip() or "no message on stderr"
+        return f"{text} (exit status {status})" if status is not None else text
+
+    def stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.flush()
+        if self.stderr_path:
+            return self.stderr_path.read_text(errors="replace")
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def running(self) -> bool:
+        return bool(self._child) and self._child.poll() is None
+
+    @step()
+    def off(self) -> None:
+        if not self.status:
+            return
+        if self.running():
+            with contextlib.suppress(QMPError, OSError, ValueError):
+                self.qmp.execute("quit")
+            try:
+                self._child.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        self._reap()
+
+    def _kill(self) -> None:
+        if self._child and self._child.poll() is None:
+            self._child.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._child:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(timeout=STOP_DEADLINE_S)
+            self.exit_status = self._child.returncode
+            for stream in (self._child.stdin, self._child.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            self._child = None
+        if self._clientsocket:
+            self._clientsocket.close()
+            self._clientsocket = None
+        self.status = 0
+
+    def _atexit(self) -> None:
+        self._kill()
+
+    # --- console ----------------------------------------------------------------------------
+
+    def _read(self, size: int = 1, timeout: float = 10, max_size: int | None = None) -> bytes:
+        limit = min(max_size, 65536) if max_size else 65536
+        if self._pending:
+            data = bytes(self._pending[:limit])
+            del self._pending[:limit]
+            return data
+        if self._clientsocket is None:
+            raise pexpect.EOF("QEMU is not running: its console is closed")
+        ready, _, _ = select.select([self._clientsocket], [], [], timeout)
+        if not ready:
+            raise pexpect.TIMEOUT(f"Timeout of {timeout:.2f} seconds exceeded")
+        return self._receive(limit)
+
+    def _receive(self, limit: int) -> bytes:
+        data = self._clientsocket.recv(limit)
+        if not data:
+            raise pexpect.EOF("QEMU closed the console: the machine stopped")
+        for listener in self.listeners:
+            listener(data)
+        return data
+
+    def _write(self, data: bytes) -> int:
+        if self._clientsocket is None:
+            raise pexpect.EOF("QEMU is not running: its console is closed")
+        for start in range(0, len(data), ECHO_CHUNK):
+            chunk = data[start : start + ECHO_CHUNK]
+            self._clientsocket.setblocking(True)
+            try:
+                self._clientsocket.sendall(chunk)
+            finally:
+                self._clientsocket.setblocking(False)
+            self._await_echo(len(chunk))
+        return len(data)
+
+    def _await_echo(self, count: int) -> None:
+        """Wait until the console printed `count` more bytes (the echo), keeping them for _read."""
+        deadline = time.monotonic() + ECHO_WAIT_S
+        received = 0
+        while received < count and (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._clientsocket], [], [], remaining)
+            if not ready:
+                return
+            try:
+                data = self._receive(65536)
+            except pexpect.EOF:
+                return  # the next _read reports it
+            self._pending += data
+            received += len(data)

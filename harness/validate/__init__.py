@@ -1,0 +1,1 @@
+"""Validators: pure functions that turn captured guest artefacts (ACPI tables, DTBs, logs) into findings."""
