@@ -25,9 +25,9 @@ from .errors import HarnessError, UsageError
 from .findings import Finding, failures
 from .images import Artifact, Images
 from .initramfs import initramfs
-from .lab import qemu as _registers_drivers  # noqa: F401
+from .lab.qemu import QemuFailed
 from .lab.strategy import Deadlines, Status
-from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict
+from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
 from .targets import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,18 @@ def _view_summary(view: guest.GuestView) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Tweaks:
+    """Changes to a target for one boot: a user's extra arguments, or a fault a test injects."""
+
+    xen_args: str = ""  # appended to Xen's command line (the last value of a parameter wins)
+    dom0_args: str = ""  # appended to dom0's command line
+    dom0_cmdline: str | None = None  # replaces dom0's command line
+    edit_qemu_args: Callable[[str], str] | None = None  # rewrites the target's extra QEMU arguments
+    omit_modules: frozenset[str] = frozenset()  # "kernel", "ramdisk": boot without them
+    deadlines: dict = field(default_factory=dict)  # merged over the target's deadlines
+
+
 class BootSession:
     """Boot one target to its console guest's shell, probe it, check it; always clean up."""
 
@@ -111,8 +123,10 @@ class BootSession:
         overrides: dict[str, Path | None] | None = None,
         images: Images | None = None,
         on_milestone: Callable[[str, Line], None] | None = None,
+        tweaks: Tweaks | None = None,
     ) -> None:
         self.spec = spec
+        self.tweaks = tweaks or Tweaks()
         self.artifacts = artifacts
         self.overrides = {k: v for k, v in (overrides or {}).items() if v}
         self.images = images or Images()
@@ -134,7 +148,7 @@ class BootSession:
             target = self.env.get_target("main")
             self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
-            self.strategy.deadlines = Deadlines.from_config(self.spec.deadlines)
+            self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
             self.strategy.on_milestone = self._milestone
             qemu = target.get_driver("XenQEMUDriver", activate=False)
             console_log = (self.artifacts / "console.log").open("ab")
@@ -145,6 +159,12 @@ class BootSession:
             if exc.infrastructure:
                 self.result.error = exc.failure.message()
             raise
+        except QemuFailed as exc:
+            # QEMU refused the machine before any console output: name what it said.
+            self.error = exc
+            self.result.failure = qemu_failure(exc.stderr or str(exc), "power-on", exc.status)
+            self.result.error = str(exc)
+            raise BootFailure(self.result.failure) from None
         except HarnessError as exc:
             self.error = exc
             self.result.error = str(exc)
@@ -165,18 +185,22 @@ class BootSession:
         if self.spec.boot != "qemu-loader":
             raise UsageError(f"{self.spec.path.name}: boot method {self.spec.boot!r} is not known (use qemu-loader).")
         qemu = target.get_driver("XenQEMUDriver", activate=False)
+        tweaks = self.tweaks
+        qemu.boot_args = " ".join(filter(None, [qemu.boot_args, tweaks.xen_args]))
+        if tweaks.edit_qemu_args:
+            qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
+        dom0_cmdline = tweaks.dom0_cmdline if tweaks.dom0_cmdline is not None else self.spec.dom0_cmdline
+        dom0_cmdline = " ".join(filter(None, [dom0_cmdline, tweaks.dom0_args]))
         arts = self.result.images
         machine_path = self.artifacts / "machine.dtb"
         machine = packed(qemu.dump_machine_dtb(machine_path))
         machine_path.write_bytes(machine)
-        modules = layout(
-            machine,
-            arts["xen"].path.read_bytes(),
-            [
-                Module("kernel", str(arts["kernel"].path), arts["kernel"].path.stat().st_size, self.spec.dom0_cmdline),
-                Module("ramdisk", str(arts["initrd"].path), arts["initrd"].path.stat().st_size),
-            ],
-        )
+        wanted = [
+            Module("kernel", str(arts["kernel"].path), arts["kernel"].path.stat().st_size, dom0_cmdline),
+            Module("ramdisk", str(arts["initrd"].path), arts["initrd"].path.stat().st_size),
+        ]
+        modules = layout(machine, arts["xen"].path.read_bytes(),
+                         [m for m in wanted if m.kind not in tweaks.omit_modules])
         boot_dtb = self.artifacts / "boot.dtb"
         boot_dtb.write_bytes(build_boot_dtb(machine, qemu.boot_args or "", modules))
         _decompile(boot_dtb)

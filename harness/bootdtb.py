@@ -101,6 +101,8 @@ def place(modules: list[Module], ram: tuple[int, int], reserved: list[tuple[int,
     taken = sorted(reserved)
     placed = []
     for module in modules:
+        if module.size <= 0:
+            raise UnusableInput(f"{module.path} is empty: a {module.kind} must be a non-empty file.")
         addr = align_up(base)
         for start, end in taken:
             if addr + module.size <= start:
@@ -160,6 +162,8 @@ def _node(fdt: libfdt.Fdt, parent: int, name: str) -> int:
 
 
 def _setprop(fdt: libfdt.Fdt, node: int, name: str, value: int | str | bool | list[int]) -> None:
+    if value is False:  # a DT boolean is true by being present: false means absent
+        return
     if value is True:
         fdt.setprop(node, name, b"")
     elif isinstance(value, str):

@@ -43,7 +43,7 @@ def new_artifacts_dir(root: Path, name: str) -> Path:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .boot import BootSession, milestone_title
+    from .boot import BootSession, Tweaks, milestone_title
 
     spec = targets.load_spec(args.target)
     artifacts = Path(args.artifacts).resolve() if args.artifacts else new_artifacts_dir(
@@ -58,7 +58,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     print(f"harness: artifacts in {artifacts}", file=out, flush=True)
     session = BootSession(
         spec, artifacts, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
-        on_milestone=progress,
+        on_milestone=progress, tweaks=Tweaks(xen_args=args.xen_args, dom0_args=args.dom0_args),
     )
     try:
         session.boot()
@@ -137,6 +137,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_BAD if failures(findings) else EXIT_GOOD
 
 
+# --- triage -------------------------------------------------------------------------------------
+
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    from .boot import milestone_title
+    from .monitor import triage
+
+    path = Path(args.log)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror}): give the path of a saved console log.") from None
+    if not data.strip():
+        raise UsageError(f"{path} is empty: give the path of a saved console log.")
+    monitor, verdict = triage(data, prompt=args.prompt, console_guest=args.guest)
+    failure = monitor.failure
+    if args.json:
+        print(json.dumps({
+            "log": str(path),
+            "verdict": str(verdict),
+            "milestones": {k: line.number for k, line in monitor.reached.items()},
+            "failure": failure.to_dict() if failure else None,
+        }, indent=2))
+    else:
+        print(f"{'milestone':34} {'log line':>8}")
+        for key, line in monitor.reached.items():
+            print(f"{milestone_title(key):34} {line.number:8}")
+        print()
+        if failure:
+            print(f"verdict: {verdict} after stage '{failure.stage}': {failure.description}"
+                  + (f" ({failure.detail})" if failure.detail else "") + f" [signature {failure.signature}]")
+            for line in failure.evidence:
+                print(f"  line {line.number:6}  {'(XEN) ' if line.source == 'xen' else ''}{line.text}")
+        else:
+            print(f"verdict: {verdict}")
+    return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
+
+
 # --- images and targets -------------------------------------------------------------------------
 
 
@@ -185,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--xen", type=Path, help="boot this Xen image instead of Debian's")
     boot.add_argument("--kernel", type=Path, help="boot this dom0 kernel Image instead of Debian's")
     boot.add_argument("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
+    boot.add_argument("--xen-args", default="", help="append to Xen's command line, e.g. 'sched=null'")
+    boot.add_argument("--dom0-args", default="", help="append to dom0's kernel command line")
     boot.add_argument("--artifacts", help="directory for this run's artifacts (default: artifacts/<time>-<target>)")
     boot.add_argument("--json", action="store_true", help="print result.json on stdout, progress on stderr")
     boot.set_defaults(func=cmd_boot)
@@ -208,6 +248,13 @@ def parser() -> argparse.ArgumentParser:
     images.add_argument("action", choices=["list", "fetch", "lock", "refresh"],
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
     images.set_defaults(func=cmd_images)
+
+    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence")
+    tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
+    tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
+    tr.add_argument("--guest", default="dom0", help="whose console it is when lines have no prefix (default: dom0)")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_triage)
 
     tl = sub.add_parser("targets", help="list the targets")
     tl.set_defaults(func=cmd_targets)

@@ -73,6 +73,9 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("xen-panic", Verdict.CRASHED, _re(r"^Panic on CPU \d+:"), "Xen panicked", 1, False),
     Signature("xen-dom0-setup", Verdict.CRASHED, _re(r"Could not set up DOM0 guest OS"),
               "Xen could not set up dom0", 3, False),
+    Signature("xen-dom0-memory", Verdict.CRASHED,
+              _re(r"Failed to allocate requested dom0 memory|Not enough memory (for|to allocate) d(om)?0"),
+              "Xen could not give dom0 the memory it asked for (dom0_mem)", 3, False),
     Signature("xen-missing-module", Verdict.CRASHED, _re(r"Missing kernel boot module\?"),
               "Xen found no dom0 kernel module in /chosen", 3, False),
     Signature("xen-bug", Verdict.CRASHED, _re(r"^(Xen BUG at|Assertion '.*' failed at)"),
@@ -101,7 +104,26 @@ SIGNATURES: tuple[Signature, ...] = (
               "the guest could not map its grant frames", 3, True),
 )
 
-XEN_PREFIX = re.compile(r"^\(XEN\) ")
+# QEMU's own complaints on stderr: the lab's problem (a target YAML, a boot plan), never the guest's.
+QEMU_SIGNATURES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("qemu-rom-overlap", _re(r"Some ROM regions are overlapping"), "QEMU refused overlapping images"),
+    ("qemu-bad-option", _re(r"invalid option|Invalid parameter|unsupported machine type|Property '.*' not found"
+                            r"|is not a valid|requires an argument|Unsupported"), "QEMU rejected an option"),
+    ("qemu-missing", _re(r"is not installed"), "QEMU is not installed"),
+    ("qemu-cannot-load", _re(r"could not load|Could not open|No such file"), "QEMU could not load a file"),
+)
+
+
+def qemu_failure(stderr: str, stage: str = "power-on", status: int | None = None) -> Failure:
+    """An infrastructure failure named after what QEMU printed."""
+    for name, pattern, description in QEMU_SIGNATURES:
+        if m := next((ln for ln in stderr.splitlines() if pattern.search(ln)), None):
+            return Failure(Verdict.INFRASTRUCTURE, stage, name, description, None, [], m.strip())
+    detail = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+    return Failure(Verdict.INFRASTRUCTURE, stage, "qemu-error", "QEMU failed", None, [], detail)
+
+
+XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
 DOMU_PREFIX = re.compile(r"^DOM(\d+): ")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
 
@@ -111,6 +133,7 @@ class Line:
     t: float  # seconds since power-on
     source: str  # "xen", "dom0", "dom1", …
     text: str  # without Xen's prefix
+    number: int = 0  # 1-based line number in the console log
 
     def __str__(self) -> str:
         prefix = "(XEN) " if self.source == "xen" else f"[{self.source}] "
@@ -126,6 +149,7 @@ class Failure:
     line: Line | None  # None for silence or a QEMU exit
     evidence: list[Line] = field(default_factory=list)
     detail: str = ""
+    decided: float | None = None  # seconds since power-on when the verdict was reached
 
     def message(self, context: str = "") -> str:
         where = f"{context}: " if context else ""
@@ -145,6 +169,8 @@ class Failure:
             "description": self.description,
             "detail": self.detail,
             "evidence": [str(line) for line in self.evidence],
+            "first_sign": self.line.t if self.line else None,
+            "decided": self.decided,
         }
 
 
@@ -194,16 +220,16 @@ class ConsoleMonitor:
         if not data:
             return
         self.last_output = self.clock()
-        self._partial += ANSI.sub(b"", data)
+        self._partial += data
         *complete, self._partial = self._partial.split(b"\n")
-        for raw in complete:
-            self._line(raw.decode("utf-8", "replace").replace("\r", "").rstrip())
+        for raw in complete:  # escape sequences may straddle chunks: strip them from whole lines
+            self._line(ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "").rstrip())
         self._check_prompt()
         self._finish_evidence()
 
     def _line(self, text: str) -> None:
         source, body = self._attribute(text)
-        line = Line(round(self.now(), 3), source, body)
+        line = Line(round(self.now(), 3), source, body, len(self.lines) + 1)
         self.lines.append(line)
         index = len(self.lines) - 1
         scope = source if source in ("xen", "firmware") else "guest"
@@ -287,23 +313,18 @@ class ConsoleMonitor:
                 return text
         return ""
 
-    def hang(self, silence: float) -> Failure:
-        """Record (and return) a hang: no new output for `silence` seconds at the current stage."""
+    def hang(self, description: str) -> Failure:
+        """Record (and return) a hang at the current stage: silence, or no progress by a deadline."""
         if self.failure is None:
-            self.failure = Failure(
-                Verdict.HUNG, self.stage, "silence", f"no console output for {silence:.0f} s",
-                None, self.lines[-EVIDENCE_BEFORE:],
-            )
+            self.failure = Failure(Verdict.HUNG, self.stage, "silence", description, None,
+                                   self.lines[-EVIDENCE_BEFORE:])
         return self.failure
 
     def exited(self, status: int | None, stderr: str = "") -> Failure:
         """Record (and return) QEMU's exit before the boot finished."""
         if self.failure is None:
             if stderr.strip():
-                detail = stderr.strip().splitlines()[-1]
-                self.failure = Failure(
-                    Verdict.INFRASTRUCTURE, self.stage, "qemu-error", "QEMU failed", None, [], detail
-                )
+                self.failure = qemu_failure(stderr, self.stage, status)
             else:
                 what = "without any console output" if not self.lines else "before the boot finished"
                 self.failure = Failure(
@@ -312,11 +333,23 @@ class ConsoleMonitor:
                 )
         return self.failure
 
+    def conclude(self) -> Failure:
+        """The failure, stamped with the time the verdict was reached."""
+        assert self.failure is not None
+        if self.failure.decided is None:
+            self.failure.decided = round(self.now(), 3)
+        return self.failure
+
     # --- reading ----------------------------------------------------------------------------
 
     def time_of(self, key: str) -> float | None:
         line = self.reached.get(key)
         return line.t if line else None
+
+    def replay(self, data: bytes, chunk: int = 4096) -> ConsoleMonitor:
+        for start in range(0, len(data), chunk):
+            self.feed(data[start : start + chunk])
+        return self
 
     def text(self, source: str | None = None) -> list[str]:
         """The lines (without prefixes) one source printed, or all of them."""
@@ -334,3 +367,19 @@ class BootFailure(Exception):
     @property
     def infrastructure(self) -> bool:
         return self.failure.verdict is Verdict.INFRASTRUCTURE
+
+
+def triage(log: bytes, prompt: str | None = r"\S+# ", console_guest: str = "dom0") -> tuple[ConsoleMonitor, Verdict]:
+    """Judge a saved console log with the same catalogue as a live boot.
+
+    Without a failure signature, a log that reaches the shell prompt passed; one that ends earlier is
+    reported as hung after its last stage (the log may also just have been cut short: the stage says where).
+    """
+    monitor = ConsoleMonitor(console_guest=console_guest, prompt=prompt, clock=lambda: 0.0).replay(log)
+    if monitor.failure:
+        return monitor, monitor.failure.verdict
+    if f"{console_guest}:shell" in monitor.reached:
+        return monitor, Verdict.PASSED
+    monitor.hang(f"the log ends after stage '{monitor.stage}' without a shell prompt")
+    monitor.failure.signature = "log-ends"
+    return monitor, Verdict.HUNG

@@ -7,6 +7,8 @@
 - QEMU dies with the process that started it (parent-death signal), even when pytest is SIGKILLed;
 - the console socket lives in the abstract namespace, so no socket file or temp dir is ever left behind;
 - a closed console (QEMU exited) raises pexpect.EOF at once instead of reading nothing until a timeout;
+- labgrid's console log reporter (started by its pytest plugin) no longer raises KeyError for a
+  console that never printed anything (a silent boot);
 - input is paced by its echo: Xen buffers only 128 bytes of serial input for dom0 (SERIAL_RX_SIZE in
   xen/drivers/char/console.c) and drops the rest while dom0 is slow to read, which truncated commands
   under load. Each chunk waits for the guest's echo (or a short deadline) before the next is sent.
@@ -33,6 +35,7 @@ import attr
 import pexpect
 from labgrid.driver.qemudriver import QEMUDriver
 from labgrid.factory import target_factory
+from labgrid.logging import StepLogger
 from labgrid.step import step
 from labgrid.util.expect import PtxExpect
 from labgrid.util.qmp import QMPError, QMPMonitor
@@ -44,6 +47,19 @@ ECHO_CHUNK = 32  # bytes per write, well under Xen's 128-byte input ring
 ECHO_WAIT_S = 3.0  # longest wait for a chunk's echo; a guest busy running a command does not echo
 START_DEADLINE_S = 30.0  # QEMU connects its console and answers QMP in well under a second when healthy
 STOP_DEADLINE_S = 10.0
+
+
+class QemuFailed(InfrastructureError):
+    """QEMU refused to run the target: a bad option, overlapping images, a missing binary."""
+
+    def __init__(self, message: str, stderr: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.status = status
+
+
+def _not_installed(binary: str) -> QemuFailed:
+    return QemuFailed(f"{binary} is not installed: install Debian's qemu-system-arm package (./run does it).")
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -82,23 +98,30 @@ class XenQEMUDriver(QEMUDriver):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except FileNotFoundError as exc:
-            raise InfrastructureError(
-                f"{cmd[0]} is not installed: install Debian's qemu-system-arm package (./run does it)."
-            ) from exc
+            raise _not_installed(cmd[0]) from exc
         if proc.returncode != 0 or not path.is_file():
-            raise InfrastructureError(
-                f"QEMU rejected the target's machine options ({proc.stderr.strip()}): fix the target YAML."
+            raise QemuFailed(
+                f"QEMU rejected the target's machine options ({proc.stderr.strip()}): fix the target YAML.",
+                proc.stderr, proc.returncode,
             )
         return path.read_bytes()
 
     def on_activate(self) -> None:
+        # SerialLoggingReporter.flush() looks up a buffer that exists only after a read returned data.
+        reporter = getattr(StepLogger, "_serial_logger", None)
+        if reporter is not None:
+            reporter.bufs.setdefault(self, b"")
+        try:
+            base_args = self.get_qemu_base_args()  # runs `QEMU -version`
+        except FileNotFoundError as exc:
+            raise _not_installed(exc.filename) from exc
         # An abstract-namespace socket: nothing on disk to leak when the process is killed.
         self._sockname = f"xen-harness-{os.getpid()}-{id(self):x}-{time.monotonic_ns():x}"
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._socket.bind("\0" + self._sockname)
         self._socket.listen(1)
         self._cmd = [
-            *self.get_qemu_base_args(),
+            *base_args,
             *self.loader_args,
             *("-S", "-qmp", "stdio"),
             *("-chardev", f"socket,id=serialsocket,path={self._sockname},abstract=on"),
@@ -135,16 +158,14 @@ class XenQEMUDriver(QEMUDriver):
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         except FileNotFoundError as exc:
-            raise InfrastructureError(
-                f"{self._cmd[0]} is not installed: install Debian's qemu-system-arm package (./run does it)."
-            ) from exc
+            raise _not_installed(self._cmd[0]) from exc
         try:
             self._accept_console()
             self._wait_readable(self._child.stdout, "answer on its QMP monitor")
             self.qmp = QMPMonitor(self._child.stdout, self._child.stdin)
         except (QMPError, OSError) as exc:
             self._kill()
-            raise InfrastructureError(f"QEMU failed to start: {self._start_failure()}") from exc
+            raise self._start_failure() from exc
         self.status = 1
         self.monitor_command("cont")
 
@@ -157,7 +178,7 @@ class XenQEMUDriver(QEMUDriver):
                 break
             except TimeoutError:
                 if self._child.poll() is not None:
-                    raise InfrastructureError(f"QEMU failed to start: {self._start_failure()}") from None
+                    raise self._start_failure() from None
                 if time.monotonic() > deadline:
                     self._kill()
                     raise InfrastructureError(
@@ -172,10 +193,11 @@ class XenQEMUDriver(QEMUDriver):
             self._kill()
             raise InfrastructureError(f"QEMU did not {what} within {START_DEADLINE_S:.0f} s.")
 
-    def _start_failure(self) -> str:
+    def _start_failure(self) -> QemuFailed:
         status = self._child.poll() if self._child else None
-        text = self.stderr_text().strip() or "no message on stderr"
-        return f"{text} (exit status {status})" if status is not None else text
+        stderr = self.stderr_text()
+        text = stderr.strip() or "no message on stderr"
+        return QemuFailed(f"QEMU failed to start: {text} (exit status {status})", stderr, status)
 
     def stderr_text(self) -> str:
         if self._stderr is None:

@@ -18,6 +18,7 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
+from ..errors import UsageError
 from ..monitor import BootFailure, ConsoleMonitor
 
 POLL_S = 0.2
@@ -45,7 +46,11 @@ class Deadlines:
     @classmethod
     def from_config(cls, data: dict | None) -> Deadlines:
         data = dict(data or {})
-        stages = {**cls().stages, **data.pop("stages", {})}
+        stages = {**cls().stages, **{k: float(v) for k, v in data.pop("stages", {}).items()}}
+        if unknown := set(data) - {"boot", "silence"}:
+            raise UsageError(
+                f"unknown deadline(s) {', '.join(sorted(unknown))}: use boot, silence, or stages: {{STAGE: SECONDS}}."
+            )
         return cls(stages=stages, **{k: float(v) for k, v in data.items()})
 
 
@@ -110,19 +115,22 @@ class XenStrategy(Strategy):
         started = time.monotonic()
         while key not in monitor.reached:
             if monitor.failure and monitor.settled():
-                raise BootFailure(monitor.failure)
+                raise BootFailure(monitor.conclude())
             try:
                 self.console.read(size=1, timeout=POLL_S, max_size=65536)
             except pexpect.TIMEOUT:
                 pass
             except pexpect.EOF:
                 self.power.off()  # reap QEMU and learn its exit status
-                raise BootFailure(monitor.exited(self.power.exit_status, self.power.stderr_text())) from None
+                monitor.exited(self.power.exit_status, self.power.stderr_text())
+                raise BootFailure(monitor.conclude()) from None
             silence = monitor.clock() - monitor.last_output
             if not monitor.failure and silence > self.deadlines.silence_at(monitor.stage):
-                raise BootFailure(monitor.hang(silence))
+                monitor.hang(f"no console output for {silence:.0f} s")
+                raise BootFailure(monitor.conclude())
             if time.monotonic() - started > self.deadlines.boot:
-                raise BootFailure(monitor.hang(silence))
+                monitor.hang(f"no {key} within the boot deadline of {self.deadlines.boot:.0f} s")
+                raise BootFailure(monitor.conclude())
 
 
 def _is_monitor_feed(listener) -> bool:

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from captured import DATA, HEALTHY_LOG, replay
 
 from harness import xenlog
 from harness.monitor import ConsoleMonitor
-
-DATA = Path(__file__).parent / "data"
-HEALTHY_LOG = DATA / "logs" / "qemu-virt-healthy.log"
-
-
-def replay(log: bytes, chunk: int = 512, prompt: str = r"dom0# ") -> ConsoleMonitor:
-    monitor = ConsoleMonitor(prompt=prompt)
-    for start in range(0, len(log), chunk):
-        monitor.feed(log[start : start + chunk])
-    return monitor
 
 
 @pytest.fixture(scope="session")

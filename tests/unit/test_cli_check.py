@@ -1,0 +1,187 @@
+"""The installed `harness` console script, run as a user runs it: exit codes, output, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import libfdt
+import pytest
+
+from harness import targets
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS = Path(sys.executable).parent / "harness"
+DATA = Path(__file__).parent / "data"
+DOM0_DTB = DATA / "qemu-virt-gicv3-dom0.dtb"
+ACPI_DOM0 = DATA / "acpi" / "dom0"
+ACPI_HOST = DATA / "acpi" / "host"
+
+
+def harness(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(HARNESS), *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+    for stream in (proc.stdout, proc.stderr):
+        assert "Traceback" not in stream, f"harness {' '.join(map(str, args))} printed a traceback:\n{stream}"
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: "), f"expected one line on stderr, found {proc.stderr!r}"
+    assert proc.stdout == "", f"expected nothing on stdout, found {proc.stdout!r}"
+    return lines[0]
+
+
+def gicc_enabled(madt: bytes) -> int:
+    """Enabled GICC entries (type 0x0b, flags bit 0) in a MADT, counted here from the raw table."""
+    count, offset = 0, 44
+    while offset + 2 <= len(madt):
+        kind, length = madt[offset], madt[offset + 1]
+        if kind == 0x0B and struct.unpack_from("<I", madt, offset + 12)[0] & 1:
+            count += 1
+        offset += max(length, 2)
+    return count
+
+
+def test_console_script_is_installed():
+    assert HARNESS.is_file() and os.access(HARNESS, os.X_OK), f"{HARNESS} is missing: pip install -e ."
+
+
+# --- check dtb ----------------------------------------------------------------------------------
+
+
+def test_check_dtb_healthy_dom0():
+    proc = harness("check", "dtb", DOM0_DTB, "--profile", "dom0", "--xen-version", "4.17")
+    assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert proc.stdout.strip() == "no findings"
+    json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
+    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, [])
+
+
+@pytest.fixture
+def swapped_compatible(tmp_path) -> Path:
+    fdt = libfdt.Fdt(bytearray(DOM0_DTB.read_bytes()))
+    node = fdt.path_offset("/hypervisor")
+    first, second = fdt.getprop(node, "compatible").as_stringlist()
+    assert first.startswith("xen,xen-") and second == "xen,xen", "the fixture's compatible is not the healthy one"
+    fdt.setprop(node, "compatible", f"{second}\0{first}\0".encode())
+    path = tmp_path / "swapped.dtb"
+    path.write_bytes(bytes(fdt.as_bytearray()))
+    return path
+
+
+def test_check_dtb_wrong_compatible_order(swapped_compatible):
+    proc = harness("check", "dtb", swapped_compatible, "--profile", "dom0", "--xen-version", "4.17")
+    assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert "dt.compatible.order" in proc.stdout and "error" in proc.stdout, proc.stdout
+
+
+def test_check_dtb_json(swapped_compatible):
+    proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
+    assert proc.returncode == 1
+    findings = json.loads(proc.stdout)
+    assert isinstance(findings, list) and findings
+    for finding in findings:
+        assert {"rule", "severity", "where", "expected", "found"} <= set(finding), finding
+    order = [f for f in findings if f["rule"] == "dt.compatible.order"]
+    assert order and order[0]["severity"] == "error", findings
+    assert order[0]["found"] == '"xen,xen", "xen,xen-4.17"', order[0]
+    assert order[0]["expected"].startswith('"xen,xen-<major>.<minor>", "xen,xen"'), order[0]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: (d / "empty.dtb", b""),
+        lambda d: (d / "junk.dtb", b"\xd0\x0d\xfe\xed" + os.urandom(60)),
+        lambda d: (d / "text.dtb", b"this is not a device tree\n" * 10),
+    ],
+    ids=["empty-file", "junk-with-magic", "text"],
+)
+def test_check_dtb_unusable_file(tmp_path, make):
+    path, data = make(tmp_path)
+    path.write_bytes(data)
+    proc = harness("check", "dtb", path)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert str(path) in one_line_error(proc)
+
+
+@pytest.mark.parametrize("kind", ["dtb", "acpi"])
+def test_check_nonexistent_or_empty_directory(tmp_path, kind):
+    for path in (tmp_path / "nowhere", tmp_path / "empty"):
+        if path.name == "empty":
+            path.mkdir()
+        proc = harness("check", kind, path)
+        assert proc.returncode == 2, f"check {kind} {path.name}: expected exit 2, found {proc.returncode}"
+        assert str(path) in one_line_error(proc)
+
+
+def test_check_dtb_directory_of_junk_reads_as_a_tree_without_xen(tmp_path):
+    """A directory is taken as a copy of /proc/device-tree: junk files are properties of a tree with no node."""
+    (tmp_path / "a").write_bytes(os.urandom(100))
+    (tmp_path / "README").write_text("junk\n")
+    proc = harness("check", "dtb", tmp_path)
+    assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert "dt.node.count" in proc.stdout
+
+
+# --- check acpi ---------------------------------------------------------------------------------
+
+
+def test_check_acpi_healthy_dom0_shows_the_known_rsdp_finding():
+    rsdp = (ACPI_DOM0 / "RSDP").read_bytes()
+    v1_sum, full_sum = sum(rsdp[:20]) & 0xFF, sum(rsdp[:36]) & 0xFF
+    assert v1_sum != 0 and full_sum == 0, "the fixture no longer shows Xen 4.17's RSDP defect"
+    vcpus = gicc_enabled((ACPI_DOM0 / "APIC").read_bytes())
+    proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", vcpus)
+    assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    known = [ln for ln in proc.stdout.splitlines() if "acpi.rsdp.checksum.v1" in ln]
+    assert known and known[0].startswith("known"), proc.stdout
+    assert f"{v1_sum:#04x}" in known[0], f"expected the measured sum {v1_sum:#04x}, found {known[0]!r}"
+    assert "note: Xen 4.17's acpi_create_rsdp" in proc.stdout
+
+
+def test_check_acpi_wrong_vcpu_count():
+    found = gicc_enabled((ACPI_DOM0 / "APIC").read_bytes())
+    proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", found + 1, "--json")
+    assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    count = [f for f in json.loads(proc.stdout) if f["rule"] == "acpi.madt.gicc-count"]
+    assert count and count[0]["severity"] == "error", proc.stdout
+    assert (count[0]["expected"], count[0]["found"]) == (str(found + 1), str(found)), count[0]
+
+
+def test_check_acpi_directory_of_junk(tmp_path):
+    (tmp_path / "junk.bin").write_bytes(os.urandom(64))
+    (tmp_path / "notes.txt").write_text("not a table\n")
+    proc = harness("check", "acpi", tmp_path)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert str(tmp_path) in one_line_error(proc)
+
+
+# --- boot and targets ---------------------------------------------------------------------------
+
+
+def test_boot_unknown_target_is_a_lab_error_with_a_sentence(tmp_path):
+    proc = harness("boot", "--target", "nope", env={"HARNESS_ARTIFACTS": str(tmp_path / "artifacts")})
+    assert proc.returncode == 128, f"expected exit 128, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    line = one_line_error(proc)
+    assert "unknown target 'nope'" in line and line.endswith("."), line
+    for name in targets.target_names():
+        assert name in line, f"expected {name} listed, found {line!r}"
+    assert not (tmp_path / "artifacts").exists(), "an artifacts directory was made for a boot that never started"
+
+
+def test_targets_lists_qemu_virt():
+    proc = harness("targets")
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(targets.target_names())
+    spec = targets.load_spec("qemu-virt")
+    row = next((ln for ln in lines if ln.split()[0] == "qemu-virt"), None)
+    assert row is not None, proc.stdout
+    assert spec.description in row and f"[{', '.join(sorted(spec.capabilities))}]" in row, row

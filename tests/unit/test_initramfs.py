@@ -1,0 +1,132 @@
+"""The initramfs is reproducible, reads back with the real cpio(1) as the kernel needs it, and is cached."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.cache import Cache, sha256_bytes
+from harness.images import Artifact
+from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, build, initramfs
+
+FAKE_BUSYBOX = b"\x7fELF not really busybox, but bytes the archive must carry unchanged\n" * 3
+INIT = INIT_SCRIPT.read_bytes()
+# cpio -itv --numeric-uid-gid: mode, links, uid, gid, size or "major, minor", date (3 fields), name
+LISTING = re.compile(r"^(\S{10})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+,\s*\d+|\d+)\s+(\w+\s+\d+\s+\S+)\s+(.+)$")
+
+
+def cpio(archive: bytes, *args: str) -> bytes:
+    """Run the real cpio on the gunzipped archive (as the kernel unpacks it)."""
+    raw = subprocess.run(["gzip", "-dc"], input=archive, capture_output=True, check=True).stdout
+    proc = subprocess.run(["cpio", "--quiet", *args], input=raw, capture_output=True,
+                          env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+    assert proc.returncode == 0, f"cpio {' '.join(args)} failed: {proc.stderr.decode()}"
+    return proc.stdout
+
+
+def listing(archive: bytes) -> dict[str, dict[str, str]]:
+    entries = {}
+    for line in cpio(archive, "-itv", "--numeric-uid-gid").decode().splitlines():
+        m = LISTING.match(line)
+        assert m, f"unexpected cpio listing line {line!r}"
+        mode, _, uid, gid, size, date, name = m.groups()
+        entries[name] = {"mode": mode, "owner": f"{uid}:{gid}", "size": size, "date": " ".join(date.split())}
+    return entries
+
+
+@pytest.fixture(scope="module")
+def archive() -> bytes:
+    return build(FAKE_BUSYBOX, INIT)
+
+
+def test_same_inputs_same_bytes_and_init_changes_them(archive):
+    assert build(FAKE_BUSYBOX, INIT) == archive
+    other_init = build(FAKE_BUSYBOX, INIT + b"# changed\n")
+    other_busybox = build(FAKE_BUSYBOX + b"x", INIT)
+    assert len({archive, other_init, other_busybox}) == 3, "a changed input did not change the archive"
+
+
+def test_cpio_lists_what_the_kernel_needs(archive):
+    entries = listing(archive)
+    assert set(entries) == {"init", "bin/busybox", CONSOLE[0], *DIRECTORIES}, f"found {sorted(entries)}"
+    assert entries["init"]["mode"] == "-rwxr-xr-x", f"expected /init mode 755, found {entries['init']['mode']}"
+    assert entries["init"]["size"] == str(len(INIT))
+    assert entries["bin/busybox"]["mode"] == "-rwxr-xr-x"
+    assert entries["bin/busybox"]["size"] == str(len(FAKE_BUSYBOX))
+    console = entries[CONSOLE[0]]
+    assert console["mode"].startswith("c"), f"expected a char device, found {console['mode']}"
+    assert re.sub(r"\s", "", console["size"]) == "5,1", f"expected device 5,1, found {console['size']}"
+    for directory in DIRECTORIES:
+        assert entries[directory]["mode"] == "drwxr-xr-x", f"{directory}: found {entries[directory]['mode']}"
+    for name, entry in entries.items():
+        assert entry["owner"] == "0:0", f"{name}: expected owner 0:0, found {entry['owner']}"
+        assert entry["date"] == "Jan 1 1970", f"{name}: expected mtime 0 (Jan 1 1970 UTC), found {entry['date']}"
+
+
+def test_cpio_reads_back_the_file_contents(archive):
+    assert cpio(archive, "-i", "--to-stdout", "init") == INIT
+    assert cpio(archive, "-i", "--to-stdout", "bin/busybox") == FAKE_BUSYBOX
+
+
+def test_listing_check_fails_on_a_different_archive(tmp_path):
+    """The same cpio checks see a host-made archive's owner and mtime (so they are not vacuous)."""
+    (tmp_path / "init").write_bytes(INIT)
+    (tmp_path / "init").chmod(0o644)
+    raw = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], input=b"init\n", cwd=tmp_path,
+                         capture_output=True, check=True).stdout
+    made = subprocess.run(["gzip", "-c"], input=raw, capture_output=True, check=True).stdout
+    entry = listing(made)["init"]
+    assert entry["mode"] == "-rw-r--r--"
+    assert entry["date"] != "Jan 1 1970", entry
+
+
+def busybox_artifact(tmp_path: Path, data: bytes = FAKE_BUSYBOX) -> Artifact:
+    path = tmp_path / "busybox"
+    path.write_bytes(data)
+    return Artifact("busybox", path, sha256_bytes(data), "user")
+
+
+def test_initramfs_is_built_once_and_cached_by_inputs(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    busybox = busybox_artifact(tmp_path)
+    init = tmp_path / "init"
+    init.write_bytes(INIT)
+    first = initramfs(busybox, cache, init)
+    assert first.path.read_bytes() == build(FAKE_BUSYBOX, INIT)
+    assert first.sha256 == sha256_bytes(first.path.read_bytes())
+    os.utime(first.path, ns=(1_000_000_000, 1_000_000_000))  # any rebuild would give it a new mtime
+    second = initramfs(busybox, cache, init)
+    assert second.path == first.path and second.sha256 == first.sha256
+    assert second.path.stat().st_mtime_ns == 1_000_000_000, "the cached initramfs was rebuilt"
+    init.write_bytes(INIT + b"# another init\n")
+    third = initramfs(busybox, cache, init)
+    assert third.path != first.path, "a changed init reused the old image"
+    assert third.path.read_bytes() == build(FAKE_BUSYBOX, init.read_bytes())
+    other = initramfs(busybox_artifact(tmp_path, FAKE_BUSYBOX + b"!"), cache, init)
+    assert other.path not in (first.path, third.path), "a changed busybox reused an old image"
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "digest-file"])
+def test_corrupt_cached_initramfs_is_rebuilt(tmp_path, damage):
+    cache = Cache(tmp_path / "cache")
+    busybox = busybox_artifact(tmp_path)
+    built = initramfs(busybox, cache)
+    good = built.path.read_bytes()
+    if damage == "flip-byte":
+        bad = bytearray(good)
+        bad[len(bad) // 2] ^= 0xFF
+        built.path.write_bytes(bytes(bad))
+    elif damage == "truncate":
+        built.path.write_bytes(good[: len(good) // 3])
+    else:
+        built.path.with_suffix(".sha256").write_text("0" * 64)
+    os.utime(built.path, ns=(1_000_000_000, 1_000_000_000))
+    again = initramfs(busybox, cache)
+    assert again.path == built.path
+    assert again.path.read_bytes() == good, f"expected the {damage} entry rebuilt to the same bytes"
+    assert again.path.stat().st_mtime_ns != 1_000_000_000, "the damaged entry was returned as is"
+    assert again.sha256 == sha256_bytes(good)

@@ -1,0 +1,205 @@
+"""The console monitor on captured real console logs (good and bad) and on the catalogue's own strings."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from captured import DATA, HEALTHY_LOG, replay
+
+from harness.monitor import (
+    EVIDENCE_WINDOW_S,
+    ConsoleMonitor,
+    Verdict,
+    qemu_failure,
+    triage,
+)
+
+LOGS = DATA / "logs"
+
+
+def fault_log(name: str) -> bytes:
+    return gzip.decompress((LOGS / f"fault-{name}.log.gz").read_bytes())
+
+
+def test_healthy_boot_reaches_every_milestone_in_order(healthy_monitor):
+    assert list(healthy_monitor.reached) == [
+        "xen-banner", "dom0-loading", "xen-handover", "dom0:kernel", "dom0:xen-found",
+        "dom0:grant-table", "dom0:events", "dom0:init", "dom0:shell",
+    ]
+    assert healthy_monitor.failure is None
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 65536])
+def test_line_splitting_does_not_depend_on_chunking(chunk):
+    monitor = replay(HEALTHY_LOG.read_bytes(), chunk=chunk)
+    assert [line.text for line in monitor.lines] == [line.text for line in replay(HEALTHY_LOG.read_bytes()).lines]
+    assert "dom0:shell" in monitor.reached
+
+
+def test_healthy_log_has_known_noise_and_no_failure():
+    text = HEALTHY_LOG.read_text()
+    assert "unhandled word write" in text and "ARM_SMCCC_ARCH_WORKAROUND_1" in text  # the noise is really there
+    monitor, verdict = triage(HEALTHY_LOG.read_bytes())
+    assert verdict is Verdict.PASSED and monitor.failure is None
+
+
+def test_sources_are_attributed(healthy_monitor):
+    by_source = {line.source for line in healthy_monitor.lines}
+    assert by_source == {"xen", "dom0"}
+    assert healthy_monitor.reached["xen-banner"].text.startswith("Xen version 4.17")
+    assert healthy_monitor.reached["dom0:kernel"].source == "dom0"
+
+
+# Each captured failing boot (tests/test_faults.py produced them) gives the same verdict offline as live.
+CAPTURED = [
+    ("impossible-dom0-mem", Verdict.CRASHED, "dom0-loading", "xen-dom0-memory"),
+    ("missing-dom0-kernel", Verdict.CRASHED, "dom0-loading", "xen-missing-module"),
+    ("dom0-init-missing-panic-reboots", Verdict.CRASHED, "dom0:events", "kernel-panic"),
+    ("dom0-init-missing-panic-hangs", Verdict.CRASHED, "dom0:events", "kernel-panic"),
+    ("dom0-console-not-hvc0", Verdict.HUNG, "xen-handover", "log-ends"),
+]
+
+
+@pytest.mark.parametrize(("name", "verdict", "stage", "signature"), CAPTURED, ids=[c[0] for c in CAPTURED])
+def test_captured_failures_are_classified(name, verdict, stage, signature):
+    monitor, got = triage(fault_log(name))
+    assert (got, monitor.failure.stage, monitor.failure.signature) == (verdict, stage, signature)
+    assert monitor.failure.evidence, "a failure must quote the console"
+
+
+def test_xen_panic_reason_is_the_detail():
+    monitor, _ = triage(fault_log("impossible-dom0-mem"))
+    assert monitor.failure.detail == "Failed to allocate requested dom0 memory. 2272MB unallocated"
+    assert any(line.text.startswith("Panic on CPU 0:") for line in monitor.failure.evidence)
+
+
+def test_most_specific_signature_names_the_failure():
+    # "Missing kernel boot module?" comes before Xen's generic panic: the specific one wins.
+    monitor, _ = triage(fault_log("missing-dom0-kernel"))
+    assert monitor.failure.signature == "xen-missing-module"
+    assert {"xen-panic", "xen-dom0-setup"} <= {sig.name for sig, _ in monitor._matches}
+
+
+# The catalogue against the strings Xen and Linux really print (from their sources).
+CATALOGUE = [
+    ("(XEN) Panic on CPU 1:", "xen-panic", Verdict.CRASHED),
+    ("(XEN) Could not set up DOM0 guest OS (rc = -12)", "xen-dom0-setup", Verdict.CRASHED),
+    ("(XEN) Xen BUG at common/sched/core.c:1234", "xen-bug", Verdict.CRASHED),
+    ("(XEN) Assertion 'v->is_running' failed at common/domain.c:123", "xen-bug", Verdict.CRASHED),
+    ("(XEN) CPU0: Unexpected Trap: Data Abort", "xen-fatal-trap", Verdict.CRASHED),
+    ("(XEN) Domain 1 (vcpu#0) crashed on cpu#1:", "xen-domain-crash", Verdict.CRASHED),
+    ("(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.", "xen-domain-crash", Verdict.CRASHED),
+    ("(XEN) Hardware Dom0 shutdown: rebooting machine", "dom0-reboot", Verdict.CRASHED),
+    ("[    3.1] Kernel panic - not syncing: Attempted to kill init!", "kernel-panic", Verdict.CRASHED),
+    ("[    3.1] Unable to handle kernel NULL pointer dereference at virtual address 0", "kernel-oops",
+     Verdict.CRASHED),
+    ("[    3.1] Internal error: Oops: 96000004 [#1] SMP", "kernel-oops", Verdict.CRASHED),
+    ("[   25.0] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:", "rcu-stall", Verdict.HUNG),
+    ("[    0.0] xen:grant_table: Xen grant table region is not found", "no-grant-table", Verdict.FAILED),
+    ("[    0.0] Xen event channel interrupt not found", "no-event-irq", Verdict.FAILED),
+    ("[    0.0] xen:events: Error request IRQ 12", "event-irq-request", Verdict.FAILED),
+    ("[    0.0] gnttab share frames (addr=0x38000000) is not mapped!", "gnttab-unmapped", Verdict.FAILED),
+]
+
+
+@pytest.mark.parametrize(("line", "signature", "verdict"), CATALOGUE, ids=[c[1] + ":" + c[0][:30] for c in CATALOGUE])
+def test_catalogue_matches_real_strings(line, signature, verdict):
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7 (Debian)\n" + line.encode() + b"\n")
+    assert monitor.failure is not None, f"no signature matched {line!r}"
+    assert (monitor.failure.signature, monitor.failure.verdict) == (signature, verdict)
+    assert monitor.failure.stage == "xen-banner"
+
+
+@pytest.mark.parametrize("noise", [
+    "(XEN) d0v0: vGICD: unhandled word write 0x000000ffffffff to ICACTIVER0",
+    "(XEN) d0v1 Unhandled SMC/HVC: 0x84000050",
+    "(XEN) **** No support for ARM_SMCCC_ARCH_WORKAROUND_1. ****",
+    "(XEN) **** Please update your firmware.                ****",
+])
+def test_known_noise_is_never_a_failure(noise):
+    monitor = ConsoleMonitor()
+    monitor.feed(noise.encode() + b"\n")
+    assert monitor.failure is None
+
+
+def test_guest_signatures_ignore_xen_lines_and_vice_versa():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n(XEN) Kernel panic - not syncing: quoted by Xen\n")
+    assert monitor.failure is None
+    monitor.feed(b"Panic on CPU 0:\n")  # a guest line that looks like Xen's
+    assert monitor.failure is None
+
+
+def test_domu_console_lines_are_attributed_to_the_domain():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n(XEN) DOM1: [    0.0] Booting Linux on physical CPU 0x0\n"
+                 b"(XEN) DOM1: [    0.0] Xen 4.17 support found\n")
+    assert monitor.reached["dom1:kernel"].source == "dom1"
+    assert "dom1:xen-found" in monitor.reached and "dom0:kernel" not in monitor.reached
+
+
+def test_firmware_lines_before_xen_banner():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"UEFI firmware (version edk2 built on Jan 1)\nBdsDxe: loading Boot0001\n"
+                 b"(XEN) Xen version 4.17.7\nafter\n")
+    assert monitor.reached["firmware"].source == "firmware"
+    assert monitor.lines[-1].source == "dom0"
+
+
+def test_prompt_on_a_partial_line():
+    monitor = ConsoleMonitor(prompt=r"dom0# ")
+    monitor.feed(b"(XEN) Xen version 4.17.7\nharness-init: dom0 ready\n\x1b[6ndom0# \x1b[6n")
+    assert "dom0:shell" in monitor.reached
+    assert list(monitor.reached)[-2:] == ["dom0:init", "dom0:shell"]
+
+
+def test_evidence_waits_for_lines_after_the_failure():
+    now = [0.0]
+    monitor = ConsoleMonitor(clock=lambda: now[0])
+    monitor.feed(b"(XEN) Xen version 4.17.7\n(XEN) Panic on CPU 0:\n")
+    assert monitor.failure is not None and not monitor.settled()
+    now[0] += EVIDENCE_WINDOW_S / 2
+    monitor.feed(b"(XEN) Could not set up DOM0 guest OS (rc = -22)\n")
+    assert not monitor.settled()
+    assert monitor.failure.signature == "xen-dom0-setup"  # the reason line arrived and named it
+    assert monitor.failure.detail == "Could not set up DOM0 guest OS (rc = -22)"
+    now[0] += EVIDENCE_WINDOW_S
+    assert monitor.settled()
+    assert monitor.conclude().decided == pytest.approx(1.5 * EVIDENCE_WINDOW_S)
+
+
+def test_silence_and_qemu_exit_are_recorded_once():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n")
+    hang = monitor.hang("no console output for 60 s")
+    assert (hang.verdict, hang.stage, hang.signature) == (Verdict.HUNG, "xen-banner", "silence")
+    assert monitor.exited(0) is hang  # the first verdict stands
+
+
+def test_qemu_exit_without_output():
+    failure = ConsoleMonitor().exited(0)
+    assert (failure.verdict, failure.stage, failure.signature) == (Verdict.CRASHED, "power-on", "qemu-exit")
+    assert "without any console output" in failure.description
+
+
+@pytest.mark.parametrize(("stderr", "signature"), [
+    ("qemu-system-aarch64: -no-such-option: invalid option", "qemu-bad-option"),
+    ("qemu-system-aarch64: Some ROM regions are overlapping\nThese ROM regions might have been loaded",
+     "qemu-rom-overlap"),
+    ("qemu-system-aarch64: Invalid parameter 'gic-versionx'", "qemu-bad-option"),
+    ("qemu-system-aarch64: something new went wrong", "qemu-error"),
+])
+def test_qemu_stderr_is_classified_as_infrastructure(stderr, signature):
+    failure = qemu_failure(stderr)
+    assert (failure.verdict, failure.signature) == (Verdict.INFRASTRUCTURE, signature)
+    assert failure.detail.startswith("qemu-system-aarch64:")
+
+
+def test_triage_of_a_cut_log_names_the_last_stage():
+    log = HEALTHY_LOG.read_bytes()
+    cut = log[: log.index(b"Grant table initialized")]
+    monitor, verdict = triage(cut)
+    assert verdict is Verdict.HUNG
+    assert monitor.failure.stage == "dom0:xen-found" and monitor.failure.signature == "log-ends"

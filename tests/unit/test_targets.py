@@ -1,0 +1,117 @@
+"""Target names and specs: a wrong name or a malformed target file is one sentence, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import targets
+from harness.errors import UsageError
+from harness.images import load_lock
+
+REAL = yaml.safe_load((targets.TARGETS_DIR / "qemu-virt.yaml").read_text())
+
+VALID = """\
+targets:
+  main:
+    drivers: {}
+harness:
+  images: debian12-arm64
+  dom0:
+    cmdline: console=hvc0
+"""
+
+
+def one_line(message: str) -> None:
+    assert "\n" not in message and message.endswith((".", "?")), f"expected one line of prose, found {message!r}"
+
+
+@pytest.fixture
+def directory(tmp_path) -> Path:
+    for name in ("board-a", "board-b"):
+        (tmp_path / f"{name}.yaml").write_text(VALID)
+    (tmp_path / "notes.txt").write_text("not a target")
+    return tmp_path
+
+
+def test_misspelt_target_lists_names_and_suggests():
+    with pytest.raises(UsageError) as info:
+        targets.target_path("qemu-virtt")
+    message = str(info.value)
+    one_line(message)
+    assert "unknown target 'qemu-virtt'" in message, message
+    for name in targets.target_names():
+        assert name in message, f"expected {name} listed, found {message!r}"
+    assert message.endswith("Did you mean 'qemu-virt'?"), message
+
+
+def test_unlike_name_gets_no_suggestion(directory):
+    with pytest.raises(UsageError) as info:
+        targets.target_path("zzz", directory)
+    assert str(info.value) == "unknown target 'zzz': choose one of board-a, board-b."
+
+
+def test_target_names_are_the_yaml_files(directory):
+    assert targets.target_names(directory) == ["board-a", "board-b"]
+    assert "qemu-virt" in targets.target_names()
+    assert targets.target_path("board-b", directory) == directory / "board-b.yaml"
+
+
+def test_expand(directory):
+    assert targets.expand("all", directory) == ["board-a", "board-b"]
+    assert targets.expand("all") == targets.target_names()
+    assert targets.expand("qemu-virt") == ["qemu-virt"]
+    assert targets.expand(" board-b , board-a ,", directory) == ["board-b", "board-a"]
+
+
+def test_expand_empty_and_unknown(directory):
+    for spec in ("", " , "):
+        with pytest.raises(UsageError, match=r"^--target is empty: name a target, e\.g\. --target=qemu-virt"):
+            targets.expand(spec, directory)
+    with pytest.raises(UsageError) as info:
+        targets.expand("board-a,bord-b", directory)
+    assert str(info.value) == "unknown target 'bord-b': choose one of board-a, board-b. Did you mean 'board-b'?"
+
+
+def test_load_spec_of_qemu_virt():
+    spec = targets.load_spec("qemu-virt")
+    section = REAL["harness"]
+    assert spec.name == "qemu-virt" and spec.path == targets.TARGETS_DIR / "qemu-virt.yaml"
+    assert spec.images == section["images"] and spec.images in load_lock(), f"{spec.images} is not a locked profile"
+    assert spec.boot == "qemu-loader"
+    assert spec.dom0_cmdline == section["dom0"]["cmdline"]
+    assert "guest=dom0" in spec.dom0_cmdline, "the shell prompt is named by guest= on dom0's command line"
+    assert spec.capabilities == frozenset(section["capabilities"]) and spec.can("dom0")
+    assert not spec.can("acpi")
+    assert spec.deadlines == section["deadlines"] and all(v > 0 for v in spec.deadlines.values())
+    assert spec.description == section["description"]
+
+
+def test_defaults_for_optional_fields(directory):
+    spec = targets.load_spec("board-a", directory)
+    assert (spec.boot, spec.capabilities, spec.deadlines, spec.description) == ("qemu-loader", frozenset(), {}, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (VALID.split("harness:")[0], "KeyError('harness')"),
+        (VALID.replace("  dom0:\n    cmdline: console=hvc0\n", ""), "KeyError('dom0')"),
+        (VALID.replace("  images: debian12-arm64\n", ""), "KeyError('images')"),
+        ("", "KeyError('harness')"),
+        ("- a list\n", "TypeError"),
+        ("harness: [unclosed\n", "ParserError"),
+    ],
+    ids=["no-harness-section", "no-dom0", "no-images", "empty", "a-list", "bad-yaml"],
+)
+def test_malformed_target_is_one_sentence(directory, text, why):
+    path = directory / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        targets.load_spec("broken", directory)
+    message = str(info.value)
+    one_line(message)
+    assert message.startswith(f"{path} is not a valid target (") and why in message, message
+    assert message.endswith("compare it with targets/qemu-virt.yaml."), message
