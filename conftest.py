@@ -16,6 +16,7 @@ import pytest
 from harness import targets
 from harness.boot import BootSession
 from harness.errors import HarnessError
+from harness.lab.qemu import die_with_parent
 from harness.monitor import BootFailure
 
 ROOT = Path(__file__).resolve().parent
@@ -33,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        # An xdist worker dies with its controller, and its QEMU with it (parent-death signals chain).
+        die_with_parent()
     config.addinivalue_line("markers", "requires(capability): run only on targets that have this capability")
     try:
         config.harness_targets = targets.expand(config.getoption("target"))

@@ -9,6 +9,7 @@ not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -43,9 +44,10 @@ def new_artifacts_dir(root: Path, name: str) -> Path:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .boot import BootSession, Tweaks, milestone_title
+    from .boot import BootSession, milestone_title
 
     spec = targets.load_spec(args.target)
+    changes = tweaks(args)
     artifacts = Path(args.artifacts).resolve() if args.artifacts else new_artifacts_dir(
         default_artifacts_root(), spec.name)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     print(f"harness: artifacts in {artifacts}", file=out, flush=True)
     session = BootSession(
         spec, artifacts, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
-        on_milestone=progress, tweaks=Tweaks(xen_args=args.xen_args, dom0_args=args.dom0_args),
+        on_milestone=progress, tweaks=changes,
     )
     try:
         session.boot()
@@ -79,6 +81,19 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if result.verdict is Verdict.INFRASTRUCTURE:
         return EXIT_LAB
     return EXIT_GOOD if result.verdict is Verdict.PASSED else EXIT_BAD
+
+
+def tweaks(args: argparse.Namespace):
+    """--xen-args/--dom0-args, over the injected fault's changes when --fault is given."""
+    from .boot import Tweaks
+    from .faults import BY_NAME
+
+    if args.fault and args.fault not in BY_NAME:
+        raise UsageError(f"unknown fault {args.fault!r}: choose one of {', '.join(BY_NAME)}.")
+    base = BY_NAME[args.fault].tweaks if args.fault else Tweaks()
+    join = " ".join
+    return dataclasses.replace(base, xen_args=join(filter(None, [base.xen_args, args.xen_args])),
+                               dom0_args=join(filter(None, [base.dom0_args, args.dom0_args])))
 
 
 def summary(result) -> str:
@@ -225,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
     boot.add_argument("--xen-args", default="", help="append to Xen's command line, e.g. 'sched=null'")
     boot.add_argument("--dom0-args", default="", help="append to dom0's kernel command line")
+    boot.add_argument("--fault", metavar="NAME",
+                      help="inject a real fault (harness/faults.py) to see how a bad boot is reported")
     boot.add_argument("--artifacts", help="directory for this run's artifacts (default: artifacts/<time>-<target>)")
     boot.add_argument("--json", action="store_true", help="print result.json on stdout, progress on stderr")
     boot.set_defaults(func=cmd_boot)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import select
 import shlex
@@ -62,14 +63,12 @@ def _not_installed(binary: str) -> QemuFailed:
     return QemuFailed(f"{binary} is not installed: install Debian's qemu-system-arm package (./run does it).")
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (however the parent died)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @target_factory.reg_driver
@@ -155,7 +154,7 @@ class XenQEMUDriver(QEMUDriver):
         try:
             self._child = subprocess.Popen(
                 self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         except FileNotFoundError as exc:
             raise _not_installed(self._cmd[0]) from exc

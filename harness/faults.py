@@ -1,0 +1,54 @@
+"""Real faults the harness can inject into a real boot, each with the verdict it must produce.
+
+Used by tests/test_faults.py (each must be classified right), benchmarks/boot.py (how fast), and
+`harness boot --fault NAME` (to see what a bad boot looks like). Hang deadlines are shortened so a
+demonstration takes seconds; a nightly run keeps the target's own deadlines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .boot import Tweaks
+from .monitor import Verdict
+
+SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    tweaks: Tweaks
+    verdict: Verdict
+    stage: str
+    signature: str
+    evidence: str | None = None  # text the quoted console lines must contain
+
+
+FAULTS = (
+    Fault("impossible-dom0-mem", Tweaks(xen_args="dom0_mem=4000M"),
+          Verdict.CRASHED, "dom0-loading", "xen-dom0-memory", "Failed to allocate requested dom0 memory"),
+    Fault("missing-dom0-kernel", Tweaks(omit_modules=frozenset({"kernel"})),
+          Verdict.CRASHED, "dom0-loading", "xen-missing-module", "Missing kernel boot module?"),
+    Fault("dom0-init-missing-panic-reboots", Tweaks(dom0_args="rdinit=/no/such/init"),
+          Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
+    Fault("dom0-init-missing-panic-hangs",
+          Tweaks(dom0_cmdline="console=hvc0 earlycon=xenboot rdinit=/no/such/init guest=dom0"),
+          Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
+    Fault("dom0-console-not-hvc0",
+          Tweaks(dom0_cmdline="console=ttyAMA0 rdinit=/init guest=dom0", deadlines=SHORT_HANG),
+          Verdict.HUNG, "xen-handover", "silence", "unhandled word write"),
+    Fault("wrong-dtuart", Tweaks(xen_args="dtuart=/pl011@9001000", deadlines=SHORT_HANG),
+          Verdict.HUNG, "power-on", "silence"),
+    Fault("no-virtualization",
+          Tweaks(edit_qemu_args=lambda a: a.replace("virtualization=on,", ""), deadlines=SHORT_HANG),
+          Verdict.HUNG, "power-on", "silence"),
+    Fault("qemu-rejects-option", Tweaks(edit_qemu_args=lambda a: f"{a} -no-such-option"),
+          Verdict.INFRASTRUCTURE, "power-on", "qemu-bad-option"),
+    # A blob loaded over Xen: the harness's layout never does this, a hand-written boot plan might.
+    Fault("qemu-overlapping-images",
+          Tweaks(edit_qemu_args=lambda a: f"{a} -device loader,file=/etc/hostname,addr=0x40200000,force-raw=on"),
+          Verdict.INFRASTRUCTURE, "power-on", "qemu-rom-overlap"),
+)
+
+BY_NAME = {f.name: f for f in FAULTS}
