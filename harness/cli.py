@@ -194,7 +194,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .images import Images, StaleLock, load_lock
+    from .images import Images, StaleLock, load_lock, load_source_lock
 
     images = Images()
     if args.action == "lock":
@@ -204,20 +204,31 @@ def cmd_images(args: argparse.Namespace) -> int:
     if args.action == "refresh":
         # CI's explicit re-pin: only when a pinned package has left the archive, and said loudly.
         try:
-            for entries in load_lock().values():
-                for entry in entries.values():
-                    images.fetch(entry)
+            fetch_all(images, load_lock(), load_source_lock())
             print("harness: every pinned image is still in the archive and in the cache")
         except StaleLock as exc:
             print(f"harness: REFRESHING THE LOCK: {exc}")
             images.lock()
+            fetch_all(images, load_lock(), load_source_lock())
             print(f"harness: re-pinned {images.lock_path}; commit it to make the new pins the project's")
         return EXIT_GOOD
     for profile, entries in load_lock().items():
         for name, entry in entries.items():
             path = images.fetch(entry) if args.action == "fetch" else None
             print(f"{profile:16} {name:8} {entry.package} {entry.version}" + (f"  {path}" if path else ""))
+    for name, source in load_source_lock().items():
+        if args.action == "fetch":
+            images.fetch_source(source)
+        print(f"{'source':16} {name:8} {source.package} {source.version} ({source.suite})")
     return EXIT_GOOD
+
+
+def fetch_all(images, profiles, sources) -> None:
+    for entries in profiles.values():
+        for entry in entries.values():
+            images.fetch(entry)
+    for source in sources.values():
+        images.fetch_source(source)
 
 
 def cmd_targets(args: argparse.Namespace) -> int:  # noqa: ARG001

@@ -51,6 +51,29 @@ class LockedArtifact:
 
 
 @dataclass(frozen=True)
+class LockedSourceFile:
+    name: str  # the archive's file name, e.g. xen_4.17.5+72-g01140da4e8-1.dsc
+    url: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    """A Debian source package pinned to its exact files (.dsc, .orig.tar.*, .debian.tar.*)."""
+
+    name: str
+    package: str
+    suite: str
+    version: str
+    files: tuple[LockedSourceFile, ...]
+
+    @property
+    def dsc(self) -> LockedSourceFile:
+        return next(f for f in self.files if f.name.endswith(".dsc"))
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A file a boot uses, wherever it came from."""
 
@@ -74,6 +97,24 @@ def load_lock(path: Path = LOCK) -> dict[str, dict[str, LockedArtifact]]:
     return {
         profile: {name: LockedArtifact(name=name, **entry) for name, entry in artifacts.items()}
         for profile, artifacts in data["profiles"].items()
+    }
+
+
+def load_source_lock(path: Path = LOCK) -> dict[str, LockedSource]:
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run `{RELOCK_COMMAND}` to pin the images.")
+    data = json.loads(path.read_text())
+    if "sources" not in data:
+        raise UsageError(f"{path} pins no source packages: run `{RELOCK_COMMAND}`.")
+    return {
+        name: LockedSource(
+            name=name,
+            package=entry["package"],
+            suite=entry["suite"],
+            version=entry["version"],
+            files=tuple(LockedSourceFile(**f) for f in entry["files"]),
+        )
+        for name, entry in data["sources"].items()
     }
 
 
@@ -129,6 +170,18 @@ class Images:
         download(entry.url, deb, entry.deb_sha256, what=f"{entry.package} {entry.version}")
         return deb
 
+    def fetch_source(self, source: LockedSource) -> list[Path]:
+        """The verified files of a pinned source package, downloading those the cache lacks."""
+        paths = [self.cache.dir("sources") / f"{f.sha256[:16]}-{f.name}" for f in source.files]
+        if all(self.cache.verified(p, f.sha256) for p, f in zip(paths, source.files, strict=True)):
+            return paths
+        with self.cache.locked():
+            for path, f in zip(paths, source.files, strict=True):
+                if not self.cache.verified(path, f.sha256):  # another worker may have fetched it meanwhile
+                    log.info("fetching %s (%.1f MB)", f.name, f.size / 1e6)
+                    download(f.url, path, f.sha256, what=f"source {f.name}")
+        return paths
+
     # --- pinning ----------------------------------------------------------------------------
 
     def lock(self, manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
@@ -148,6 +201,7 @@ class Images:
                     name, package, version, url, sha, size, member.removeprefix("./"), sha256_bytes(data)
                 )
                 log.info("%s/%s: %s %s", profile, name, package, version)
+        sources = self.lock_sources(manifest)
         document = {
             "comment": f"Written by `{RELOCK_COMMAND}` from images/manifest.yaml; do not edit by hand.",
             "locked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -156,8 +210,34 @@ class Images:
                 for p, arts in profiles.items()
             },
         }
+        if sources:
+            document["sources"] = {
+                n: {k: v for k, v in asdict(src).items() if k != "name"} for n, src in sources.items()
+            }
         self.lock_path.write_text(json.dumps(document, indent=2) + "\n")
         return profiles
+
+    def lock_sources(self, manifest: dict | None = None) -> dict[str, LockedSource]:
+        """Resolve the manifest's `sources` to exact files, and fetch them once to prove the pool serves them."""
+        manifest = manifest or load_manifest()
+        if not manifest.get("sources"):
+            return {}
+        apt = SourceApt(self.cache, manifest["archive"])
+        apt.update()
+        sources: dict[str, LockedSource] = {}
+        for name, spec in manifest["sources"].items():
+            version, files = apt.resolve_source(spec["package"], spec["suite"])
+            sources[name] = LockedSource(name, spec["package"], spec["suite"], version, tuple(files))
+            try:
+                self.fetch_source(sources[name])
+            except StaleLock as exc:
+                # The index can list files the pool does not serve (seen for bookworm-security's xen).
+                raise InfrastructureError(
+                    f"Debian's {spec['suite']} index lists {spec['package']} {version}, but the archive answers 404 "
+                    "for its files: pin another suite under `sources` in images/manifest.yaml."
+                ) from exc
+            log.info("source %s: %s %s (%s)", name, spec["package"], version, spec["suite"])
+        return sources
 
 
 def user_artifact(name: str, path: Path) -> Artifact:
@@ -180,6 +260,7 @@ def download(url: str, dest: Path, sha256: str, what: str) -> None:
     output = proc.stdout + proc.stderr
     if proc.returncode != 0 or "E: " in output or not partial.is_file():
         partial.unlink(missing_ok=True)
+        partial.with_name(f"{partial.name}.FAILED").unlink(missing_ok=True)  # apt keeps refused bytes there
         if re.search(r"\b404\b", output):
             raise StaleLock(
                 f"{what} is no longer in the Debian archive ({url} answers 404): "
@@ -290,3 +371,32 @@ class PrivateApt:
                 f"{package} ({self.architecture}) is not in Debian's archive: fix images/manifest.yaml."
             )
         return dict(re.findall(r"^([\w-]+): (.*)$", proc.stdout, re.M))
+
+
+class SourceApt(PrivateApt):
+    """A PrivateApt over Debian's source indexes (`deb-src` lines) in a state directory of its own."""
+
+    def __init__(self, cache: Cache, archive: dict) -> None:
+        super().__init__(cache, "source", archive)  # "source" only names the state directory
+        (self.root / "sources.list").write_text(
+            "".join(
+                f"deb-src [signed-by={archive['keyring']}] {src['url']} {suite} main\n"
+                for src in archive["sources"]
+                for suite in src["suites"]
+            )
+        )
+
+    def resolve_source(self, package: str, suite: str) -> tuple[str, list[LockedSourceFile]]:
+        """(version, files) of `package`'s source in `suite`: each file's URL, size and SHA256."""
+        proc = self._run("apt-get", "source", "--print-uris", f"{package}/{suite}")
+        version = re.search(r"^Selected version '([^']+)'", proc.stdout, re.M)
+        files = [
+            LockedSourceFile(name, url, int(size), sha)
+            for url, name, size, sha in re.findall(r"^'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})$", proc.stdout, re.M)
+        ]
+        if proc.returncode != 0 or not version or not any(f.name.endswith(".dsc") for f in files):
+            raise InfrastructureError(
+                f"apt cannot locate the source of {package} in {suite} ({proc.stderr.strip()[-300:]}): "
+                "fix `sources` in images/manifest.yaml."
+            )
+        return version.group(1), files

@@ -1,0 +1,227 @@
+"""Xen built from Debian's `xen` source package with extra Kconfig options.
+
+Debian's xen-hypervisor-4.17-arm64 has CONFIG_ACPI off (it needs CONFIG_UNSUPPORTED), so booting
+dom0 on ACPI needs our own build. The source is the lock's (`sources.xen`), fetched and verified
+like the debs; the hypervisor alone is cross-built with Debian's compiler. Each build is cached
+under a key of its inputs (source files, config items, compiler version, recipe) in
+`<cache>/xen-builds/<key>/`: `xen` (the image), `config` (Xen's .config), `build.log`, and
+`build.json` (written last: an entry without it is incomplete and is built again).
+
+On arm64 `xen/xen` is an Image with an EFI stub: QEMU's -kernel and UEFI (as BOOTAA64.EFI) both
+start it, and Xen's own `xen/xen.efi` is only a symlink to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import MappingProxyType
+
+from .cache import Cache, sha256_bytes
+from .errors import InfrastructureError, UsageError
+from .images import LOCK, RELOCK_COMMAND, Artifact, Images, LockedSource, load_source_lock
+
+log = logging.getLogger(__name__)
+
+# Bump when the recipe below changes what a build produces: every cached build is then redone.
+BUILD_RECIPE_VERSION = 1
+DEFAULT_CONFIG: Mapping[str, str] = MappingProxyType({"CONFIG_UNSUPPORTED": "y", "CONFIG_ACPI": "y"})
+# Xen's arch name -> (CROSS_COMPILE prefix, the Debian package that provides it)
+TOOLCHAINS = {"arm64": ("aarch64-linux-gnu-", "gcc-aarch64-linux-gnu")}
+# Host tools the build runs -> the Debian package that provides each
+HOST_TOOLS = {
+    "dpkg-source": "dpkg-dev",
+    "make": "make",
+    "gcc": "gcc",
+    "flex": "flex",
+    "bison": "bison",
+    "python3": "python3",
+}
+ARM64_IMAGE_MAGIC = b"ARM\x64"  # at offset 56 of an arm64 Image header
+
+
+def xen_source(lock_path: Path = LOCK) -> LockedSource:
+    """The `xen` source package the lock pins."""
+    sources = load_source_lock(lock_path)
+    if "xen" not in sources:
+        raise UsageError(
+            f"{lock_path.name} pins no `xen` source: add it to images/manifest.yaml, then run `{RELOCK_COMMAND}`."
+        )
+    return sources["xen"]
+
+
+def build_xen(
+    cache: Cache, source: LockedSource, arch: str = "arm64", config: Mapping[str, str] = DEFAULT_CONFIG
+) -> Artifact:
+    """Xen built from `source` with `config` on top of defconfig: cached, or built now (about a minute)."""
+    config = dict(config)
+    for key, value in config.items():
+        if not re.fullmatch(r"CONFIG_[A-Za-z0-9_]+", key) or "\n" in value:
+            raise UsageError(f"{key}={value!r} is not a Kconfig item: give CONFIG_NAME and a one-line value.")
+    if arch not in TOOLCHAINS:
+        raise UsageError(f"cannot build Xen for {arch!r}: the harness knows {', '.join(TOOLCHAINS)}.")
+    toolchain = toolchain_version(arch)
+    out = cache.dir("xen-builds") / build_key(source, arch, config, toolchain)[:32]
+    if artifact := cached_build(cache, out):
+        return artifact
+    files = Images(cache).fetch_source(source)  # takes the cache lock itself
+    with cache.locked():
+        if artifact := cached_build(cache, out):  # another worker built it meanwhile
+            return artifact
+        return _build(cache, out, source, files, arch, config)
+
+
+def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolchain: str) -> str:
+    """SHA256 of everything that decides the build's output."""
+    lines = [
+        f"recipe {BUILD_RECIPE_VERSION}",
+        f"arch {arch}",
+        f"toolchain {toolchain}",
+        *(f"source {f.name} {f.sha256}" for f in sorted(source.files, key=lambda f: f.name)),
+        *(f"config {k}={v}" for k, v in sorted(config.items())),
+    ]
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def toolchain_version(arch: str) -> str:
+    """The first line of the cross compiler's `--version`: a compiler update means a new build."""
+    prefix, package = TOOLCHAINS[arch]
+    try:
+        proc = subprocess.run([f"{prefix}gcc", "--version"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        proc = None
+    if proc is None or proc.returncode != 0:
+        raise InfrastructureError(
+            f"the {arch} cross compiler {prefix}gcc is missing: install Debian's `{package}` package."
+        )
+    return proc.stdout.splitlines()[0].strip()
+
+
+def cached_build(cache: Cache, out: Path) -> Artifact | None:
+    """The finished build in `out`, or None when there is none or its image is not intact."""
+    try:
+        meta = json.loads((out / "build.json").read_text())
+        sha256, origin = meta["sha256"], meta["origin"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    image = out / "xen"
+    if not cache.verified(image, sha256):  # a corrupt image is removed and built again
+        return None
+    return Artifact("xen", image, sha256, origin)
+
+
+def _build(cache: Cache, out: Path, source: LockedSource, files: list[Path], arch: str, config: dict) -> Artifact:
+    for tool, package in HOST_TOOLS.items():
+        if not shutil.which(tool):
+            raise InfrastructureError(f"building Xen needs `{tool}`: install Debian's `{package}` package.")
+    items = " ".join(f"{k}={v}" for k, v in sorted(config.items()))
+    upstream = re.match(r"[\d.]+", source.version.split(":")[-1]).group(0).rstrip(".")
+    log.info("building Xen %s for %s with %s (about a minute)", upstream, arch, items or "defconfig")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "build.json").unlink(missing_ok=True)  # incomplete until this build succeeds
+    build_log = out / "build.log"
+    work = Path(tempfile.mkdtemp(dir=cache.dir("xen-builds"), prefix=f".build-{source.dsc.sha256[:16]}-"))
+    try:
+        with build_log.open("w") as logf:
+
+            def run(*cmd: str, cwd: Path) -> None:
+                logf.write(f"$ {' '.join(cmd)}\n")
+                logf.flush()
+                try:
+                    proc = subprocess.run(
+                        cmd, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, env=_clean_env(), timeout=1800
+                    )
+                except subprocess.TimeoutExpired as exc:
+                    raise InfrastructureError(
+                        f"`{cmd[0]}` took over 30 minutes building Xen: see {build_log}."
+                    ) from exc
+                if proc.returncode != 0:
+                    logf.flush()
+                    tail = "\n".join(build_log.read_text(errors="replace").splitlines()[-15:])
+                    raise InfrastructureError(
+                        f"building Xen {source.version} for {arch} failed (`{cmd[0]} … {cmd[-1]}` exited "
+                        f"{proc.returncode}); the end of {build_log}:\n{tail}"
+                    )
+
+            # dpkg-source wants the files side by side under their archive names.
+            for path, f in zip(files, source.files, strict=True):
+                (work / f.name).symlink_to(path)
+            run("dpkg-source", "-x", source.dsc.name, "src", cwd=work)
+            tree = work / "src"
+            stamp = changelog_date(tree / "debian" / "changelog")
+            prefix, _ = TOOLCHAINS[arch]
+            variables = {
+                "XEN_TARGET_ARCH": arch,
+                "CROSS_COMPILE": prefix,
+                # Same inputs, same bytes: no build date, user, host or temp path in the image.
+                "XEN_BUILD_DATE": f"{stamp:%a %b %e %H:%M:%S UTC %Y}",
+                "XEN_BUILD_TIME": f"{stamp:%H:%M:%S}",
+                "XEN_WHOAMI": "xen-arm-harness",
+                "XEN_DOMAIN": "localdomain",
+                "XEN_BUILD_HOST": "localhost",
+                "EXTRA_CFLAGS_XEN_CORE": f"-ffile-prefix-map={tree}=. -fdebug-prefix-map={tree}=.",
+                # Debian's patches print these in the banner: "Xen version 4.17.5 (Debian VERSION) (LOCAL@DOMAIN)".
+                "DEB_VERSION": f"{source.version} xen-arm-harness build",
+                "DEB_MAINTAINER": "xen-arm-harness <harness@localhost>",
+            }
+            make = ["make", "-C", "xen", *(f"{k}={v}" for k, v in variables.items())]
+            run(*make, "defconfig", cwd=tree)
+            dotconfig = tree / "xen" / ".config"
+            with dotconfig.open("a") as f:  # later lines override defconfig's; olddefconfig settles the rest
+                f.writelines(f"{k}={v}\n" for k, v in config.items())
+            run(*make, "olddefconfig", cwd=tree)
+            check_config(dotconfig, config, source.version, arch)
+            run(*make, f"-j{len(os.sched_getaffinity(0))}", cwd=tree)  # the hypervisor only, not the tools
+        data = (tree / "xen" / "xen").read_bytes()
+        if data[56:60] != ARM64_IMAGE_MAGIC:
+            raise InfrastructureError(f"the build of Xen {source.version} made no arm64 Image: see {build_log}.")
+        cache.store(out / "config", dotconfig.read_bytes())
+        cache.store(out / "xen", data)
+        origin = f"built {source.package} {source.version} {items}".strip()
+        meta = {"sha256": sha256_bytes(data), "origin": origin, "arch": arch, "config": config}
+        cache.store(out / "build.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return Artifact("xen", out / "xen", meta["sha256"], origin)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_config(dotconfig: Path, config: Mapping[str, str], version: str, arch: str) -> None:
+    """Every requested item has its value in the final .config: Kconfig drops unknown ones silently."""
+    text = dotconfig.read_text()
+    actual = dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.M))
+    actual.update((name, "n") for name in re.findall(r"^# (CONFIG_\w+) is not set$", text, re.M))
+    for key, value in config.items():
+        if actual.get(key) != value:
+            now = f"is {key}={actual[key]}" if key in actual else "lacks it"
+            raise InfrastructureError(
+                f"{key}={value} did not stick: the .config of Xen {version} for {arch} {now} (Xen's Kconfig has "
+                "no such option, or its dependencies are not met): fix the config items."
+            )
+
+
+def changelog_date(changelog: Path) -> datetime:
+    """The date of the source's newest changelog entry (what Debian's own build stamps into Xen), in UTC."""
+    m = re.search(r"^ -- .*?>  (.+)$", changelog.read_text(errors="replace"), re.M)
+    if not m:
+        raise InfrastructureError(f"{changelog} has no dated entry: the source package looks damaged.")
+    return parsedate_to_datetime(m.group(1)).astimezone(UTC)
+
+
+def _clean_env() -> dict[str, str]:
+    # Flags meant for the user's own builds (or an outer make's jobserver) must not leak into this one.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CFLAGS", "CPPFLAGS", "LDFLAGS", "KBUILD_OUTPUT", "O"}
+    }
+    env["LC_ALL"] = "C"
+    return env

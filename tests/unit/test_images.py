@@ -1,0 +1,220 @@
+"""Fetching pinned images from the real Debian archive into a verified cache, and every way it can fail.
+
+These tests download busybox-static (0.8 MB) a few times from deb.debian.org; nothing bigger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.cache import Cache, sha256_bytes, sha256_file
+from harness.errors import InfrastructureError, UnusableInput, UsageError
+from harness.images import RELOCK_COMMAND, Images, LockedArtifact, StaleLock, extract, load_lock, user_artifact
+
+PROFILE = "debian12-arm64"
+OLD_MTIME_NS = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def busybox() -> LockedArtifact:
+    return load_lock()[PROFILE]["busybox"]
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory, busybox) -> tuple[Cache, Path]:
+    """One real download shared by the tests that do not test downloading itself."""
+    cache = Cache(tmp_path_factory.mktemp("cache"))
+    return cache, Images(cache).fetch(busybox)
+
+
+@pytest.fixture(scope="module")
+def deb(fetched, busybox) -> Path:
+    cache, _ = fetched
+    return cache.dir("debs") / f"{busybox.deb_sha256[:16]}-{busybox.package}.deb"
+
+
+def seeded(tmp_path: Path, deb: Path) -> Cache:
+    """A fresh cache that already holds the verified .deb (no download needed)."""
+    cache = Cache(tmp_path / "cache")
+    shutil.copyfile(deb, cache.dir("debs") / deb.name)
+    return cache
+
+
+def leftovers(cache: Cache) -> list[str]:
+    return sorted(p.name for p in cache.root.rglob(".partial-*"))
+
+
+# --- fetch and the cache ------------------------------------------------------------------------
+
+
+def test_fetch_downloads_verifies_and_returns_the_locked_file(fetched, busybox, deb):
+    cache, path = fetched
+    assert path.is_file() and path.is_relative_to(cache.root)
+    assert sha256_file(path) == busybox.file_sha256, "the cached file is not the one the lock pins"
+    assert sha256_file(deb) == busybox.deb_sha256 and deb.stat().st_size == busybox.deb_size
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "remove"])
+def test_damaged_file_is_detected_and_extracted_again(fetched, busybox, deb, damage):
+    cache, path = fetched
+    good = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "flip-byte":
+        bad = bytearray(good)
+        bad[12345] ^= 0x01
+        path.write_bytes(bytes(bad))
+    else:
+        path.unlink()
+    os.utime(deb, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+    again = Images(cache).fetch(busybox)
+    assert again == path
+    assert sha256_file(again) == busybox.file_sha256, f"expected the {damage} file restored"
+    assert deb.stat().st_mtime_ns == OLD_MTIME_NS, "the verified .deb was downloaded again for nothing"
+
+
+def test_damaged_deb_is_downloaded_again(tmp_path, busybox, deb):
+    cache = seeded(tmp_path, deb)
+    cached_deb = cache.dir("debs") / deb.name
+    cached_deb.write_bytes(cached_deb.read_bytes()[:-1000])  # a download cut short
+    path = Images(cache).fetch(busybox)
+    assert sha256_file(path) == busybox.file_sha256
+    assert sha256_file(cached_deb) == busybox.deb_sha256, "expected the damaged .deb replaced by a good one"
+    assert leftovers(cache) == []
+
+
+def test_partial_leftovers_are_not_entries(tmp_path, busybox, deb):
+    cache = Cache(tmp_path / "cache")
+    good_deb = deb.read_bytes()
+    debs, files = cache.dir("debs"), cache.dir("files")
+    # A killed download (garbage then half the package) and a killed store (all of the right bytes).
+    (debs / f".partial-{deb.name}").write_bytes(os.urandom(512) + good_deb[: len(good_deb) // 2])
+    partial_file = files / ".partial-k1ll3d"
+    partial_file.write_bytes(extract(deb, busybox.file)[1])
+    path = Images(cache).fetch(busybox)
+    assert not path.name.startswith(".partial-")
+    assert sha256_file(path) == busybox.file_sha256
+    assert sha256_file(debs / deb.name) == busybox.deb_sha256
+    assert leftovers(cache) == [partial_file.name], "expected only the unrelated leftover to remain"
+
+
+def test_a_pin_gone_from_the_archive_is_a_stale_lock(tmp_path, busybox):
+    gone = dataclasses.replace(
+        busybox,
+        version="0.0-0",
+        url=busybox.url.rsplit("/", 1)[0] + "/busybox-static_0.0-0_arm64.deb",
+        deb_sha256=sha256_bytes(b"a version that never existed"),
+    )
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(StaleLock) as info:
+        Images(cache).fetch(gone)
+    assert isinstance(info.value, InfrastructureError)
+    message = str(info.value)
+    assert "no longer in the Debian archive" in message and gone.url in message, message
+    assert f"run `{RELOCK_COMMAND}`" in message and RELOCK_COMMAND == "./run images lock", message
+    assert leftovers(cache) == [] and list(cache.dir("debs").iterdir()) == []
+
+
+def test_other_bytes_than_the_lock_says_are_refused(tmp_path, busybox):
+    wrong = sha256_bytes(b"not the package")
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(InfrastructureError) as info:
+        Images(cache).fetch(dataclasses.replace(busybox, deb_sha256=wrong))
+    assert not isinstance(info.value, StaleLock)
+    message = str(info.value)
+    assert f"does not match the lock's SHA256 {wrong}" in message and "other bytes" in message, message
+    assert leftovers(cache) == [] and list(cache.dir("debs").iterdir()) == [], "the refused bytes were kept"
+
+
+def test_a_file_that_disagrees_with_the_lock_is_refused(tmp_path, busybox, deb):
+    cache = seeded(tmp_path, deb)
+    wrong = sha256_bytes(b"another busybox")
+    with pytest.raises(InfrastructureError) as info:
+        Images(cache).fetch(dataclasses.replace(busybox, file_sha256=wrong))
+    message = str(info.value)
+    assert f"the lock says {wrong}" in message and busybox.file_sha256 in message, message
+    assert RELOCK_COMMAND in message
+    assert list(cache.dir("files").iterdir()) == [], "the disagreeing file was stored"
+
+
+# --- extract ------------------------------------------------------------------------------------
+
+
+def test_extract_takes_exactly_one_member(deb, busybox):
+    member, data = extract(deb, busybox.file)
+    assert member == "bin/busybox" and sha256_bytes(data) == busybox.file_sha256
+    member, _ = extract(deb, "bin/busy*")
+    assert member == "bin/busybox"
+
+
+def test_extract_pattern_matching_nothing(deb):
+    with pytest.raises(InfrastructureError) as info:
+        extract(deb, "boot/vmlinuz-*")
+    message = str(info.value)
+    assert "'boot/vmlinuz-*'" in message and "holds nothing" in message and deb.name in message, message
+
+
+def test_extract_pattern_matching_two_files(deb):
+    with pytest.raises(InfrastructureError) as info:
+        extract(deb, "usr/share/doc/busybox-static/changelog.Debian*")
+    message = str(info.value)
+    assert "'usr/share/doc/busybox-static/changelog.Debian*'" in message, message
+    for member in ("changelog.Debian.gz", "changelog.Debian.arm64.gz"):
+        assert f"usr/share/doc/busybox-static/{member}" in message, message
+
+
+# --- artifacts, overrides, the lock --------------------------------------------------------------
+
+
+def test_user_artifact_missing_names_the_option(tmp_path):
+    missing = tmp_path / "xen" / "xen"
+    with pytest.raises(UnusableInput) as info:
+        user_artifact("xen", missing)
+    message = str(info.value)
+    assert message.startswith(f"--xen {missing}: no such file") and message.endswith("."), message
+
+
+def test_user_artifact_of_a_directory_is_refused(tmp_path):
+    with pytest.raises(UnusableInput, match=r"^--kernel .*: no such file"):
+        user_artifact("kernel", tmp_path)
+
+
+def test_user_artifact_measures_the_file(tmp_path):
+    path = tmp_path / "Image"
+    path.write_bytes(b"my kernel")
+    art = user_artifact("kernel", path)
+    assert (art.path, art.sha256, art.origin) == (path.resolve(), sha256_bytes(b"my kernel"), "user")
+
+
+def test_overrides_replace_locked_artifacts_without_fetching(tmp_path):
+    locked = load_lock()[PROFILE]
+    overrides = {}
+    for name in [*locked, "initrd"]:
+        overrides[name] = tmp_path / name
+        overrides[name].write_bytes(name.encode())
+    cache = Cache(tmp_path / "cache")
+    arts = Images(cache).artifacts(PROFILE, {**overrides, "unused": None})
+    assert set(arts) == set(overrides)
+    assert all(a.origin == "user" and a.sha256 == sha256_bytes(a.name.encode()) for a in arts.values())
+    assert not (cache.root / "debs").exists(), "an overridden artifact was fetched anyway"
+
+
+def test_unknown_profile_lists_the_profiles(tmp_path):
+    with pytest.raises(UsageError) as info:
+        Images(Cache(tmp_path)).artifacts("debian13-riscv")
+    message = str(info.value)
+    assert "'debian13-riscv'" in message, message
+    for profile in load_lock():
+        assert profile in message, f"expected {profile} listed, found {message!r}"
+    assert RELOCK_COMMAND in message
+
+
+def test_missing_lock_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(UsageError, match=r"lock\.json is missing: run `\./run images lock`"):
+        Images(Cache(tmp_path), lock_path=tmp_path / "lock.json").artifacts(PROFILE)
