@@ -97,8 +97,8 @@ def overrides(pytestconfig: pytest.Config) -> dict[str, Path | None]:
 
 
 @pytest.fixture(scope="session")
-def dom0(target_name: str, session_artifacts: Path, overrides) -> BootSession:
-    """The target booted to dom0's shell, probed and checked once for all the tests that ask.
+def booted(target_name: str, session_artifacts: Path, overrides) -> BootSession:
+    """The target booted, every guest probed and checked, once for all the tests that ask.
 
     A boot that crashes or hangs is recorded, not raised: test_boot reports it as a failure with its
     evidence, and the other tests fail pointing at it. A lab failure (QEMU missing, download failed)

@@ -13,22 +13,23 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import labgrid
+from labgrid.strategy import StrategyError
 
 from . import checks, guest, xenlog
-from .bootdtb import Module, build_boot_dtb, layout, packed
+from .bootdtb import Domain, Module, build_boot_dtb, layout, packed
 from .errors import HarnessError, UsageError
 from .findings import Finding, failures
 from .images import Artifact, Images
 from .initramfs import initramfs
 from .lab.qemu import QemuFailed
-from .lab.strategy import Deadlines, Status
+from .lab.strategy import Deadlines, Guest, Status
 from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
-from .targets import TargetSpec
+from .targets import GuestSpec, TargetSpec, check_guests
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,10 @@ class Tweaks:
     dom0_args: str = ""  # appended to dom0's command line
     dom0_cmdline: str | None = None  # replaces dom0's command line
     edit_qemu_args: Callable[[str], str] | None = None  # rewrites the target's extra QEMU arguments
-    omit_modules: frozenset[str] = frozenset()  # "kernel", "ramdisk": boot without them
+    omit_modules: frozenset[str] = frozenset()  # dom0's "kernel" or "ramdisk": boot without them
     deadlines: dict = field(default_factory=dict)  # merged over the target's deadlines
+    without_dom0: bool = False  # a dom0less target's domUs alone
+    enhanced: str | None = None  # replaces every domU's xen,enhanced
 
 
 class BootSession:
@@ -125,8 +128,8 @@ class BootSession:
         on_milestone: Callable[[str, Line], None] | None = None,
         tweaks: Tweaks | None = None,
     ) -> None:
-        self.spec = spec
         self.tweaks = tweaks or Tweaks()
+        self.spec = spec = _tweaked(spec, self.tweaks)
         self.artifacts = artifacts
         self.overrides = {k: v for k, v in (overrides or {}).items() if v}
         self.images = images or Images()
@@ -148,6 +151,7 @@ class BootSession:
             target = self.env.get_target("main")
             self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
+            self.strategy.guests = [Guest(g.name, g.domid) for g in self.spec.guests]
             self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
             self.strategy.on_milestone = self._milestone
             qemu = target.get_driver("XenQEMUDriver", activate=False)
@@ -175,6 +179,7 @@ class BootSession:
         return self.result
 
     def _artifacts(self) -> dict[str, Artifact]:
+        check_guests(self.spec)  # a combination Xen would panic on is refused before anything runs
         arts = self.images.artifacts(self.spec.images, self.overrides)
         if "initrd" not in arts:
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
@@ -189,20 +194,24 @@ class BootSession:
         qemu.boot_args = " ".join(filter(None, [qemu.boot_args, tweaks.xen_args]))
         if tweaks.edit_qemu_args:
             qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
-        dom0_cmdline = tweaks.dom0_cmdline if tweaks.dom0_cmdline is not None else self.spec.dom0_cmdline
-        dom0_cmdline = " ".join(filter(None, [dom0_cmdline, tweaks.dom0_args]))
         arts = self.result.images
         machine_path = self.artifacts / "machine.dtb"
         machine = packed(qemu.dump_machine_dtb(machine_path))
         machine_path.write_bytes(machine)
-        wanted = [
-            Module("kernel", str(arts["kernel"].path), arts["kernel"].path.stat().st_size, dom0_cmdline),
-            Module("ramdisk", str(arts["initrd"].path), arts["initrd"].path.stat().st_size),
-        ]
-        modules = layout(machine, arts["xen"].path.read_bytes(),
-                         [m for m in wanted if m.kind not in tweaks.omit_modules])
+        kernel, initrd = arts["kernel"].path, arts["initrd"].path
+        wanted, domains = [], []
+        for g in self.spec.guests:
+            parent = "/chosen" if g.domid == 0 else f"/chosen/{g.name}"
+            guest_modules = [Module("kernel", str(kernel), kernel.stat().st_size, g.cmdline, parent),
+                             Module("ramdisk", str(initrd), initrd.stat().st_size, None, parent)]
+            if g.domid == 0:
+                guest_modules = [m for m in guest_modules if m.kind not in tweaks.omit_modules]
+            else:
+                domains.append(Domain(g.name, dom0less_properties(g)))
+            wanted += guest_modules
+        modules = layout(machine, arts["xen"].path.read_bytes(), wanted)
         boot_dtb = self.artifacts / "boot.dtb"
-        boot_dtb.write_bytes(build_boot_dtb(machine, qemu.boot_args or "", modules))
+        boot_dtb.write_bytes(build_boot_dtb(machine, qemu.boot_args or "", modules, domains))
         _decompile(boot_dtb)
         self.env.config.data.setdefault("images", {}).update({"xen": str(arts["xen"].path), "boot-dtb": str(boot_dtb)})
         qemu.loader_args = [
@@ -219,31 +228,43 @@ class BootSession:
         if self.strategy and self.strategy.monitor:
             self.result.milestones = {k: v.t for k, v in self.strategy.monitor.reached.items()}
 
-    def shell(self, name: str = "dom0") -> guest.GuestShell:
-        target = self.env.get_target("main")
-        return guest.GuestShell(target.get_driver("ShellDriver"), name, self.strategy.monitor)
+    def shell(self, name: str | None = None) -> guest.GuestShell:
+        """A guest's shell (the console guest's by default), moving Xen's serial input to it if need be."""
+        spec = next(g for g in self.spec.guests if g.name == (name or self.spec.console_guest.name))
+        driver = self.strategy.focus(Guest(spec.name, spec.domid))
+        return guest.GuestShell(driver, spec.name, self.strategy.monitor, xen_prefixed=spec.domid != 0)
 
     def check(self) -> list[Finding]:
-        """Probe the console guest and run every check on what Xen and the guest said."""
+        """Probe every guest, in turn on the console, and run every check on what Xen and each guest said."""
         started = time.monotonic()
         monitor = self.strategy.monitor
         claims = self.result.claims = xenlog.parse(monitor.text("xen"))
+        findings: list[Finding] = []
+        if self.spec.dom0:
+            findings += checks.check_xen_claims(claims, is_32bit=self.spec.arch == "arm32")
+        for spec in self.spec.guests:
+            view = self.result.views[spec.name] = self._probe(spec.name)
+            if view.fdt:
+                (self.artifacts / f"{spec.name}.dtb").write_bytes(view.fdt)
+            (self.artifacts / f"{spec.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
+            findings += checks.check_guest(claims, view, spec.domid, is_32bit=self.spec.arch == "arm32",
+                                           event_chip=spec.event_chip)
+        self.result.findings = findings
+        self.result.timings["probe"] = round(time.monotonic() - started, 2)
+        return findings
+
+    def _probe(self, name: str) -> guest.GuestView:
+        monitor = self.strategy.monitor
         try:
-            view = self.result.views["dom0"] = guest.probe(self.shell("dom0"))
+            return guest.probe(self.shell(name))
         except BootFailure as exc:
             self.result.failure = exc.failure
             raise
-        except guest.ProbeError as exc:
+        except (guest.ProbeError, StrategyError) as exc:
             # A shell that stops answering is the guest's fault, not the lab's: a hang at the shell.
             self.result.failure = Failure(Verdict.HUNG, monitor.stage, "probe-unanswered", str(exc), None,
                                           monitor.lines[-6:])
             raise BootFailure(self.result.failure) from None
-        if view.fdt:
-            (self.artifacts / "dom0.dtb").write_bytes(view.fdt)
-        (self.artifacts / "dom0-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
-        self.result.findings = checks.check_dom0(claims, view)
-        self.result.timings["probe"] = round(time.monotonic() - started, 2)
-        return self.result.findings
 
     def close(self) -> BootResult:
         """Power off, release labgrid, decide the verdict and write result.json."""
@@ -256,6 +277,33 @@ class BootSession:
             self.result.decide()
             self.result.write()
         return self.result
+
+
+def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:
+    """The target as this boot runs it: tweaks applied to its guests."""
+    if tweaks.without_dom0:
+        spec = spec.without_dom0()
+    if spec.dom0 and (tweaks.dom0_cmdline is not None or tweaks.dom0_args):
+        cmdline = tweaks.dom0_cmdline if tweaks.dom0_cmdline is not None else spec.dom0.cmdline
+        spec = replace(spec, dom0=replace(spec.dom0, cmdline=" ".join(filter(None, [cmdline, tweaks.dom0_args]))))
+    if tweaks.enhanced is not None:
+        spec = replace(spec, domus=tuple(replace(d, enhanced=tweaks.enhanced) for d in spec.domus))
+    return spec
+
+
+def dom0less_properties(g: GuestSpec) -> dict:
+    """A dom0less domU's /chosen node (Xen's docs/misc/arm/device-tree/booting.txt)."""
+    props: dict = {
+        "compatible": "xen,domain",
+        "#address-cells": 2,
+        "#size-cells": 2,
+        "memory": [0, g.memory_kb],
+        "cpus": g.cpus,
+        "vpl011": g.vpl011,
+    }
+    if g.enhanced is not None:
+        props["xen,enhanced"] = g.enhanced
+    return props
 
 
 def _decompile(dtb: Path) -> None:

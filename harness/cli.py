@@ -166,7 +166,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path} ({exc.strerror}): give the path of a saved console log.") from None
     if not data.strip():
         raise UsageError(f"{path} is empty: give the path of a saved console log.")
-    monitor, verdict = triage(data, prompt=args.prompt, console_guest=args.guest)
+    monitor, verdict = triage(data, prompt=args.prompt)
     failure = monitor.failure
     if args.json:
         print(json.dumps({
@@ -280,7 +280,6 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence")
     tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
     tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
-    tr.add_argument("--guest", default="dom0", help="whose console it is when lines have no prefix (default: dom0)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_triage)
 

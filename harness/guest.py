@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import pexpect
 
 from .errors import HarnessError
-from .monitor import BootFailure, ConsoleMonitor
+from .monitor import XEN_OWN, BootFailure, ConsoleMonitor
 
-XEN_LINE = re.compile(r"^\(XEN\) |^\(d\d+\) ")
+XEN_LINE = re.compile(r"^\(XEN\)(?: |$)|^\(d\d+\) ")
 BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
 
@@ -31,10 +31,11 @@ class ProbeError(HarnessError):
 class GuestShell:
     """Commands in a guest's shell (a labgrid ShellDriver), with console noise filtered out."""
 
-    def __init__(self, shell, guest: str, monitor: ConsoleMonitor | None = None) -> None:
+    def __init__(self, shell, guest: str, monitor: ConsoleMonitor | None = None, xen_prefixed: bool = False) -> None:
         self.shell = shell
         self.guest = guest
         self.monitor = monitor
+        self.xen_prefixed = xen_prefixed  # a focused dom0less domU: Xen prints its output with "(XEN) "
 
     def run(self, command: str, timeout: float = 30.0, check: bool = True) -> list[str]:
         try:
@@ -44,10 +45,25 @@ class GuestShell:
                 raise BootFailure(self.monitor.failure, f"while {self.guest} ran `{command}`") from None
             what = "stopped" if isinstance(exc, pexpect.EOF) else f"did not answer within {timeout:.0f} s"
             raise ProbeError(f"{self.guest} {what} while running `{command}`: see console.log.") from None
-        lines = [line.rstrip("\r") for line in out if not XEN_LINE.match(line)]
+        lines = self.clean(out)
         if check and status != 0:
             tail = " | ".join(lines[-3:]) or "no output"
             raise ProbeError(f"`{command}` failed in {self.guest} with status {status}: {tail}")
+        return lines
+
+    def clean(self, out: list[str]) -> list[str]:
+        """The command's own output: Xen's interleaved lines dropped (or, for a focused domU, its prefix)."""
+        lines = []
+        for raw in out:
+            line = raw.rstrip("\r")
+            if m := XEN_LINE.match(line):
+                body = line[m.end():]
+                if not (self.xen_prefixed and line.startswith("(XEN)") and not XEN_OWN.match(body)):
+                    continue
+                line = body
+            lines.append(line)
+        while lines and not lines[-1]:  # the prefix Xen printed before the closing marker
+            lines.pop()
         return lines
 
     def read_text(self, path: str) -> str:
@@ -96,7 +112,7 @@ class EventIrq:
 
     irq: int
     hwirq: int | None
-    chip: str
+    chip: str  # "GICv3", "GIC-0"
     trigger: str
     actions: str
     counts: list[int]  # per CPU, at the first sample
@@ -143,12 +159,12 @@ def event_irq(shell: GuestShell, interrupts: str) -> EventIrq | None:
     row = parse_interrupts(interrupts).get("events")
     if row is None:
         return None
-    irq, counts, _ = row
+    irq, counts, columns = row
     base = f"/sys/kernel/irq/{irq}"
     values = dict(
         line.split("=", 1)
         for line in shell.run(
-            f"for f in hwirq chip_name type actions; do echo \"$f=$(cat {base}/$f 2>/dev/null)\"; done"
+            f"for f in hwirq type actions; do echo \"$f=$(cat {base}/$f 2>/dev/null)\"; done"
         )
         if "=" in line
     )
@@ -156,7 +172,7 @@ def event_irq(shell: GuestShell, interrupts: str) -> EventIrq | None:
     return EventIrq(
         irq=irq,
         hwirq=int(hwirq) if hwirq.isdigit() else None,
-        chip=values.get("chip_name", "").strip(),
+        chip=columns[0] if columns else "",  # as /proc/interrupts shows it: sysfs chip_name is empty for GIC-0
         trigger=values.get("type", "").strip(),
         actions=values.get("actions", "").strip(),
         counts=counts,

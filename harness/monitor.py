@@ -123,8 +123,16 @@ def qemu_failure(stderr: str, stage: str = "power-on", status: int | None = None
     return Failure(Verdict.INFRASTRUCTURE, stage, "qemu-error", "QEMU failed", None, [], detail)
 
 
+# Xen 4.17 prints a focused domU's vPL011 output through its own printk, so those lines carry "(XEN) "
+# like Xen's. While a domU has the serial input, these are the lines that are still Xen's own.
+XEN_OWN = re.compile(
+    r"^(\*\*\*|DOM\d+: |d\d+v\d+|d\d+: |\(d\d+\) |Xen |Panic on CPU|Hardware Dom0|Domain \d+|Assertion '"
+    r"|FATAL|Xen BUG|CPU\d+: |Freed \d+kB|Reboot in|Manual reset|\*+$|$)"
+)
+XEN_MIDLINE = re.compile(r"(?<=.)(?=\(XEN\) |\*\*\* Serial input to )")
+SERIAL_INPUT = re.compile(r"^\*\*\* Serial input to (DOM(\d+)|Xen)")
 XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
-DOMU_PREFIX = re.compile(r"^DOM(\d+): ")  # a dom0less domU's vPL011, printed by Xen when not focused
+DOMU_PREFIX = re.compile(r"^DOM(\d+):(?: |$)")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
 
 
@@ -184,14 +192,13 @@ class ConsoleMonitor:
 
     def __init__(
         self,
-        console_guest: str = "dom0",
         prompt: str | None = None,
         milestones: tuple[Milestone, ...] = MILESTONES,
         signatures: tuple[Signature, ...] = SIGNATURES,
         clock: Callable[[], float] = time.monotonic,
         on_milestone: Callable[[str, Line], None] | None = None,
     ) -> None:
-        self.console_guest = console_guest  # who prints unprefixed lines: dom0, or a focused domU
+        self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.prompt = re.compile(prompt) if prompt else None
         self.milestones = milestones
         self.signatures = signatures
@@ -223,12 +230,18 @@ class ConsoleMonitor:
         self._partial += data
         *complete, self._partial = self._partial.split(b"\n")
         for raw in complete:  # escape sequences may straddle chunks: strip them from whole lines
-            self._line(ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "").rstrip())
+            text = ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "")
+            # Xen prints whenever it likes, also after a prompt that ended without a newline:
+            # "dom0# (XEN) *** Serial input to DOM1" is a prompt, then a line of Xen's. After a
+            # focused domU's prompt Xen even leaves its prefix out: "(XEN) domU1# *** Serial input …".
+            for piece in XEN_MIDLINE.split(text):
+                self._line(piece if not SERIAL_INPUT.match(piece) else f"(XEN) {piece}")
         self._check_prompt()
         self._finish_evidence()
 
     def _line(self, text: str) -> None:
-        source, body = self._attribute(text)
+        source, raw_body = self._attribute(text)
+        body = raw_body.rstrip()
         line = Line(round(self.now(), 3), source, body, len(self.lines) + 1)
         self.lines.append(line)
         index = len(self.lines) - 1
@@ -237,7 +250,7 @@ class ConsoleMonitor:
             if milestone.scope == scope and milestone.pattern.search(body):
                 key = f"{source}:{milestone.key}" if scope == "guest" else milestone.key
                 self._reach(key, line)
-        if self.prompt and source == self.console_guest and self.prompt.match(body):
+        if self.prompt and source not in ("xen", "firmware") and self.prompt.match(raw_body):
             self._reach(f"{source}:shell", line)
         if NOISE.search(body):
             return
@@ -255,11 +268,15 @@ class ConsoleMonitor:
             body = text[m.end():]
             if d := DOMU_PREFIX.match(body):
                 return f"dom{d.group(1)}", body[d.end():]
+            if self.focus and "xen-handover" in self.reached and not XEN_OWN.match(body):
+                return f"dom{self.focus}", body  # a focused domU
+            if m := SERIAL_INPUT.match(body):
+                self.focus = int(m.group(2)) if m.group(2) else None
             return "xen", body
         if d := GUEST_DEBUG.match(text):
             return f"dom{d.group(1)}", text[d.end():]
-        # Before Xen's banner, unprefixed lines come from the firmware (UEFI, U-Boot).
-        return (self.console_guest if "xen-banner" in self.reached else "firmware"), text
+        # Unprefixed lines are dom0's console (hvc0), or before Xen's banner the firmware's.
+        return ("dom0" if "xen-banner" in self.reached else "firmware"), text
 
     def _reach(self, key: str, line: Line) -> None:
         if key in self.reached:
@@ -269,11 +286,18 @@ class ConsoleMonitor:
             self.on_milestone(key, line)
 
     def _check_prompt(self) -> None:
-        if self.prompt is None or f"{self.console_guest}:shell" in self.reached:
+        """A prompt ends without a newline: look for one in the line still being printed."""
+        if self.prompt is None:
             return
         tail = ANSI.sub(b"", self._partial).decode("utf-8", "replace").replace("\r", "")
-        if self.prompt.match(tail):
-            self._reach(f"{self.console_guest}:shell", Line(round(self.now(), 3), self.console_guest, tail))
+        if m := XEN_PREFIX.match(tail):
+            if not self.focus:
+                return
+            source, tail = f"dom{self.focus}", tail[m.end():]
+        else:
+            source = "dom0"
+        if f"{source}:shell" not in self.reached and self.prompt.match(tail):
+            self._reach(f"{source}:shell", Line(round(self.now(), 3), source, tail))
 
     # --- verdicts ---------------------------------------------------------------------------
 
@@ -369,16 +393,16 @@ class BootFailure(Exception):
         return self.failure.verdict is Verdict.INFRASTRUCTURE
 
 
-def triage(log: bytes, prompt: str | None = r"\S+# ", console_guest: str = "dom0") -> tuple[ConsoleMonitor, Verdict]:
+def triage(log: bytes, prompt: str | None = r"\S+# ") -> tuple[ConsoleMonitor, Verdict]:
     """Judge a saved console log with the same catalogue as a live boot.
 
     Without a failure signature, a log that reaches the shell prompt passed; one that ends earlier is
     reported as hung after its last stage (the log may also just have been cut short: the stage says where).
     """
-    monitor = ConsoleMonitor(console_guest=console_guest, prompt=prompt, clock=lambda: 0.0).replay(log)
+    monitor = ConsoleMonitor(prompt=prompt, clock=lambda: 0.0).replay(log)
     if monitor.failure:
         return monitor, monitor.failure.verdict
-    if f"{console_guest}:shell" in monitor.reached:
+    if any(key.endswith(":shell") for key in monitor.reached):
         return monitor, Verdict.PASSED
     monitor.hang(f"the log ends after stage '{monitor.stage}' without a shell prompt")
     monitor.failure.signature = "log-ends"

@@ -9,7 +9,7 @@ never target names) and its deadlines.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,6 +44,31 @@ def expand(spec: str, directory: Path = TARGETS_DIR) -> list[str]:
     return names
 
 
+# xen,enhanced values Xen 4.17 understands for a dom0less domU (docs/misc/arm/device-tree/booting.txt):
+# "enabled" gives xenstore, grant table and event channels; "no-xenstore" the last two; "disabled"
+# (or no property) none, and then the guest does not see Xen at all.
+ENHANCED = ("enabled", "no-xenstore", "disabled")
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """A guest the target boots: dom0, or a dom0less domU that Xen starts from /chosen."""
+
+    name: str  # "dom0", "domU1": its shell prompt ("NAME# ") and its ShellDriver's name
+    domid: int
+    cmdline: str
+    event_chip: str | None = None  # irq chip of its `events` row in /proc/interrupts, when known
+    memory_kb: int = 0  # dom0less only
+    cpus: int = 1
+    vpl011: bool = True  # its console: Xen's emulated PL011 on the shared serial line
+    enhanced: str | None = None  # xen,enhanced; None leaves the property out
+
+    @property
+    def source(self) -> str:
+        """How the console monitor names this guest's lines."""
+        return f"dom{self.domid}"
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """The `harness:` section of a target YAML."""
@@ -52,7 +77,9 @@ class TargetSpec:
     path: Path
     images: str  # image profile in images/lock.json
     boot: str  # how the boot plan is made: "qemu-loader"
-    dom0_cmdline: str
+    arch: str  # the guests' architecture: "arm64" or "arm32" (no extended regions for 32-bit guests)
+    dom0: GuestSpec | None
+    domus: tuple[GuestSpec, ...]
     capabilities: frozenset[str]
     deadlines: dict = field(default_factory=dict)
     description: str = ""
@@ -60,21 +87,63 @@ class TargetSpec:
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    @property
+    def guests(self) -> tuple[GuestSpec, ...]:
+        return ((self.dom0,) if self.dom0 else ()) + self.domus
+
+    @property
+    def console_guest(self) -> GuestSpec:
+        """Whose shell the serial console gives first: dom0, else the first domU (Xen's input focus)."""
+        return self.guests[0]
+
+    def without_dom0(self) -> TargetSpec:
+        return replace(self, dom0=None)
+
+
+def check_guests(spec: TargetSpec) -> None:
+    """Refuse, before any boot, guest combinations Xen would panic on or the harness cannot reach."""
+    where = spec.path.name
+    if not spec.guests:
+        raise UsageError(f"{where}: no guests: give a dom0, domUs, or both.")
+    for domu in spec.domus:
+        if domu.enhanced is not None and domu.enhanced not in ENHANCED:
+            raise UsageError(
+                f"{where}: {domu.name} has xen,enhanced = {domu.enhanced!r}: use one of {', '.join(ENHANCED)}."
+            )
+        if domu.enhanced == "enabled" and spec.dom0 is None:
+            raise UsageError(
+                f"{where}: {domu.name} has xen,enhanced = \"enabled\" without a dom0, and Xen would panic "
+                "('Xenstore support requires dom0 to be present'): use \"no-xenstore\", or boot a dom0."
+            )
+        if not domu.vpl011:
+            raise UsageError(f"{where}: {domu.name} has no vpl011, so no console to reach its shell: set vpl011: true.")
+        if domu.memory_kb <= 0:
+            raise UsageError(f"{where}: {domu.name} needs memory (KiB), e.g. memory: 262144.")
+
 
 def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
     path = target_path(name, directory)
     try:
         data = yaml.safe_load(path.read_text()) or {}
         section = data["harness"]
-        return TargetSpec(
+        dom0 = section.get("dom0")
+        spec = TargetSpec(
             name=name,
             path=path,
             images=section["images"],
             boot=section.get("boot", "qemu-loader"),
-            dom0_cmdline=section["dom0"]["cmdline"],
+            arch=section.get("arch", "arm64"),
+            dom0=GuestSpec("dom0", 0, dom0["cmdline"], dom0.get("event_chip")) if dom0 else None,
+            domus=tuple(
+                GuestSpec(d["name"], i, d["cmdline"], d.get("event_chip"), int(d["memory"]), int(d.get("cpus", 1)),
+                          bool(d.get("vpl011", True)), d.get("enhanced"))
+                for i, d in enumerate(section.get("domUs", []), 1)
+            ),
             capabilities=frozenset(section.get("capabilities", [])),
             deadlines=section.get("deadlines", {}),
             description=section.get("description", ""),
         )
-    except (KeyError, TypeError, yaml.YAMLError) as exc:
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc
+    check_guests(spec)
+    return spec

@@ -1,6 +1,6 @@
 """A device-tree dom0 on a real target: three witnesses agree on the grant table and the event IRQ.
 
-Every test reads the one boot of its target (the `dom0` fixture in conftest.py) and runs one family
+Every test reads the one boot of its target (the `booted` fixture in conftest.py) and runs one family
 of checks from harness.checks on it, so a red test names the witness that disagrees.
 """
 
@@ -12,11 +12,12 @@ from harness import checks
 from harness.boot import BootSession
 from harness.findings import failures, render_table
 from harness.guest import parse_interrupts
+from harness.validate import dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("dom0"), pytest.mark.requires("device-tree")]
 
 
-def booted(session: BootSession):
+def probed(session: BootSession):
     """The result of a boot that reached dom0's shell and was probed, or a failure naming why not."""
     result = session.result
     if result.failure or "dom0" not in result.views:
@@ -25,62 +26,77 @@ def booted(session: BootSession):
     return result
 
 
+def is_32bit(session: BootSession) -> bool:
+    return session.spec.arch == "arm32"
+
+
 def assert_clean(findings, what: str) -> None:
     bad = failures(findings)
     assert not bad, f"{what}:\n{render_table(bad)}"
 
 
-def test_boot(dom0: BootSession, record_property) -> None:
+def test_boot(booted: BootSession, record_property) -> None:
     """Xen boots, hands over to dom0, and dom0 reaches its shell, every milestone in order."""
-    for key, t in dom0.result.milestones.items():
+    for key, t in booted.result.milestones.items():
         record_property(f"milestone:{key}", t)
-    record_property("artifacts", str(dom0.artifacts))
-    failure = dom0.result.failure
-    assert failure is None, failure.message(dom0.spec.name)
-    reached = list(dom0.result.milestones)
+    record_property("artifacts", str(booted.artifacts))
+    failure = booted.result.failure
+    assert failure is None, failure.message(booted.spec.name)
+    reached = list(booted.result.milestones)
     for key in ("xen-banner", "dom0-loading", "dom0:kernel", "dom0:xen-found", "dom0:shell"):
         assert key in reached, f"milestone {key} never seen; seen: {reached}"
     assert reached.index("xen-banner") < reached.index("dom0:kernel") < reached.index("dom0:shell")
 
 
-def test_xen_says_what_it_gave_dom0(dom0: BootSession) -> None:
+def test_xen_says_what_it_gave_dom0(booted: BootSession) -> None:
     """Xen printed its version, dom0's grant table range, event PPI and extended regions."""
-    result = booted(dom0)
-    assert_clean(checks.check_xen_claims(result.claims), "Xen's console")
+    result = probed(booted)
+    assert_clean(checks.check_xen_claims(result.claims, is_32bit=is_32bit(booted)), "Xen's console")
 
 
-def test_dom0_device_tree_matches_xen(dom0: BootSession) -> None:
+def test_dom0_device_tree_matches_xen(booted: BootSession) -> None:
     """dom0's /hypervisor node follows the binding and says exactly what Xen printed."""
-    result = booted(dom0)
+    result = probed(booted)
     view = result.views["dom0"]
     assert view.fdt, "dom0 gave no /sys/firmware/fdt"
-    assert (dom0.artifacts / "dom0.dtb").read_bytes() == view.fdt
-    assert_clean(checks.check_device_tree(view, checks.expectation(result.claims)), "dom0's device tree")
+    assert (booted.artifacts / "dom0.dtb").read_bytes() == view.fdt
+    expect = checks.expectation(result.claims, 0, is_32bit(booted))
+    assert_clean(checks.check_device_tree(view, expect), "dom0's device tree")
 
 
-def test_dom0_kernel_found_xen(dom0: BootSession) -> None:
+def test_dom0_kernel_found_xen(booted: BootSession) -> None:
     """dom0's kernel found Xen of the booted version, its grant table, and an events ABI."""
-    result = booted(dom0)
+    result = probed(booted)
     assert_clean(checks.check_kernel_log(result.views["dom0"], result.claims.version), "dom0's kernel log")
 
 
-def test_dom0_event_irq_is_xens_ppi(dom0: BootSession) -> None:
-    """The `events` interrupt is Xen's PPI (hwirq via /sys/kernel/irq), level-triggered, and fired."""
-    result = booted(dom0)
-    assert_clean(checks.check_event_irq(result.views["dom0"], result.claims.event_ppi), "dom0's events IRQ")
+def test_dom0_event_irq_is_xens_ppi(booted: BootSession) -> None:
+    """The `events` interrupt is Xen's PPI (hwirq via /sys/kernel/irq), on the target's GIC, level, and fired."""
+    result = probed(booted)
+    chip = booted.spec.dom0.event_chip
+    assert_clean(checks.check_event_irq(result.views["dom0"], result.claims.event_ppi, chip), "dom0's events IRQ")
 
 
-def test_dom0_event_irq_keeps_firing(dom0: BootSession) -> None:
+def test_dom0_event_irq_keeps_firing(booted: BootSession) -> None:
     """Sampled again now, live: the events count is above what the probes first saw."""
-    result = booted(dom0)
+    result = probed(booted)
     first = result.views["dom0"].event_irq
     assert first is not None, "dom0 has no events interrupt"
-    now = parse_interrupts("\n".join(dom0.shell("dom0").run("cat /proc/interrupts"))).get("events")
+    now = parse_interrupts("\n".join(booted.shell("dom0").run("cat /proc/interrupts"))).get("events")
     assert now is not None, "the events row disappeared from /proc/interrupts"
     assert sum(now[1]) > first.total, f"events count: expected above {first.total}, found {sum(now[1])}"
 
 
-def test_dom0_sys_hypervisor(dom0: BootSession) -> None:
+def test_dom0_sys_hypervisor(booted: BootSession) -> None:
     """/sys/hypervisor says xen, and the version Xen's banner printed."""
-    result = booted(dom0)
+    result = probed(booted)
     assert_clean(checks.check_hypervisor_sysfs(result.views["dom0"], result.claims.version), "/sys/hypervisor")
+
+
+@pytest.mark.requires("32-bit")
+def test_32bit_dom0_gets_no_extended_regions(booted: BootSession) -> None:
+    """Xen gives a 32-bit dom0 no extended regions: none printed, and only the grant region in reg."""
+    result = probed(booted)
+    assert not result.claims.extended.get(0), f"Xen printed extended regions for d0: {result.claims.extended}"
+    node = dt.read_hypervisor_node(result.views["dom0"].fdt)
+    assert node is not None and len(node.regions) == 1, f"reg: expected only the grant region, found {node}"

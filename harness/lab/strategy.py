@@ -9,6 +9,7 @@ the current stage's deadline, or when QEMU exits.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
 from ..errors import UsageError
-from ..monitor import BootFailure, ConsoleMonitor
+from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor
 
 POLL_S = 0.2
 
@@ -54,23 +55,45 @@ class Deadlines:
         return cls(stages=stages, **{k: float(v) for k, v in data.items()})
 
 
+SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str  # its ShellDriver's name in the target YAML
+    domid: int
+
+    @property
+    def source(self) -> str:
+        return f"dom{self.domid}"
+
+
 @target_factory.reg_driver
 @attr.s(eq=False)
 class XenStrategy(Strategy):
-    bindings = {"power": "PowerProtocol", "console": "ConsoleProtocol", "shell": "ShellDriver"}
+    """off -> xen -> shell. The console guest's shell first; `focus` moves Xen's serial input to another.
+
+    Each guest has a ShellDriver named after it (`dom0`, `domU1`, …) in the target YAML; the first
+    of `guests` is the one Xen gives the console to at the end of its boot.
+    """
+
+    bindings = {"power": "PowerProtocol", "console": "ConsoleProtocol"}
 
     status = attr.ib(default=Status.unknown)
-    guest = attr.ib(default="dom0", validator=attr.validators.instance_of(str))  # whose shell is on the console
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.deadlines = Deadlines()
+        self.guests: list[Guest] = [Guest("dom0", 0)]
         self.monitor: ConsoleMonitor | None = None
         self.on_milestone = None  # progress callback handed to each boot's monitor
+        self.focused: Guest | None = None
 
-    @property
-    def shell_key(self) -> str:
-        return f"{self.guest}:shell"
+    def shell(self, name: str):
+        return self.target.get_driver("ShellDriver", name=name, activate=False)
+
+    def _shells(self) -> list:
+        return [d for d in self.target.drivers if type(d).__name__ == "ShellDriver"]
 
     @step(args=["status"])
     def transition(self, status, *, step):  # noqa: ARG002 (labgrid's step decorator passes it)
@@ -81,9 +104,11 @@ class XenStrategy(Strategy):
         if status == self.status:
             return
         if status == Status.off:
-            self.target.deactivate(self.shell)
+            for shell in self._shells():
+                self.target.deactivate(shell)
             self.target.activate(self.power)
             self.power.off()
+            self.focused = None
         elif status == Status.xen:
             self.transition(Status.off)
             self._power_on()
@@ -91,18 +116,48 @@ class XenStrategy(Strategy):
         elif status == Status.shell:
             if self.status != Status.xen:
                 self.transition(Status.xen)
-            self.wait_for(self.shell_key)
-            # The monitor consumed the prompt; a newline makes the shell print a fresh one for the
-            # ShellDriver, which would otherwise wait its await_login_timeout of silence first.
-            self.console.write(b"\n")
-            self.target.activate(self.shell)
+            # Xen ends its boot giving its input to DOM0 (even when there is none): start from there.
+            self.wait_until(functools.partial(self._input_moved, 0), "Xen's '*** Serial input to DOM0' line")
+            self.focus(self.guests[0])
         self.status = status
+
+    def focus(self, guest: Guest):
+        """Give `guest` Xen's serial input and its shell; returns its active ShellDriver.
+
+        Xen passes its input on with Ctrl-a three times, round Xen -> DOM0 -> DOM1 … -> Xen, and says
+        where it went ("*** Serial input to DOM1"); the monitor follows those lines.
+        """
+        for _ in range(len(self.guests) + 2):
+            if self.monitor.focus == guest.domid:
+                break
+            seen = len(self.monitor.lines)
+            self.console.write(SWITCH_INPUT)
+            self.wait_until(functools.partial(self._input_moved, seen), "Xen's '*** Serial input to …' line")
+        else:
+            raise StrategyError(f"Xen never gave its serial input to {guest.name} (DOM{guest.domid})")
+        if self.focused != guest:
+            self._take_shell(guest)
+        return self.shell(guest.name)
+
+    def _input_moved(self, after: int) -> bool:
+        return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self.monitor.lines[after:])
+
+    def _take_shell(self, guest: Guest) -> None:
+        self.wait_for(f"{guest.source}:init")
+        if f"{guest.source}:shell" not in self.monitor.reached:
+            # An unfocused domU's prompt sits unprinted in Xen's line buffer: a newline brings it out.
+            self.console.write(b"\n")
+            self.wait_for(f"{guest.source}:shell")
+        # The monitor consumed that prompt: ask for a fresh one for the ShellDriver, which would
+        # otherwise wait its await_login_timeout of silence before asking itself.
+        self.console.write(b"\n")
+        self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
+        self.focused = guest
 
     def _power_on(self) -> None:
         self.target.activate(self.console)
-        self.monitor = ConsoleMonitor(
-            console_guest=self.guest, prompt=self.shell.prompt, on_milestone=self.on_milestone
-        )
+        prompts = "|".join(f"(?:{shell.prompt})" for shell in self._shells())
+        self.monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone)
         # One monitor per boot: drop the previous boot's.
         self.power.listeners[:] = [f for f in self.power.listeners if not _is_monitor_feed(f)]
         self.power.listeners.append(self.monitor.feed)
@@ -110,10 +165,14 @@ class XenStrategy(Strategy):
         self.monitor.start()
 
     def wait_for(self, key: str) -> None:
-        """Read the console until the monitor reaches `key`; raise BootFailure as soon as it cannot."""
+        """Read the console until the monitor reaches milestone `key`."""
+        self.wait_until(lambda: key in self.monitor.reached, key)
+
+    def wait_until(self, condition, what: str):
+        """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         monitor = self.monitor
         started = time.monotonic()
-        while key not in monitor.reached:
+        while not (result := condition()):
             if monitor.failure and monitor.settled():
                 raise BootFailure(monitor.conclude())
             try:
@@ -129,8 +188,9 @@ class XenStrategy(Strategy):
                 monitor.hang(f"no console output for {silence:.0f} s")
                 raise BootFailure(monitor.conclude())
             if time.monotonic() - started > self.deadlines.boot:
-                monitor.hang(f"no {key} within the boot deadline of {self.deadlines.boot:.0f} s")
+                monitor.hang(f"no {what} within the boot deadline of {self.deadlines.boot:.0f} s")
                 raise BootFailure(monitor.conclude())
+        return result
 
 
 def _is_monitor_feed(listener) -> bool:

@@ -364,6 +364,11 @@ def read_hypervisor_node(dtb: bytes) -> HypervisorNode | None:
     return _describe(tree, node) if node is not None else None
 
 
+def memory_regions(dtb: bytes) -> list[Region]:
+    """The RAM banks the tree gives its guest (/memory nodes), in CPU addresses."""
+    return [o.region for o in _occupied(_load(dtb), set()) if o.kind == "ram"]
+
+
 # --- the checks ---------------------------------------------------------------------------
 
 

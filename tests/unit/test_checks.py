@@ -61,7 +61,8 @@ def view(dom0_dtb, dom0_dmesg) -> GuestView:
 
 
 def test_healthy_boot_has_no_findings(healthy_claims, view):
-    assert failures(checks.check_dom0(healthy_claims, view)) == []
+    assert failures(checks.check_xen_claims(healthy_claims)) == []
+    assert failures(checks.check_guest(healthy_claims, view, 0, event_chip="GICv3")) == []
 
 
 def test_xen_claims_parsed_from_real_console(healthy_claims):
@@ -182,3 +183,14 @@ def test_parse_interrupts_finds_events_row_by_name():
     assert rows["events"][0] == 12 and rows["events"][1] == [6, 1]
     assert rows["events"][2][:2] == ["GICv3", "16"]
     assert "Rescheduling" not in str(rows)  # IPI rows have no Linux IRQ number
+
+
+def test_memory_regions_agree_with_the_boot_plans_reading(dom0_dtb):
+    from captured import DATA
+
+    from harness.bootdtb import memory_bank
+    from harness.validate.dt import memory_regions
+
+    host = (DATA / "qemu-virt-gicv3-host.dtb").read_bytes()
+    assert memory_regions(host) == [Region(*memory_bank(host))] == [Region(0x40000000, 0x80000000)]
+    assert memory_regions(dom0_dtb) == [Region(0x60000000, 0x20000000)]  # dom0_mem=512M, 1:1 mapped

@@ -203,3 +203,41 @@ def test_triage_of_a_cut_log_names_the_last_stage():
     monitor, verdict = triage(cut)
     assert verdict is Verdict.HUNG
     assert monitor.failure.stage == "dom0:xen-found" and monitor.failure.signature == "log-ends"
+
+
+# Xen's serial input focus, as dom0less boots print it (captured from a qemu-dom0less boot).
+FOCUS = (
+    b"(XEN) Xen version 4.17.7 (Debian)\n(XEN) Freed 348kB init memory.\n"
+    b"(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch input)\n"
+    b"(XEN) DOM1: [    1.9] Booting Linux on physical CPU 0x0\n"
+    b"dom0# \x1b[6n(XEN) *** Serial input to DOM1 (type 'CTRL-a' three times to switch input)\n"
+    b"(XEN) domU1# \x1b[6n\n(XEN) DOMU1MARKER\n(XEN) d0v0: vGICD: unhandled word write 0xffffffff to ICACTIVER0\n"
+    b"(XEN) domU1# \x1b[6n*** Serial input to Xen (type 'CTRL-a' three times to switch input)\n"
+    b"(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch input)\n"
+)
+
+
+def test_focus_follows_xens_serial_input_lines():
+    monitor = ConsoleMonitor(prompt=r"dom0# |(?:\(XEN\) )?domU1# ")
+    seen = []
+    for line in FOCUS.split(b"\n"):
+        monitor.feed(line + b"\n")
+        seen.append(monitor.focus)
+    assert seen[2] == 0 and seen[4] == 1 and seen[-2] == 0
+    assert None in seen  # "Serial input to Xen"
+    assert {"dom0:shell", "dom1:shell", "dom1:kernel"} <= set(monitor.reached)
+
+
+def test_focused_domu_lines_carry_xens_prefix_but_are_the_domus():
+    monitor = ConsoleMonitor().replay(FOCUS)
+    by_text = {line.text: line.source for line in monitor.lines}
+    assert by_text["DOMU1MARKER"] == "dom1"
+    assert by_text["d0v0: vGICD: unhandled word write 0xffffffff to ICACTIVER0"] == "xen"  # Xen's own, even then
+    assert by_text["*** Serial input to Xen (type 'CTRL-a' three times to switch input)"] == "xen"  # prefix-less
+    assert by_text["dom0#"] == "dom0"  # the prompt before Xen's line on the same console line
+
+
+def test_prompt_of_a_focused_domu_on_a_partial_line():
+    monitor = ConsoleMonitor(prompt=r"(?:\(XEN\) )?domU1# ")
+    monitor.feed(FOCUS.split(b"(XEN) domU1#")[0] + b"(XEN) domU1# \x1b[6n")
+    assert "dom1:shell" in monitor.reached and "dom0:shell" not in monitor.reached

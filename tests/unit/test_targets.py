@@ -81,8 +81,8 @@ def test_load_spec_of_qemu_virt():
     assert spec.name == "qemu-virt" and spec.path == targets.TARGETS_DIR / "qemu-virt.yaml"
     assert spec.images == section["images"] and spec.images in load_lock(), f"{spec.images} is not a locked profile"
     assert spec.boot == "qemu-loader"
-    assert spec.dom0_cmdline == section["dom0"]["cmdline"]
-    assert "guest=dom0" in spec.dom0_cmdline, "the shell prompt is named by guest= on dom0's command line"
+    assert spec.dom0.cmdline == section["dom0"]["cmdline"]
+    assert "guest=dom0" in spec.dom0.cmdline, "the shell prompt is named by guest= on dom0's command line"
     assert spec.capabilities == frozenset(section["capabilities"]) and spec.can("dom0")
     assert not spec.can("acpi")
     assert spec.deadlines == section["deadlines"] and all(v > 0 for v in spec.deadlines.values())
@@ -98,13 +98,13 @@ def test_defaults_for_optional_fields(directory):
     ("text", "why"),
     [
         (VALID.split("harness:")[0], "KeyError('harness')"),
-        (VALID.replace("  dom0:\n    cmdline: console=hvc0\n", ""), "KeyError('dom0')"),
+        (VALID.replace("    cmdline: console=hvc0\n", "    event_chip: GICv3\n"), "KeyError('cmdline')"),
         (VALID.replace("  images: debian12-arm64\n", ""), "KeyError('images')"),
         ("", "KeyError('harness')"),
         ("- a list\n", "TypeError"),
         ("harness: [unclosed\n", "ParserError"),
     ],
-    ids=["no-harness-section", "no-dom0", "no-images", "empty", "a-list", "bad-yaml"],
+    ids=["no-harness-section", "dom0-without-cmdline", "no-images", "empty", "a-list", "bad-yaml"],
 )
 def test_malformed_target_is_one_sentence(directory, text, why):
     path = directory / "broken.yaml"
@@ -115,3 +115,43 @@ def test_malformed_target_is_one_sentence(directory, text, why):
     one_line(message)
     assert message.startswith(f"{path} is not a valid target (") and why in message, message
     assert message.endswith("compare it with targets/qemu-virt.yaml."), message
+
+
+DOMU = """  domUs:
+    - name: domU1
+      cmdline: console=ttyAMA0 rdinit=/init guest=domU1
+      memory: 262144
+{extra}"""
+
+
+@pytest.mark.parametrize(
+    ("dom0", "extra", "why"),
+    [
+        (False, "", "no guests"),
+        (False, "      enhanced: enabled\n", "Xenstore support requires dom0 to be present"),
+        (True, "      enhanced: sometimes\n", "use one of enabled, no-xenstore, disabled"),
+        (True, "      vpl011: false\n", "no console"),
+    ],
+    ids=["no-guests", "xenstore-without-dom0", "unknown-enhanced", "no-vpl011"],
+)
+def test_guest_combinations_xen_would_refuse_are_caught_before_boot(directory, dom0, extra, why):
+    text = VALID if dom0 else VALID.replace("  dom0:\n    cmdline: console=hvc0\n", "")
+    if extra or not dom0:
+        text += DOMU.format(extra=extra) if extra else ""
+    (directory / "broken.yaml").write_text(text)
+    with pytest.raises(UsageError) as info:
+        targets.load_spec("broken", directory)
+    one_line(str(info.value))
+    assert why in str(info.value), str(info.value)
+
+
+def test_dom0less_guests_are_numbered_in_order(directory):
+    text = VALID + DOMU.format(extra="      enhanced: no-xenstore\n") + DOMU.format(extra="").replace(
+        "  domUs:\n", "").replace("domU1", "domU2")
+    (directory / "two.yaml").write_text(text)
+    spec = targets.load_spec("two", directory)
+    assert [(g.name, g.domid, g.source) for g in spec.guests] == [
+        ("dom0", 0, "dom0"), ("domU1", 1, "dom1"), ("domU2", 2, "dom2")]
+    assert spec.domus[0].enhanced == "no-xenstore" and spec.domus[1].enhanced is None
+    assert spec.console_guest.name == "dom0"
+    assert spec.without_dom0().console_guest.name == "domU1"

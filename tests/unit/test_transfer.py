@@ -130,3 +130,12 @@ def test_parse_interrupts_one_cpu_and_empty():
     one = "           CPU0\n  5:         17     GIC-0  16 Level     events"
     assert parse_interrupts(one)["events"] == (5, [17], ["GIC-0", "16", "Level", "events"])
     assert parse_interrupts("") == {}
+
+
+def test_focused_domu_output_keeps_its_lines_and_drops_xens():
+    from harness.guest import GuestShell
+
+    out = ["(XEN) line one\r", "(XEN) d1v0: vGICD: unhandled word write 0x1 to ICACTIVER0", "(XEN) line two", "(XEN) "]
+    assert GuestShell(None, "domU1", xen_prefixed=True).clean(out) == ["line one", "line two"]
+    # dom0's own output has no prefix: every "(XEN)" line is Xen's and goes
+    assert GuestShell(None, "dom0").clean(["line one\r", "(XEN) noise", "line two"]) == ["line one", "line two"]
