@@ -342,6 +342,13 @@ class PrivateApt:
                 return
             log.warning("apt-get update (%s) failed, attempt %d of %d", self.architecture, attempt, attempts)
         errors = "; ".join(ln for ln in proc.stderr.splitlines() if ln.startswith("E: "))
+        if "They have been ignored, or old ones used instead" in proc.stderr:
+            # Some suites' indexes came through: pin from those, and say which did not (the lock shows
+            # the versions chosen; a later `./run images lock` picks up the missing suite's newer ones).
+            failed = sorted(set(re.findall(r"Failed to fetch \S+/dists/(\S+?)/", proc.stderr)))
+            log.warning("the %s index of %s could not be read (%s); pinning from the other suites",
+                        self.architecture, ", ".join(failed) or "some suites", errors)
+            return
         raise InfrastructureError(
             f"could not read Debian's {self.architecture} package index ({errors}): "
             "retry later, a mirror may be syncing."

@@ -97,6 +97,7 @@ def test_dom0_sys_hypervisor(booted: BootSession) -> None:
 def test_32bit_dom0_gets_no_extended_regions(booted: BootSession) -> None:
     """Xen gives a 32-bit dom0 no extended regions: none printed, and only the grant region in reg."""
     result = probed(booted)
+    assert 0 in result.claims.no_extended_32bit, "Xen did not say 'd0: extended regions not supported for 32-bit'"
     assert not result.claims.extended.get(0), f"Xen printed extended regions for d0: {result.claims.extended}"
     node = dt.read_hypervisor_node(result.views["dom0"].fdt)
     assert node is not None and len(node.regions) == 1, f"reg: expected only the grant region, found {node}"
