@@ -20,7 +20,7 @@ from pathlib import Path
 import labgrid
 from labgrid.strategy import StrategyError
 
-from . import checks, guest, xenlog
+from . import acpidump, checks, guest, xenlog
 from .bootdtb import Domain, Module, build_boot_dtb, layout, packed
 from .errors import HarnessError, UsageError
 from .findings import Finding, failures
@@ -30,6 +30,8 @@ from .lab.qemu import QemuFailed
 from .lab.strategy import Deadlines, Guest, Status
 from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
 from .targets import GuestSpec, TargetSpec, check_guests
+from .validate import acpi
+from .xenbuild import build_xen, xen_source
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,7 @@ class BootSession:
         self.env: labgrid.Environment | None = None
         self.strategy = None
         self.error: HarnessError | None = None  # what stopped the boot, when it was not the guest
+        self.host_acpi: Path | None = None  # the machine's own ACPI tables (acpi targets)
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -181,19 +184,51 @@ class BootSession:
     def _artifacts(self) -> dict[str, Artifact]:
         check_guests(self.spec)  # a combination Xen would panic on is refused before anything runs
         arts = self.images.artifacts(self.spec.images, self.overrides)
+        if self.spec.xen_build and "xen" not in self.overrides:
+            arts["xen"] = build_xen(self.images.cache, xen_source(), config=self.spec.xen_build)
         if "initrd" not in arts:
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
+        if self.spec.can("acpi"):  # before Xen's boot: the machine's own tables, to compare dom0's with
+            self.host_acpi = acpidump.host_tables(self.spec.path, arts["kernel"], arts["initrd"], self.images.cache)
         return arts
 
     def _plan(self, target) -> None:
-        """The qemu-loader boot plan: machine DT + /chosen modules, blobs loaded by QEMU's loader."""
-        if self.spec.boot != "qemu-loader":
-            raise UsageError(f"{self.spec.path.name}: boot method {self.spec.boot!r} is not known (use qemu-loader).")
+        """What QEMU loads and how: the target's boot method, with this boot's tweaks."""
         qemu = target.get_driver("XenQEMUDriver", activate=False)
         tweaks = self.tweaks
         qemu.boot_args = " ".join(filter(None, [qemu.boot_args, tweaks.xen_args]))
         if tweaks.edit_qemu_args:
             qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
+        qemu.stderr_path = self.artifacts / "qemu.stderr"
+        if self.spec.boot == "qemu-loader":
+            self._plan_loader(qemu)
+        elif self.spec.boot == "qemu-uefi":
+            self._plan_uefi(qemu)
+        else:
+            raise UsageError(f"{self.spec.path.name}: boot method {self.spec.boot!r} is not known: "
+                             "use qemu-loader or qemu-uefi.")
+
+    def _plan_uefi(self, qemu) -> None:
+        """UEFI firmware starts Xen from an ESP (QEMU's virtual FAT); Xen reads its config beside itself."""
+        if self.spec.domus:
+            raise UsageError(f"{self.spec.path.name}: the qemu-uefi boot method starts dom0 only, not domUs.")
+        arts = self.result.images
+        boot = self.artifacts / "esp" / "EFI" / "BOOT"
+        boot.mkdir(parents=True, exist_ok=True)
+        # Links, not copies: QEMU's vvfat follows them, and artifacts stay small.
+        for name, art in (("BOOTAA64.EFI", "xen"), ("Image", "kernel"), ("initrd.gz", "initrd")):
+            (boot / name).unlink(missing_ok=True)
+            (boot / name).symlink_to(arts[art].path)
+        # Xen's EFI loader reads <its own name>.cfg (docs/misc/efi.pandoc).
+        (boot / "BOOTAA64.cfg").write_text(
+            "[global]\ndefault=xen\n\n[xen]\n"
+            f"options={qemu.boot_args or ''}\nkernel=Image {self.spec.dom0.cmdline}\nramdisk=initrd.gz\n"
+        )
+        qemu.extra_args = f"{qemu.extra_args} -drive if=virtio,format=raw,readonly=on,file=fat:{boot.parent.parent}"
+
+    def _plan_loader(self, qemu) -> None:
+        """The machine's DT + /chosen modules, blobs loaded by QEMU's generic loader."""
+        tweaks = self.tweaks
         arts = self.result.images
         machine_path = self.artifacts / "machine.dtb"
         machine = packed(qemu.dump_machine_dtb(machine_path))
@@ -217,7 +252,6 @@ class BootSession:
         qemu.loader_args = [
             arg for m in modules for arg in ("-device", f"loader,file={m.path},addr={m.addr:#x},force-raw=on")
         ]
-        qemu.stderr_path = self.artifacts / "qemu.stderr"
 
     def _milestone(self, key: str, line: Line) -> None:
         self.result.milestones[key] = line.t
@@ -240,18 +274,33 @@ class BootSession:
         monitor = self.strategy.monitor
         claims = self.result.claims = xenlog.parse(monitor.text("xen"))
         findings: list[Finding] = []
+        is_32bit, acpi = self.spec.arch == "arm32", self.spec.can("acpi")
         if self.spec.dom0:
-            findings += checks.check_xen_claims(claims, is_32bit=self.spec.arch == "arm32")
+            findings += checks.check_xen_claims(claims, is_32bit=is_32bit, acpi=acpi)
         for spec in self.spec.guests:
             view = self.result.views[spec.name] = self._probe(spec.name)
             if view.fdt:
                 (self.artifacts / f"{spec.name}.dtb").write_bytes(view.fdt)
             (self.artifacts / f"{spec.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
-            findings += checks.check_guest(claims, view, spec.domid, is_32bit=self.spec.arch == "arm32",
-                                           event_chip=spec.event_chip)
+            findings += checks.check_guest(claims, view, spec.domid, is_32bit=is_32bit, event_chip=spec.event_chip,
+                                           acpi=acpi)
+            if acpi and spec.domid == 0:
+                findings += self._check_acpi_tables()
         self.result.findings = findings
         self.result.timings["probe"] = round(time.monotonic() - started, 2)
         return findings
+
+    def _check_acpi_tables(self) -> list[Finding]:
+        """dom0's ACPI tables against the bindings and against the machine's own."""
+        tables, host = self.artifacts / "dom0-acpi", self.artifacts / "host-acpi"
+        try:
+            acpidump.capture(self.shell("dom0"), tables)
+        except guest.ProbeError as exc:
+            raise UsageError(str(exc)) from None
+        shutil.copytree(self.host_acpi, host, dirs_exist_ok=True)
+        qemu = self.strategy.power
+        vcpus = checks.dom0_vcpus(qemu.boot_args or "", qemu.extra_args or "")
+        return acpi.validate_tables(acpi.load_tables(tables), acpi.load_tables(host), acpi.Profile(vcpus=vcpus))
 
     def _probe(self, name: str) -> guest.GuestView:
         monitor = self.strategy.monitor

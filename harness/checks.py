@@ -34,18 +34,26 @@ def _error(rule: str, where: str, expected: str, found: str, note: str = "") -> 
     return Finding(rule, Severity.ERROR, where, expected, found, note)
 
 
-def check_xen_claims(claims: XenClaims, *, dom0: bool = True, is_32bit: bool = False) -> list[Finding]:
-    """Xen printed what every later check compares against."""
+def check_xen_claims(
+    claims: XenClaims, *, dom0: bool = True, is_32bit: bool = False, acpi: bool = False
+) -> list[Finding]:
+    """Xen printed what every later check compares against, and booted on the firmware tables it should.
+
+    Xen 4.17 gives an ACPI dom0 no extended regions (they live in the DT hypervisor node only)."""
     out = []
     if claims.version is None:
         out.append(_error("xen.banner", "Xen console", "a 'Xen version X.Y' banner", "none"))
+    booted = claims.boot or "Device Tree"
+    if booted != ("ACPI" if acpi else "Device Tree"):
+        out.append(_error("xen.boot", "Xen console", "ACPI" if acpi else "Device Tree", booted,
+                          "Xen read other firmware tables than the target provides"))
     if dom0 and claims.grant is None:
         out.append(_error("xen.grant", "Xen console", "'Grant table range: A-B'", "none"))
     if dom0 and claims.event_ppi is None:
         out.append(_error("xen.event-ppi", "Xen console", "'Allocating PPI N for event channel interrupt'", "none"))
     if dom0 and claims.event_ppi is not None and not PPI_BASE <= claims.event_ppi < 32:
         out.append(_error("xen.event-ppi", "Xen console", "a PPI INTID in 16..31", str(claims.event_ppi)))
-    if dom0 and not is_32bit and not claims.extended.get(0):
+    if dom0 and not is_32bit and not acpi and not claims.extended.get(0):
         out.append(
             _error("xen.extended", "Xen console", "'d0: extended region N: A->B' lines for a 64-bit dom0", "none")
         )
@@ -71,7 +79,7 @@ def check_device_tree(view: GuestView, expect: dt.Expectation, profile: str = "d
         return [_error("dt.missing", where, "the flattened tree the guest booted with", "no /sys/firmware/fdt")]
     findings = dt.validate_dtb(view.fdt, profile, expect)
     node = dt.read_hypervisor_node(view.fdt)
-    if node is None:
+    if node is None or not view.live_tree:  # an ACPI boot has no live tree to compare
         return findings
     # The live tree Linux built (/proc/device-tree) must say what the flattened one says.
     flat = _node_props(view.fdt)
@@ -177,14 +185,28 @@ def check_hypervisor_sysfs(view: GuestView, xen_version: str | None) -> list[Fin
 
 
 def check_guest(
-    claims: XenClaims, view: GuestView, domid: int, *, is_32bit: bool = False, event_chip: str | None = None
+    claims: XenClaims, view: GuestView, domid: int, *, is_32bit: bool = False, event_chip: str | None = None,
+    acpi: bool = False,
 ) -> list[Finding]:
-    """Every check of a device-tree guest: dom0 against what Xen printed, a dom0less domU against Xen's
-    fixed guest layout (GUEST_GNTTAB_BASE, GUEST_EVTCHN_PPI) and the extended regions Xen printed for it."""
-    profile, intid = ("dom0", claims.event_ppi) if domid == 0 else ("domU", dt.GUEST_EVTCHN_PPI)
+    """Every check of a guest: dom0 against what Xen printed (an ACPI dom0's minimal DT against the
+    acpi-dom0 profile), a dom0less domU against Xen's fixed guest layout (GUEST_GNTTAB_BASE,
+    GUEST_EVTCHN_PPI) and the extended regions Xen printed for it."""
+    if domid == 0:
+        profile, intid = ("acpi-dom0" if acpi else "dom0"), claims.event_ppi
+    else:
+        profile, intid = "domU", dt.GUEST_EVTCHN_PPI
     return [
         *check_device_tree(view, expectation(claims, domid, is_32bit), profile),
         *check_kernel_log(view, claims.version),
         *check_event_irq(view, intid, event_chip, must_fire=domid == 0),
         *check_hypervisor_sysfs(view, claims.version),
     ]
+
+
+def dom0_vcpus(xen_args: str, qemu_args: str) -> int | None:
+    """How many vCPUs Xen gives dom0: dom0_max_vcpus= if set, else one per physical CPU (QEMU's -smp)."""
+    if m := re.search(r"(?:^|\s)dom0_max_vcpus=(?:\d+-)?(\d+)", xen_args):
+        return int(m.group(1))
+    if m := re.search(r"(?:^|\s)-smp\s+(?:cpus=)?(\d+)", qemu_args):
+        return int(m.group(1))
+    return None

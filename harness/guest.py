@@ -134,6 +134,7 @@ class GuestView:
     event_irq: EventIrq | None = None
     event_count_later: int | None = None
     fdt: bytes | None = None  # /sys/firmware/fdt: the whole tree the guest was given
+    live_tree: bool = False  # /proc/device-tree exists (not on an ACPI boot)
     procfs_hypervisor: dict[str, bytes] = field(default_factory=dict)  # /proc/device-tree/hypervisor/*
     seconds: float = 0.0  # how long probing took
 
@@ -193,6 +194,7 @@ def probe(shell: GuestShell) -> GuestView:
     view.dmesg = shell.run("dmesg", timeout=60)
     if shell.run("test -e /sys/firmware/fdt && echo yes", check=False) == ["yes"]:
         view.fdt = shell.read_file("/sys/firmware/fdt")
+    view.live_tree = shell.run("test -d /proc/device-tree && echo yes", check=False) == ["yes"]
     present = shell.run("ls /proc/device-tree/hypervisor 2>/dev/null", check=False)
     for prop in ("compatible", "reg", "interrupts"):
         if any(prop in line.split() for line in present):

@@ -16,7 +16,8 @@ from .cache import Cache, sha256_bytes
 from .images import IMAGES_DIR, Artifact
 
 INIT_SCRIPT = IMAGES_DIR / "initramfs" / "init"
-FORMAT_VERSION = "1"  # bump when the layout below changes, so cached images are rebuilt
+ACPI_DUMP = IMAGES_DIR / "initramfs" / "acpi-dump"  # installed as /bin/harness-acpi-dump
+FORMAT_VERSION = "2"  # bump when the layout below changes, so cached images are rebuilt
 
 DIRECTORIES = ("bin", "dev", "etc", "proc", "root", "sys", "tmp")
 CONSOLE = ("dev/console", 5, 1)  # the kernel opens it before init runs; devtmpfs is not mounted yet
@@ -35,7 +36,8 @@ def cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return bytes(out)
 
 
-def build(busybox: bytes, init: bytes) -> bytes:
+def build(busybox: bytes, init: bytes, tools: dict[str, bytes] | None = None) -> bytes:
+    """The archive: the directories, /dev/console, busybox, /init, and each tool as /bin/NAME."""
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         (d, stat.S_IFDIR | 0o755, b"", (0, 0)) for d in DIRECTORIES
     ]
@@ -43,20 +45,28 @@ def build(busybox: bytes, init: bytes) -> bytes:
     entries.append((name, stat.S_IFCHR | 0o600, b"", (major, minor)))
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox, (0, 0)))
     entries.append(("init", stat.S_IFREG | 0o755, init, (0, 0)))
+    entries += [(f"bin/{n}", stat.S_IFREG | 0o755, data, (0, 0)) for n, data in sorted((tools or {}).items())]
     return gzip.compress(cpio_newc(entries), compresslevel=9, mtime=0)
+
+
+def guest_tools() -> dict[str, bytes]:
+    """Scripts the harness runs in its guests, installed in /bin."""
+    return {"harness-acpi-dump": ACPI_DUMP.read_bytes()}
 
 
 def initramfs(busybox: Artifact, cache: Cache, init_script: Path = INIT_SCRIPT) -> Artifact:
     """The initramfs for this busybox, from the cache or built now."""
     init = init_script.read_bytes()
-    key = hashlib.sha256(f"{FORMAT_VERSION}:{busybox.sha256}:{sha256_bytes(init)}".encode()).hexdigest()
+    tools = guest_tools()
+    inputs = [FORMAT_VERSION, busybox.sha256, sha256_bytes(init), *(sha256_bytes(t) for t in tools.values())]
+    key = hashlib.sha256(":".join(inputs).encode()).hexdigest()
     path = cache.dir("initramfs") / f"{key[:16]}.cpio.gz"
     digest_file = path.with_suffix(".sha256")
     if path.is_file() and digest_file.is_file():
         digest = digest_file.read_text().strip()
         if cache.verified(path, digest):
             return Artifact("initrd", path, digest, "built")
-    data = build(busybox.path.read_bytes(), init)
+    data = build(busybox.path.read_bytes(), init, tools)
     cache.store(path, data)
     cache.store(digest_file, sha256_bytes(data).encode())
     return Artifact("initrd", path, sha256_bytes(data), "built")

@@ -76,13 +76,14 @@ class TargetSpec:
     name: str
     path: Path
     images: str  # image profile in images/lock.json
-    boot: str  # how the boot plan is made: "qemu-loader"
+    boot: str  # how the boot plan is made: "qemu-loader" (DTB + modules) or "qemu-uefi" (firmware + ESP)
     arch: str  # the guests' architecture: "arm64" or "arm32" (no extended regions for 32-bit guests)
     dom0: GuestSpec | None
     domus: tuple[GuestSpec, ...]
     capabilities: frozenset[str]
     deadlines: dict = field(default_factory=dict)
     description: str = ""
+    xen_build: dict[str, str] | None = None  # boot Xen built from source with these Kconfig items
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -142,6 +143,7 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
             capabilities=frozenset(section.get("capabilities", [])),
             deadlines=section.get("deadlines", {}),
             description=section.get("description", ""),
+            xen_build={k: str(v) for k, v in section["xen_build"].items()} if section.get("xen_build") else None,
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc

@@ -18,7 +18,8 @@ GRANT = re.compile(r"^Grant table range: (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\s*$")
 EVENT_PPI = re.compile(r"^Allocating PPI (\d+) for event channel interrupt")
 EXTENDED = re.compile(r"^d(\d+): extended region (\d+): (0x[0-9a-fA-F]+)->(0x[0-9a-fA-F]+)\s*$")
 NO_EXTENDED_32BIT = re.compile(r"^d(\d+): extended regions not supported for 32-bit guests")
-ACPI = re.compile(r"^Booting using (ACPI|Device Tree)")
+# Xen 4.17 says "Booting using ACPI" only at some log levels; it always lists the MADT's GICCs.
+ACPI = re.compile(r"^(?:Booting using (ACPI|Device Tree)|ACPI: GICC )")
 
 PPI_BASE = 16  # GIC INTIDs 16..31 are PPIs; a DT `interrupts` PPI cell counts from there
 
@@ -62,5 +63,5 @@ def parse(xen_lines: Iterable[str]) -> XenClaims:
         elif m := NO_EXTENDED_32BIT.match(text):
             claims.no_extended_32bit.add(int(m.group(1)))
         elif m := ACPI.match(text):
-            claims.boot = m.group(1)
+            claims.boot = m.group(1) or "ACPI"
     return claims

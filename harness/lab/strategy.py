@@ -170,27 +170,35 @@ class XenStrategy(Strategy):
 
     def wait_until(self, condition, what: str):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
-        monitor = self.monitor
-        started = time.monotonic()
-        while not (result := condition()):
-            if monitor.failure and monitor.settled():
-                raise BootFailure(monitor.conclude())
-            try:
-                self.console.read(size=1, timeout=POLL_S, max_size=65536)
-            except pexpect.TIMEOUT:
-                pass
-            except pexpect.EOF:
-                self.power.off()  # reap QEMU and learn its exit status
-                monitor.exited(self.power.exit_status, self.power.stderr_text())
-                raise BootFailure(monitor.conclude()) from None
-            silence = monitor.clock() - monitor.last_output
-            if not monitor.failure and silence > self.deadlines.silence_at(monitor.stage):
-                monitor.hang(f"no console output for {silence:.0f} s")
-                raise BootFailure(monitor.conclude())
-            if time.monotonic() - started > self.deadlines.boot:
-                monitor.hang(f"no {what} within the boot deadline of {self.deadlines.boot:.0f} s")
-                raise BootFailure(monitor.conclude())
-        return result
+        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what)
+
+
+def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str):
+    """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
+
+    Raises BootFailure as soon as the monitor names a failure (with its evidence gathered), when
+    the console is silent past the current stage's deadline, at the boot deadline, or when QEMU exits.
+    """
+    started = time.monotonic()
+    while not (result := condition()):
+        if monitor.failure and monitor.settled():
+            raise BootFailure(monitor.conclude())
+        try:
+            console.read(size=1, timeout=POLL_S, max_size=65536)
+        except pexpect.TIMEOUT:
+            pass
+        except pexpect.EOF:
+            power.off()  # reap QEMU and learn its exit status
+            monitor.exited(power.exit_status, power.stderr_text())
+            raise BootFailure(monitor.conclude()) from None
+        silence = monitor.clock() - monitor.last_output
+        if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
+            monitor.hang(f"no console output for {silence:.0f} s")
+            raise BootFailure(monitor.conclude())
+        if time.monotonic() - started > deadlines.boot:
+            monitor.hang(f"no {what} within the boot deadline of {deadlines.boot:.0f} s")
+            raise BootFailure(monitor.conclude())
+    return result
 
 
 def _is_monitor_feed(listener) -> bool:

@@ -34,6 +34,7 @@ def healthy_view(dtb: bytes, dmesg: list[str]) -> GuestView:
         event_irq=EventIrq(irq=12, hwirq=16, chip="GICv3", trigger="level", actions="events", counts=[6, 1]),
         event_count_later=61,
         fdt=dtb,
+        live_tree=True,
         procfs_hypervisor={p: bytes(fdt.getprop(node, p)) for p in ("compatible", "reg", "interrupts")},
     )
 

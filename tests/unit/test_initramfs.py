@@ -11,7 +11,7 @@ import pytest
 
 from harness.cache import Cache, sha256_bytes
 from harness.images import Artifact
-from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, build, initramfs
+from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, build, guest_tools, initramfs
 
 FAKE_BUSYBOX = b"\x7fELF not really busybox, but bytes the archive must carry unchanged\n" * 3
 INIT = INIT_SCRIPT.read_bytes()
@@ -40,11 +40,11 @@ def listing(archive: bytes) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def archive() -> bytes:
-    return build(FAKE_BUSYBOX, INIT)
+    return build(FAKE_BUSYBOX, INIT, guest_tools())
 
 
 def test_same_inputs_same_bytes_and_init_changes_them(archive):
-    assert build(FAKE_BUSYBOX, INIT) == archive
+    assert build(FAKE_BUSYBOX, INIT, guest_tools()) == archive
     other_init = build(FAKE_BUSYBOX, INIT + b"# changed\n")
     other_busybox = build(FAKE_BUSYBOX + b"x", INIT)
     assert len({archive, other_init, other_busybox}) == 3, "a changed input did not change the archive"
@@ -52,11 +52,14 @@ def test_same_inputs_same_bytes_and_init_changes_them(archive):
 
 def test_cpio_lists_what_the_kernel_needs(archive):
     entries = listing(archive)
-    assert set(entries) == {"init", "bin/busybox", CONSOLE[0], *DIRECTORIES}, f"found {sorted(entries)}"
+    tools = {f"bin/{name}" for name in guest_tools()}
+    assert set(entries) == {"init", "bin/busybox", CONSOLE[0], *DIRECTORIES, *tools}, f"found {sorted(entries)}"
     assert entries["init"]["mode"] == "-rwxr-xr-x", f"expected /init mode 755, found {entries['init']['mode']}"
     assert entries["init"]["size"] == str(len(INIT))
     assert entries["bin/busybox"]["mode"] == "-rwxr-xr-x"
     assert entries["bin/busybox"]["size"] == str(len(FAKE_BUSYBOX))
+    for name, script in guest_tools().items():
+        assert entries[f"bin/{name}"]["mode"] == "-rwxr-xr-x" and entries[f"bin/{name}"]["size"] == str(len(script))
     console = entries[CONSOLE[0]]
     assert console["mode"].startswith("c"), f"expected a char device, found {console['mode']}"
     assert re.sub(r"\s", "", console["size"]) == "5,1", f"expected device 5,1, found {console['size']}"
@@ -96,7 +99,7 @@ def test_initramfs_is_built_once_and_cached_by_inputs(tmp_path):
     init = tmp_path / "init"
     init.write_bytes(INIT)
     first = initramfs(busybox, cache, init)
-    assert first.path.read_bytes() == build(FAKE_BUSYBOX, INIT)
+    assert first.path.read_bytes() == build(FAKE_BUSYBOX, INIT, guest_tools())
     assert first.sha256 == sha256_bytes(first.path.read_bytes())
     os.utime(first.path, ns=(1_000_000_000, 1_000_000_000))  # any rebuild would give it a new mtime
     second = initramfs(busybox, cache, init)
@@ -105,7 +108,7 @@ def test_initramfs_is_built_once_and_cached_by_inputs(tmp_path):
     init.write_bytes(INIT + b"# another init\n")
     third = initramfs(busybox, cache, init)
     assert third.path != first.path, "a changed init reused the old image"
-    assert third.path.read_bytes() == build(FAKE_BUSYBOX, init.read_bytes())
+    assert third.path.read_bytes() == build(FAKE_BUSYBOX, init.read_bytes(), guest_tools())
     other = initramfs(busybox_artifact(tmp_path, FAKE_BUSYBOX + b"!"), cache, init)
     assert other.path not in (first.path, third.path), "a changed busybox reused an old image"
 

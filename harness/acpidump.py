@@ -1,0 +1,150 @@
+"""ACPI tables out of a running guest: the ones Xen built for dom0, and the machine's own.
+
+Linux exposes every table in /sys/firmware/acpi/tables, which /bin/harness-acpi-dump (in the
+harness's initramfs) copies; but not the RSDP and the XSDT, and Debian's STRICT_DEVMEM keeps
+/dev/mem from them. /proc/kcore reaches them: its program headers map physical addresses
+(p_paddr) to file offsets, and the kernel's log says where the two are ("ACPI: RSDP 0x… 000024").
+Under Xen that is the only way: dom0's ACPI tables live in pages Xen maps at dom0's grant-table
+address, not 1:1 with the machine.
+
+The machine's own tables ("host" tables, to tell what Xen rewrote from what it passed through)
+come from booting the same QEMU machine and firmware with Linux alone and the same capture; they
+depend only on those inputs, so each capture is cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+from pathlib import Path
+
+import labgrid
+
+from .cache import Cache, sha256_file
+from .errors import InfrastructureError
+from .guest import GuestShell, ProbeError
+from .images import Artifact
+from .lab.strategy import Deadlines, wait_until
+from .monitor import BootFailure, ConsoleMonitor
+
+log = logging.getLogger(__name__)
+
+POINTER = re.compile(r"ACPI: (RSDP|XSDT) 0x([0-9A-Fa-f]+) ([0-9A-Fa-f]+) ")
+KCORE_HEADER_BYTES = 65536  # the ELF header and every program header of /proc/kcore
+# Linux alone on the machine, playing dom0's part so that the target's dom0 ShellDriver talks to it.
+HOST_CMDLINE = "console=ttyAMA0 acpi=force rdinit=/init guest=dom0"
+CAPTURE_VERSION = "2"  # bump when what a capture holds changes
+
+
+def pointers(kernel_log: list[str]) -> dict[str, tuple[int, int]]:
+    """Where the kernel's log says the RSDP and the XSDT are: name -> (physical address, length)."""
+    found = {}
+    for line in kernel_log:
+        if m := POINTER.search(line):
+            found.setdefault(m.group(1), (int(m.group(2), 16), int(m.group(3), 16)))
+    return found
+
+
+def kcore_offset(header: bytes, paddr: int, length: int) -> int | None:
+    """The /proc/kcore file offset of physical [paddr, paddr+length), from its ELF program headers."""
+    if header[:4] != b"\x7fELF" or len(header) < 64:
+        return None
+    phoff, = struct.unpack_from("<Q", header, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + 56 > len(header):
+            return None
+        p_type, _, p_offset, _, p_paddr, _, p_memsz, _ = struct.unpack_from("<IIQQQQQQ", header, at)
+        if p_type == 1 and p_paddr != 2**64 - 1 and p_paddr <= paddr and paddr + length <= p_paddr + p_memsz:
+            return p_offset + (paddr - p_paddr)
+    return None
+
+
+def unpack(tar: bytes, dest: Path) -> list[str]:
+    """The regular files of a tar made by harness-acpi-dump, flat into `dest`; their names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in archive.getmembers():
+            path = Path(member.name)
+            name = path.name
+            top_level = path.parent in (Path("."), Path(""))  # sysfs's data/ and dynamic/ hold no tables
+            if member.isfile() and top_level and re.fullmatch(r"[A-Z0-9_]{4}\d*", name):
+                (dest / name).write_bytes(archive.extractfile(member).read())
+                names.append(name)
+    return sorted(names)
+
+
+def capture(shell: GuestShell, dest: Path) -> list[str]:
+    """Every ACPI table the guest was given, RSDP and XSDT included, as files in `dest`; their names."""
+    if not shell.run("command -v harness-acpi-dump", check=False):
+        raise ProbeError(f"{shell.guest}'s initramfs has no /bin/harness-acpi-dump: ACPI targets need the "
+                         "harness's initramfs (leave out --initrd).")
+    shell.run("harness-acpi-dump /tmp/acpi && tar -cf /tmp/acpi.tar -C /tmp/acpi .", timeout=60)
+    names = unpack(shell.read_file("/tmp/acpi.tar"), dest)
+    shell.run(f"dd if=/proc/kcore of=/tmp/kcore.head bs={KCORE_HEADER_BYTES} count=1 2>/dev/null")
+    header = shell.read_file("/tmp/kcore.head")
+    for name, (paddr, length) in pointers(shell.run("dmesg", timeout=60)).items():
+        offset = kcore_offset(header, paddr, length)
+        if offset is None or not 0 < length <= 4096:
+            continue
+        shell.run(f"dd if=/proc/kcore of=/tmp/{name} bs=1 skip={offset} count={length} 2>/dev/null")
+        (dest / name).write_bytes(shell.read_file(f"/tmp/{name}"))
+        names.append(name)
+    return sorted(names)
+
+
+def host_tables(spec_path: Path, kernel: Artifact, initrd: Artifact, cache: Cache) -> Path:
+    """The machine's own ACPI tables (RSDP and XSDT included), from the cache or captured now."""
+    env = labgrid.Environment(config_file=str(spec_path))
+    try:
+        qemu = env.get_target("main").get_driver("XenQEMUDriver", activate=False)
+        firmware = Path(env.config.get_image_path(qemu.bios))
+        version = subprocess.run([qemu.machine_args()[0], "-version"], capture_output=True, text=True).stdout
+        inputs = [CAPTURE_VERSION, version.splitlines()[0] if version else "", *qemu.machine_args()[1:],
+                  sha256_file(firmware), kernel.sha256, initrd.sha256]
+        out = cache.dir("host-acpi") / hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]
+        if (out / ".complete").is_file():
+            return out
+        with cache.locked():
+            if not (out / ".complete").is_file():
+                log.info("reading the machine's own ACPI tables: booting Linux on it without Xen")
+                _capture_host(env, kernel, initrd, out)
+        return out
+    finally:
+        env.cleanup()
+
+
+def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path) -> None:
+    target = env.get_target("main")
+    qemu = target.get_driver("XenQEMUDriver", activate=False)
+    shell = target.get_driver("ShellDriver", name="dom0", activate=False)
+    env.config.data.setdefault("images", {})["host-kernel"] = str(kernel.path)
+    qemu.kernel, qemu.dtb, qemu.boot_args = "host-kernel", None, HOST_CMDLINE
+    qemu.loader_args = ["-initrd", str(initrd.path)]
+    monitor = ConsoleMonitor(prompt=shell.prompt)
+    qemu.listeners.append(monitor.feed)
+    partial = out.with_name(f".partial-{out.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    target.activate(qemu)
+    qemu.on()
+    monitor.start()
+    try:
+        wait_until(qemu, qemu, monitor, Deadlines(), lambda: "dom0:shell" in monitor.reached, "Linux's shell")
+        qemu.write(b"\n")  # a fresh prompt for the ShellDriver
+        target.activate(shell)
+        names = capture(GuestShell(shell, "the machine's Linux", monitor), partial)
+    except (BootFailure, ProbeError) as exc:
+        raise InfrastructureError(f"reading the machine's own ACPI tables failed: {exc}") from None
+    finally:
+        qemu.off()
+    (partial / ".complete").write_text(" ".join(names) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)

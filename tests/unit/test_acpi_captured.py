@@ -1,0 +1,100 @@
+"""The validators and the ACPI capture on tables and trees captured from the project's own
+qemu-virt-acpi boot (Xen 4.17 built with CONFIG_ACPI, dom0 on ACPI, QEMU 7.2 + edk2)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+
+import pytest
+from captured import DATA
+
+from harness import acpidump
+from harness.findings import Severity, failures
+from harness.validate import acpi, dt
+
+CAPTURED = DATA / "acpi" / "captured-xen417"
+
+
+@pytest.fixture(scope="module")
+def guest() -> acpi.Tables:
+    return acpi.load_tables(CAPTURED / "dom0")
+
+
+@pytest.fixture(scope="module")
+def host() -> acpi.Tables:
+    return acpi.load_tables(CAPTURED / "host")
+
+
+def test_real_dom0_tables_pass_with_xens_known_rsdp_defect(guest, host):
+    findings = acpi.validate_tables(guest, host, acpi.Profile(vcpus=2))
+    assert failures(findings) == []
+    assert [f.rule for f in findings if f.severity is Severity.KNOWN] == ["acpi.rsdp.checksum.v1"]
+    summary = next(f for f in findings if f.rule == "acpi.host.summary")
+    assert summary.found.startswith("rewritten APIC, FACP, RSDP, XSDT; new STAO")
+
+
+def test_real_tables_wrong_vcpu_count(guest, host):
+    finding = next(f for f in failures(acpi.validate_tables(guest, host, acpi.Profile(vcpus=1)))
+                   if f.rule == "acpi.madt.gicc-count")
+    assert (finding.expected, finding.found) == ("1", "2")
+
+
+def test_real_tables_a_passed_through_table_that_changed(guest, host):
+    gtdt = bytearray(guest.tables["GTDT"])
+    gtdt[40] ^= 1
+    changed = acpi.Tables({**guest.tables, "GTDT": bytes(gtdt)}, guest.rsdp)
+    rules = {f.rule for f in failures(acpi.validate_tables(changed, host, acpi.Profile(vcpus=2)))}
+    assert {"acpi.checksum", "acpi.passthrough.changed"} <= rules
+
+
+def test_real_acpi_dom0_tree():
+    tree = (DATA / "acpi-dom0.dtb").read_bytes()
+    assert failures(dt.validate_dtb(tree, "acpi-dom0", dt.Expectation(xen_version="4.17"))) == []
+    # read as a DT dom0's tree it lacks what the guest would need to find Xen
+    rules = {f.rule for f in failures(dt.validate_dtb(tree, "dom0"))}
+    assert {"dt.reg.missing", "dt.irq.missing"} <= rules
+
+
+def kcore_header(segments: list[tuple[int, int, int]]) -> bytes:
+    """An ELF64 header with PT_LOAD program headers (offset, paddr, size), like /proc/kcore's."""
+    phoff, phentsize = 64, 56
+    header = bytearray(b"\x7fELF\x02\x01\x01" + bytes(57))
+    struct.pack_into("<Q", header, 0x20, phoff)
+    struct.pack_into("<HH", header, 0x36, phentsize, len(segments) + 1)
+    header += struct.pack("<IIQQQQQQ", 4, 0, 0x270, 0, 0, 0, 0, 0)  # PT_NOTE first, as Linux does
+    for offset, paddr, size in segments:
+        header += struct.pack("<IIQQQQQQ", 1, 7, offset, 0xFFFF000000000000 | paddr, paddr, size, size, 0x1000)
+    return bytes(header)
+
+
+def test_kcore_offsets_as_measured_in_an_acpi_dom0():
+    # program headers read from dom0's /proc/kcore in the qemu-virt-acpi boot
+    header = kcore_header([(0x20003000, 0x60000000, 0x20000000), (0x7C2F4000, 0xBC2F1000, 0x1000),
+                           (0x800008003000, 2**64 - 1, 0x1000)])
+    assert acpidump.kcore_offset(header, 0xBC2F12A8, 0x24) == 0x7C2F42A8
+    assert acpidump.kcore_offset(header, 0x60000010, 8) == 0x20003010
+    assert acpidump.kcore_offset(header, 0xBC2F1FF0, 0x20) is None  # runs past the segment
+    assert acpidump.kcore_offset(header, 0x1000, 8) is None
+    assert acpidump.kcore_offset(b"not an ELF", 0, 1) is None
+    assert acpidump.kcore_offset(header[:100], 0xBC2F12A8, 0x24) is None  # truncated program headers
+
+
+def test_pointers_from_the_real_kernel_log():
+    log = (CAPTURED.parent.parent / "logs" / "qemu-virt-dom0-dmesg.txt").read_text().splitlines()
+    assert acpidump.pointers(log) == {}  # a DT dom0 has none
+    acpi_log = ["[    0.000000] ACPI: RSDP 0x00000000BC2F12A8 000024 (v02 BOCHS )",
+                "[    0.000000] ACPI: XSDT 0x00000000BC2F1238 00006C (v01 BOCHS  BXPC     00000001      01000013)"]
+    assert acpidump.pointers(acpi_log) == {"RSDP": (0xBC2F12A8, 0x24), "XSDT": (0xBC2F1238, 0x6C)}
+
+
+def test_unpack_keeps_only_table_files(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (("./FACP", b"f" * 8), ("./SSDT1", b"s"), ("./notes.txt", b"n"), ("./data/BERT", b"b")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert acpidump.unpack(buffer.getvalue(), tmp_path) == ["FACP", "SSDT1"]
+    assert (tmp_path / "FACP").read_bytes() == b"f" * 8
