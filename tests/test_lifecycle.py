@@ -55,7 +55,8 @@ def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_name: str, tmp_pa
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, f"--target={target_name}",
          f"--artifacts={tmp_path}", "tests/test_dom0.py::test_boot"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={k: v for k, v in os.environ.items() if k != SESSION_ENV},  # its own session, not ours
+        # its own session and options, not ours (./run test sets -n auto in PYTEST_ADDOPTS)
+        env={k: v for k, v in os.environ.items() if k not in (SESSION_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")},
     )
     try:
         deadline = time.monotonic() + 120
