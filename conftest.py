@@ -67,6 +67,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("target_name", names, ids=names, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
@@ -105,6 +106,7 @@ def booted(target_name: str, session_artifacts: Path, overrides) -> BootSession:
     is raised, so pytest reports it as an error, not as a failure of the code under test.
     """
     session = BootSession(targets.load_spec(target_name), session_artifacts / target_name, overrides)
+    _running[target_name] = session
     try:
         session.boot()
         session.check()
@@ -116,4 +118,21 @@ def booted(target_name: str, session_artifacts: Path, overrides) -> BootSession:
         session.close()
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
     yield session
+    _running.pop(target_name, None)
     session.close()
+
+
+_running: dict[str, BootSession] = {}  # booted targets whose QEMU still runs, by name
+
+
+def _target_of(item: pytest.Item | None) -> str | None:
+    return item.callspec.params.get("target_name") if item is not None and hasattr(item, "callspec") else None
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Power a booted target off after the last test that uses it, so an idle QEMU does not slow the
+    boots that follow. pytest runs the tests sharing a session-scoped parameter together, and xdist
+    keeps a target's tests on one worker (one group each)."""
+    name = _target_of(item)
+    if name in _running and not (_target_of(nextitem) == name and "booted" in nextitem.fixturenames):
+        _running.pop(name).close()

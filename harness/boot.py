@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 TITLES = {m.key: m.title for m in MILESTONES} | {"shell": "shell prompt"}
 
 
-def milestone_title(key: str) -> str:
-    guest_name, _, name = key.rpartition(":")
+def milestone_title(key: str, names: dict[str, str] | None = None) -> str:
+    """"dom1:kernel" -> "domU1 kernel start", with `names` mapping a console source to its guest's name."""
+    source, _, name = key.rpartition(":")
     title = TITLES.get(name, name)
-    return f"{guest_name} {title}" if guest_name else title
+    return f"{(names or {}).get(source, source)} {title}" if source else title
 
 
 @dataclass
@@ -141,6 +142,8 @@ class BootSession:
         self.strategy = None
         self.error: HarnessError | None = None  # what stopped the boot, when it was not the guest
         self.host_acpi: Path | None = None  # the machine's own ACPI tables (acpi targets)
+        self._console_log = None
+        self.closed = False
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -158,8 +161,9 @@ class BootSession:
             self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
             self.strategy.on_milestone = self._milestone
             qemu = target.get_driver("XenQEMUDriver", activate=False)
-            console_log = (self.artifacts / "console.log").open("ab")
-            qemu.listeners.append(lambda data: (console_log.write(data), console_log.flush()))
+            self._console_log = (self.artifacts / "console.log").open("wb")  # noqa: SIM115 (closed in close())
+            log_file = self._console_log
+            qemu.listeners.append(lambda data: (log_file.write(data), log_file.flush()))
             self.strategy.transition(Status.shell)
         except BootFailure as exc:
             self.result.failure = exc.failure
@@ -316,13 +320,18 @@ class BootSession:
             raise BootFailure(self.result.failure) from None
 
     def close(self) -> BootResult:
-        """Power off, release labgrid, decide the verdict and write result.json."""
+        """Power off, release labgrid, decide the verdict and write result.json (once)."""
+        if self.closed:
+            return self.result
+        self.closed = True
         try:
             if self.strategy is not None and self.strategy.status != Status.unknown:
                 self.strategy.transition(Status.off)
         finally:
             if self.env is not None:
                 self.env.cleanup()
+            if self._console_log is not None:
+                self._console_log.close()
             self.result.decide()
             self.result.write()
         return self.result

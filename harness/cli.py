@@ -54,8 +54,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
 
     def progress(key: str, line: Line) -> None:
-        print(f"  {line.t:7.2f} s  {milestone_title(key)}", file=out, flush=True)
+        print(f"  {line.t:7.2f} s  {milestone_title(key, names)}", file=out, flush=True)
 
+    names = {g.source: g.name for g in spec.guests}
     print(f"harness: booting {spec.name}: {spec.description}", file=out)
     print(f"harness: artifacts in {artifacts}", file=out, flush=True)
     session = BootSession(
@@ -75,7 +76,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(summary(result))
+        print(summary(result, session.spec))
     if isinstance(session.error, UnusableInput):
         return EXIT_UNTESTABLE
     if result.verdict is Verdict.INFRASTRUCTURE:
@@ -96,34 +97,43 @@ def tweaks(args: argparse.Namespace):
                                dom0_args=join(filter(None, [base.dom0_args, args.dom0_args])))
 
 
-def summary(result) -> str:
+def summary(result, spec) -> str:
+    """The table `harness boot` ends with: milestones, then what each witness said, then the verdict."""
     from .boot import milestone_title
+    from .validate import dt
 
+    names = {g.source: g.name for g in spec.guests}
     lines = ["", f"{'milestone':34} {'since power-on':>14}"]
-    lines += [f"{milestone_title(k):34} {t:12.2f} s" for k, t in result.milestones.items()]
+    lines += [f"{milestone_title(k, names):34} {t:12.2f} s" for k, t in result.milestones.items()]
     claims = result.claims
-    view = result.views.get("dom0")
     if claims:
-        lines.append("")
-        lines.append(f"{'Xen':34} {claims.release or '?'}")
-        lines.append(f"{'grant table (Xen says)':34} {claims.grant or '-'}")
-        ext = ", ".join(str(r) for r in claims.extended.get(0, [])) or "-"
-        lines.append(f"{'extended regions (Xen says)':34} {ext}")
-        lines.append(f"{'event channel PPI (Xen says)':34} {claims.event_ppi if claims.event_ppi is not None else '-'}")
-    if view and view.event_irq:
-        irq = view.event_irq
-        lines.append(
-            f"{'dom0 events interrupt':34} irq {irq.irq}, hwirq {irq.hwirq} on {irq.chip}, {irq.trigger}, "
-            f"count {irq.total} -> {view.event_count_later}"
-        )
+        lines += ["", f"{'Xen':34} {claims.release or '?'} on {claims.boot or 'Device Tree'}"]
+    for g in spec.guests:
+        view = result.views.get(g.name)
+        node = dt.read_hypervisor_node(view.fdt) if view and view.fdt else None
+        xen_grant = claims.grant if claims and g.domid == 0 else None
+        xen_ext = ", ".join(str(r) for r in claims.extended.get(g.domid, [])) if claims else ""
+        if xen_grant or node:
+            lines.append(f"{g.name + ' grant table':34} Xen: {xen_grant or '-'}   DT: {node.grant if node else '-'}")
+        if xen_ext or (node and node.extended):
+            dt_ext = ", ".join(str(r) for r in node.extended) if node else "-"
+            lines.append(f"{g.name + ' extended regions':34} Xen: {xen_ext or '-'}   DT: {dt_ext or '-'}")
+        if view and view.event_irq:
+            irq = view.event_irq
+            ppi = claims.event_ppi if claims and g.domid == 0 else dt.GUEST_EVTCHN_PPI
+            lines.append(f"{g.name + ' events interrupt':34} Xen: PPI {ppi}   {g.name}: irq {irq.irq}, hwirq "
+                         f"{irq.hwirq} on {irq.chip}, {irq.trigger}, count {irq.total} -> {view.event_count_later}")
     if result.findings:
         lines += ["", render_table(result.findings)]
     lines.append("")
     verdict = str(result.verdict).upper()
+    bad = failures(result.findings)
     if result.failure:
         verdict += f" ({result.failure.signature} after '{result.failure.stage}')"
-    elif result.findings:
-        verdict += f" ({len(failures(result.findings))} failing findings)"
+    elif bad:
+        verdict += f" ({len(bad)} failing finding{'s' if len(bad) > 1 else ''})"
+    elif known := [f for f in result.findings if f.severity == "known"]:
+        verdict += f" ({len(known)} known upstream issue{'s' if len(known) > 1 else ''}, reported above)"
     lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ own making; they must follow the bindings, and differ from the machine's exactly
 from __future__ import annotations
 
 import pytest
+from probing import probed
 
 from harness import checks
 from harness.boot import BootSession
@@ -11,14 +12,6 @@ from harness.findings import Severity, failures, render_table
 from harness.validate import acpi, dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("acpi")]
-
-
-def probed(session: BootSession):
-    result = session.result
-    if result.failure or "dom0" not in result.views:
-        pytest.fail(f"{session.spec.name}: the boot did not get as far as this check (see test_boot): "
-                    f"{result.failure.message() if result.failure else result.error}", pytrace=False)
-    return result
 
 
 def test_xen_booted_on_acpi(booted: BootSession) -> None:

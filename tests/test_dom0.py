@@ -7,32 +7,18 @@ of checks from harness.checks on it, so a red test names the witness that disagr
 from __future__ import annotations
 
 import pytest
+from probing import assert_clean, probed
 
 from harness import checks
 from harness.boot import BootSession
-from harness.findings import failures, render_table
 from harness.guest import parse_interrupts
 from harness.validate import dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("dom0")]
 
 
-def probed(session: BootSession):
-    """The result of a boot that reached dom0's shell and was probed, or a failure naming why not."""
-    result = session.result
-    if result.failure or "dom0" not in result.views:
-        pytest.fail(f"{session.spec.name}: the boot did not get as far as this check (see test_boot): "
-                    f"{result.failure.message() if result.failure else result.error}", pytrace=False)
-    return result
-
-
 def is_32bit(session: BootSession) -> bool:
     return session.spec.arch == "arm32"
-
-
-def assert_clean(findings, what: str) -> None:
-    bad = failures(findings)
-    assert not bad, f"{what}:\n{render_table(bad)}"
 
 
 def test_boot(booted: BootSession, record_property) -> None:
@@ -53,7 +39,7 @@ def test_xen_says_what_it_gave_dom0(booted: BootSession) -> None:
     booted on the firmware tables the target gives (a device tree, or ACPI)."""
     result = probed(booted)
     claims = checks.check_xen_claims(result.claims, is_32bit=is_32bit(booted), acpi=booted.spec.can("acpi"))
-    assert_clean(claims, "Xen's console")
+    assert_clean(claims, "Xen's console", booted)
 
 
 @pytest.mark.requires("device-tree")
@@ -64,20 +50,21 @@ def test_dom0_device_tree_matches_xen(booted: BootSession) -> None:
     assert view.fdt, "dom0 gave no /sys/firmware/fdt"
     assert (booted.artifacts / "dom0.dtb").read_bytes() == view.fdt
     expect = checks.expectation(result.claims, 0, is_32bit(booted))
-    assert_clean(checks.check_device_tree(view, expect), "dom0's device tree")
+    assert_clean(checks.check_device_tree(view, expect), "dom0's device tree", booted)
 
 
 def test_dom0_kernel_found_xen(booted: BootSession) -> None:
     """dom0's kernel found Xen of the booted version, its grant table, and an events ABI."""
     result = probed(booted)
-    assert_clean(checks.check_kernel_log(result.views["dom0"], result.claims.version), "dom0's kernel log")
+    assert_clean(checks.check_kernel_log(result.views["dom0"], result.claims.version), "dom0's kernel log", booted)
 
 
 def test_dom0_event_irq_is_xens_ppi(booted: BootSession) -> None:
     """The `events` interrupt is Xen's PPI (hwirq via /sys/kernel/irq), on the target's GIC, level, and fired."""
     result = probed(booted)
     chip = booted.spec.dom0.event_chip
-    assert_clean(checks.check_event_irq(result.views["dom0"], result.claims.event_ppi, chip), "dom0's events IRQ")
+    findings = checks.check_event_irq(result.views["dom0"], result.claims.event_ppi, chip)
+    assert_clean(findings, "dom0's events IRQ", booted)
 
 
 def test_dom0_event_irq_keeps_firing(booted: BootSession) -> None:
@@ -93,7 +80,7 @@ def test_dom0_event_irq_keeps_firing(booted: BootSession) -> None:
 def test_dom0_sys_hypervisor(booted: BootSession) -> None:
     """/sys/hypervisor says xen, and the version Xen's banner printed."""
     result = probed(booted)
-    assert_clean(checks.check_hypervisor_sysfs(result.views["dom0"], result.claims.version), "/sys/hypervisor")
+    assert_clean(checks.check_hypervisor_sysfs(result.views["dom0"], result.claims.version), "/sys/hypervisor", booted)
 
 
 @pytest.mark.requires("32-bit")

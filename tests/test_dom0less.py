@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from probing import assert_clean, probed
 
 from harness import checks, targets
 from harness.boot import BootSession, Tweaks
 from harness.errors import UsageError
-from harness.findings import failures, render_table
 from harness.monitor import BootFailure
 from harness.validate import dt
 
@@ -20,17 +20,8 @@ pytestmark = [pytest.mark.boot, pytest.mark.requires("dom0less")]
 
 
 def probed_domus(session: BootSession):
-    result = session.result
-    missing = [d.name for d in session.spec.domus if d.name not in result.views]
-    if result.failure or missing:
-        pytest.fail(f"{session.spec.name}: the boot did not probe {missing or 'its guests'}: "
-                    f"{result.failure.message() if result.failure else result.error}", pytrace=False)
+    result = probed(session, *(d.name for d in session.spec.domus))
     return [(d, result.views[d.name]) for d in session.spec.domus]
-
-
-def assert_clean(findings, what: str) -> None:
-    bad = failures(findings)
-    assert not bad, f"{what}:\n{render_table(bad)}"
 
 
 def test_domus_boot_to_their_shells(booted: BootSession) -> None:
@@ -46,7 +37,7 @@ def test_domu_hypervisor_node_is_xens_guest_layout(booted: BootSession) -> None:
     """Grant region exactly 0x38000000 + 16 MiB, interrupts exactly <1 15 0xf08>, extended regions as Xen printed."""
     for domu, view in probed_domus(booted):
         expect = checks.expectation(booted.result.claims, domu.domid, booted.spec.arch == "arm32")
-        assert_clean(checks.check_device_tree(view, expect, "domU"), f"{domu.name}'s device tree")
+        assert_clean(checks.check_device_tree(view, expect, "domU"), f"{domu.name}'s device tree", booted)
         node = dt.read_hypervisor_node(view.fdt)
         assert node.grant == dt.Region(0x38000000, 0x01000000), f"{domu.name} grant region: found {node.grant}"
         assert node.interrupts == (1, 15, 0xF08), f"{domu.name} interrupts: found {node.interrupts}"
@@ -67,15 +58,16 @@ def test_domu_extended_regions_respect_its_memory(booted: BootSession) -> None:
 
 def test_domu_kernel_found_xen(booted: BootSession) -> None:
     for domu, view in probed_domus(booted):
-        assert_clean(checks.check_kernel_log(view, booted.result.claims.version), f"{domu.name}'s kernel log")
-        assert_clean(checks.check_hypervisor_sysfs(view, booted.result.claims.version), f"{domu.name} /sys/hypervisor")
+        version = booted.result.claims.version
+        assert_clean(checks.check_kernel_log(view, version), f"{domu.name}'s kernel log", booted)
+        assert_clean(checks.check_hypervisor_sysfs(view, version), f"{domu.name} /sys/hypervisor", booted)
 
 
 def test_domu_event_irq_is_ppi_31(booted: BootSession) -> None:
     """The domU's `events` row is INTID 31 (GUEST_EVTCHN_PPI), level-triggered, on the target's GIC."""
     for domu, view in probed_domus(booted):
         assert_clean(checks.check_event_irq(view, dt.GUEST_EVTCHN_PPI, domu.event_chip, must_fire=False),
-                     f"{domu.name}'s events IRQ")
+                     f"{domu.name}'s events IRQ", booted)
         assert view.event_irq.hwirq == 31
 
 
@@ -91,7 +83,7 @@ def test_domus_without_dom0(target_name: str, session_artifacts: Path, overrides
     finally:
         result = session.close()
     assert "dom0" not in result.views and "dom0:kernel" not in result.milestones
-    assert_clean(result.findings, "domUs without dom0")
+    assert_clean(result.findings, "domUs without dom0", session)
     for domu in session.spec.domus:
         assert domu.name in result.views, f"{domu.name} was not probed"
 

@@ -10,8 +10,9 @@
 - labgrid's console log reporter (started by its pytest plugin) no longer raises KeyError for a
   console that never printed anything (a silent boot);
 - input is paced by its echo: Xen buffers only 128 bytes of serial input for dom0 (SERIAL_RX_SIZE in
-  xen/drivers/char/console.c) and drops the rest while dom0 is slow to read, which truncated commands
-  under load. Each chunk waits for the guest's echo (or a short deadline) before the next is sent.
+  xen/drivers/char/console.c) and 32 for a dom0less domU's vPL011 (SBSA_UART_FIFO_SIZE), and drops
+  the rest while the guest is slow to read, which truncated commands under load. Each chunk waits
+  for the guest's echo (or a short deadline) before the next is sent.
 
 It also lets the harness add its boot modules (`loader_args`) and listen to every console byte.
 """
@@ -44,7 +45,9 @@ from labgrid.util.qmp import QMPError, QMPMonitor
 from ..errors import InfrastructureError
 
 PR_SET_PDEATHSIG = 1
-ECHO_CHUNK = 32  # bytes per write, well under Xen's 128-byte input ring
+# Bytes per write: half a domU's 32-byte vPL011 FIFO, so that the few bytes of Xen's "(XEN) " prefix
+# counted in an echo can never let two chunks overflow it.
+ECHO_CHUNK = 16
 ECHO_WAIT_S = 3.0  # longest wait for a chunk's echo; a guest busy running a command does not echo
 START_DEADLINE_S = 30.0  # QEMU connects its console and answers QMP in well under a second when healthy
 STOP_DEADLINE_S = 10.0

@@ -195,3 +195,68 @@ def test_memory_regions_agree_with_the_boot_plans_reading(dom0_dtb):
     host = (DATA / "qemu-virt-gicv3-host.dtb").read_bytes()
     assert memory_regions(host) == [Region(*memory_bank(host))] == [Region(0x40000000, 0x80000000)]
     assert memory_regions(dom0_dtb) == [Region(0x60000000, 0x20000000)]  # dom0_mem=512M, 1:1 mapped
+
+
+def test_xen_booted_on_other_firmware_tables_than_the_target_gives(healthy_claims):
+    acpi_claims = dataclasses.replace(healthy_claims, boot="ACPI")
+    finding = only(checks.check_xen_claims(acpi_claims), "xen.boot")
+    assert (finding.expected, finding.found) == ("Device Tree", "ACPI")
+    finding = only(checks.check_xen_claims(healthy_claims, acpi=True), "xen.boot")
+    assert (finding.expected, finding.found) == ("ACPI", "Device Tree")
+    # an ACPI dom0 gets no extended regions from Xen 4.17: none expected
+    no_ext = dataclasses.replace(acpi_claims, extended={})
+    assert failures(checks.check_xen_claims(no_ext, acpi=True)) == []
+
+
+def test_xen_claims_acpi_detected_from_its_madt_lines():
+    gicc = "ACPI: GICC (acpi_id[0x0000] address[0x0] MPIDR[0x0] enabled)"
+    claims = xenlog.parse(["Xen version 4.17.5 (Debian)", gicc])
+    assert claims.boot == "ACPI"
+    assert xenlog.parse(["Xen version 4.17.5"]).boot is None
+
+
+def test_event_irq_on_another_chip(view):
+    finding = only(checks.check_event_irq(view, 16, "GIC-0"), "irq.events.chip")
+    assert (finding.expected, finding.found) == ("GIC-0 (the target's interrupt controller)", "GICv3")
+    assert failures(checks.check_event_irq(view, 16, "GICv3")) == []
+
+
+@pytest.mark.parametrize(("xen_args", "qemu_args", "vcpus"), [
+    ("dom0_mem=512M", "-machine virtualization=on -smp 2 -no-reboot", 2),
+    ("dom0_mem=512M dom0_max_vcpus=1", "-smp 2", 1),
+    ("dom0_max_vcpus=1-3", "-smp 4", 3),
+    ("", "-smp cpus=4", 4),
+    ("", "", None),
+])
+def test_dom0_vcpus(xen_args, qemu_args, vcpus):
+    assert checks.dom0_vcpus(xen_args, qemu_args) == vcpus
+
+
+@pytest.fixture
+def domu_view(dom0_dmesg) -> GuestView:
+    from captured import DATA
+
+    tree = (DATA / "qemu-dom0less-domU1.dtb").read_bytes()
+    return GuestView(guest="domU1", hypervisor_type="xen", hypervisor_version="4.17", dmesg=dom0_dmesg,
+                     event_irq=EventIrq(13, 31, "GICv3", "level", "events", [1]), event_count_later=1, fdt=tree)
+
+
+DOMU_CLAIMS = ["Xen version 4.17.7 (Debian)", "d1: extended region 0: 0x50000000->0x100000000",
+               "d1: extended region 1: 0x200000000->0x10000000000"]
+
+
+def test_a_real_dom0less_domu_passes(domu_view):
+    claims = xenlog.parse(DOMU_CLAIMS)
+    assert failures(checks.check_guest(claims, domu_view, 1, event_chip="GICv3")) == []
+
+
+def test_domu_checks_fail_on_bad_inputs(domu_view):
+    claims = xenlog.parse(DOMU_CLAIMS)
+    reg = struct.pack(">4Q", 0x39000000, 0x01000000, 0x50000000, 0xB0000000)
+    moved = dataclasses.replace(domu_view, fdt=with_prop(domu_view.fdt, "reg", reg))
+    assert "dt.domU.grant" in rules(checks.check_guest(claims, moved, 1))
+    wrong_irq = dataclasses.replace(domu_view, event_irq=dataclasses.replace(domu_view.event_irq, hwirq=16))
+    finding = only(checks.check_guest(claims, wrong_irq, 1), "irq.events.hwirq")
+    assert finding.expected.startswith("31")
+    other_regions = xenlog.parse([*DOMU_CLAIMS[:1], "d1: extended region 0: 0x60000000->0x100000000"])
+    assert "dt.domU.ext" in rules(checks.check_guest(other_regions, domu_view, 1))
