@@ -27,7 +27,7 @@ from pathlib import Path
 import labgrid
 
 from .cache import Cache, sha256_file
-from .errors import InfrastructureError
+from .errors import InfrastructureError, UsageError
 from .guest import GuestShell, ProbeError
 from .images import Artifact
 from .lab.strategy import Deadlines, wait_until
@@ -85,7 +85,7 @@ def unpack(tar: bytes, dest: Path) -> list[str]:
 def capture(shell: GuestShell, dest: Path) -> list[str]:
     """Every ACPI table the guest was given, RSDP and XSDT included, as files in `dest`; their names."""
     if not shell.run("command -v harness-acpi-dump", check=False):
-        raise ProbeError(f"{shell.guest}'s initramfs has no /bin/harness-acpi-dump: ACPI targets need the "
+        raise UsageError(f"{shell.guest}'s initramfs has no /bin/harness-acpi-dump: ACPI targets need the "
                          "harness's initramfs (leave out --initrd).")
     shell.run("harness-acpi-dump /tmp/acpi && tar -cf /tmp/acpi.tar -C /tmp/acpi .", timeout=60)
     names = unpack(shell.read_file("/tmp/acpi.tar"), dest)

@@ -27,7 +27,7 @@ from .findings import Finding, failures
 from .images import Artifact, Images
 from .initramfs import initramfs
 from .lab.qemu import QemuFailed
-from .lab.strategy import Deadlines, Guest, Status
+from .lab.strategy import Deadlines, Status
 from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
 from .targets import GuestSpec, TargetSpec, check_guests
 from .validate import acpi
@@ -152,12 +152,14 @@ class BootSession:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            self.result.images = self._artifacts()
+            self.result.images = arts = self._artifacts()
+            if self.spec.can("acpi"):  # the machine's own tables, to compare dom0's with: before Xen's boot
+                self.host_acpi = acpidump.host_tables(self.spec.path, arts["kernel"], arts["initrd"], self.images.cache)
             self.env = labgrid.Environment(config_file=str(self.spec.path))
             target = self.env.get_target("main")
             self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
-            self.strategy.guests = [Guest(g.name, g.domid) for g in self.spec.guests]
+            self.strategy.guests = list(self.spec.guests)
             self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
             self.strategy.on_milestone = self._milestone
             qemu = target.get_driver("XenQEMUDriver", activate=False)
@@ -192,8 +194,6 @@ class BootSession:
             arts["xen"] = build_xen(self.images.cache, xen_source(), config=self.spec.xen_build)
         if "initrd" not in arts:
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
-        if self.spec.can("acpi"):  # before Xen's boot: the machine's own tables, to compare dom0's with
-            self.host_acpi = acpidump.host_tables(self.spec.path, arts["kernel"], arts["initrd"], self.images.cache)
         return arts
 
     def _plan(self, target) -> None:
@@ -269,7 +269,7 @@ class BootSession:
     def shell(self, name: str | None = None) -> guest.GuestShell:
         """A guest's shell (the console guest's by default), moving Xen's serial input to it if need be."""
         spec = next(g for g in self.spec.guests if g.name == (name or self.spec.console_guest.name))
-        driver = self.strategy.focus(Guest(spec.name, spec.domid))
+        driver = self.strategy.focus(spec)
         return guest.GuestShell(driver, spec.name, self.strategy.monitor, xen_prefixed=spec.domid != 0)
 
     def check(self) -> list[Finding]:
@@ -297,19 +297,20 @@ class BootSession:
     def _check_acpi_tables(self) -> list[Finding]:
         """dom0's ACPI tables against the bindings and against the machine's own."""
         tables, host = self.artifacts / "dom0-acpi", self.artifacts / "host-acpi"
-        try:
-            acpidump.capture(self.shell("dom0"), tables)
-        except guest.ProbeError as exc:
-            raise UsageError(str(exc)) from None
+        self._guarded(lambda: acpidump.capture(self.shell("dom0"), tables))
         shutil.copytree(self.host_acpi, host, dirs_exist_ok=True)
         qemu = self.strategy.power
         vcpus = checks.dom0_vcpus(qemu.boot_args or "", qemu.extra_args or "")
         return acpi.validate_tables(acpi.load_tables(tables), acpi.load_tables(host), acpi.Profile(vcpus=vcpus))
 
     def _probe(self, name: str) -> guest.GuestView:
+        return self._guarded(lambda: guest.probe(self.shell(name)))
+
+    def _guarded(self, ask: Callable):
+        """`ask()`, a conversation with a guest; a guest that stops answering is recorded as hung."""
         monitor = self.strategy.monitor
         try:
-            return guest.probe(self.shell(name))
+            return ask()
         except BootFailure as exc:
             self.result.failure = exc.failure
             raise

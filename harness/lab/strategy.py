@@ -21,6 +21,7 @@ from labgrid.strategy import Strategy, StrategyError
 
 from ..errors import UsageError
 from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor
+from ..targets import GuestSpec
 
 POLL_S = 0.2
 
@@ -58,16 +59,6 @@ class Deadlines:
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
 
 
-@dataclass(frozen=True)
-class Guest:
-    name: str  # its ShellDriver's name in the target YAML
-    domid: int
-
-    @property
-    def source(self) -> str:
-        return f"dom{self.domid}"
-
-
 @target_factory.reg_driver
 @attr.s(eq=False)
 class XenStrategy(Strategy):
@@ -84,10 +75,10 @@ class XenStrategy(Strategy):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.deadlines = Deadlines()
-        self.guests: list[Guest] = [Guest("dom0", 0)]
+        self.guests: list[GuestSpec] = [GuestSpec("dom0", 0, "")]  # the harness sets the target's
         self.monitor: ConsoleMonitor | None = None
         self.on_milestone = None  # progress callback handed to each boot's monitor
-        self.focused: Guest | None = None
+        self.focused: GuestSpec | None = None
 
     def shell(self, name: str):
         return self.target.get_driver("ShellDriver", name=name, activate=False)
@@ -121,7 +112,7 @@ class XenStrategy(Strategy):
             self.focus(self.guests[0])
         self.status = status
 
-    def focus(self, guest: Guest):
+    def focus(self, guest: GuestSpec):
         """Give `guest` Xen's serial input and its shell; returns its active ShellDriver.
 
         Xen passes its input on with Ctrl-a three times, round Xen -> DOM0 -> DOM1 … -> Xen, and says
@@ -142,7 +133,7 @@ class XenStrategy(Strategy):
     def _input_moved(self, after: int) -> bool:
         return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self.monitor.lines[after:])
 
-    def _take_shell(self, guest: Guest) -> None:
+    def _take_shell(self, guest: GuestSpec) -> None:
         self.wait_for(f"{guest.source}:init")
         if f"{guest.source}:shell" not in self.monitor.reached:
             # An unfocused domU's prompt sits unprinted in Xen's line buffer: a newline brings it out.
