@@ -70,13 +70,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
+    specs = {name: targets.load_spec(name) for name in config.harness_targets}
     for item in items:
         name = getattr(item, "callspec", None) and item.callspec.params.get("target_name")
         if name is None:
             keep.append(item)
             continue
         item.add_marker(pytest.mark.xdist_group(name))
-        spec = targets.load_spec(name)
+        spec = specs[name]
         needs = [m.args[0] for m in item.iter_markers("requires")]
         (keep if all(spec.can(n) for n in needs) else drop).append(item)
     if drop:

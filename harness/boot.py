@@ -274,6 +274,14 @@ class BootSession:
 
     def check(self) -> list[Finding]:
         """Probe every guest, in turn on the console, and run every check on what Xen and each guest said."""
+        try:
+            return self._check()
+        except HarnessError as exc:
+            self.error = exc
+            self.result.error = str(exc)
+            raise
+
+    def _check(self) -> list[Finding]:
         started = time.monotonic()
         monitor = self.strategy.monitor
         claims = self.result.claims = xenlog.parse(monitor.text("xen"))

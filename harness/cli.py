@@ -52,11 +52,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
         default_artifacts_root(), spec.name)
     artifacts.mkdir(parents=True, exist_ok=True)
     out = sys.stderr if args.json else sys.stdout
+    names = {g.source: g.name for g in spec.guests}
 
     def progress(key: str, line: Line) -> None:
         print(f"  {line.t:7.2f} s  {milestone_title(key, names)}", file=out, flush=True)
 
-    names = {g.source: g.name for g in spec.guests}
     print(f"harness: booting {spec.name}: {spec.description}", file=out)
     print(f"harness: artifacts in {artifacts}", file=out, flush=True)
     session = BootSession(
@@ -65,7 +65,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     )
     try:
         session.boot()
-        print("harness: dom0 shell is up; probing it", file=out, flush=True)
+        print(f"harness: {session.spec.console_guest.name}'s shell is up; probing the guests", file=out, flush=True)
         session.check()
     except BootFailure as exc:
         print(f"harness: {exc}", file=out)
