@@ -142,6 +142,12 @@ def summary(result, spec) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.kind == "rules":
+        from .validate import acpi, dt
+
+        for rule, text in {**dt.RULES, **acpi.RULES}.items():
+            print(f"{rule:28} {text}")
+        return EXIT_GOOD
     try:
         if args.kind == "dtb":
             from .validate import dt
@@ -280,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     acpi.add_argument("--vcpus", type=int, help="dom0's vCPU count: enabled GICC entries expected")
     acpi.add_argument("--hypervisor-id", help="expected FADT hypervisor vendor id (default: report only)")
     acpi.add_argument("--json", action="store_true")
+    kinds.add_parser("rules", help="list every rule id of both validators, with what it checks")
     check.set_defaults(func=cmd_check)
 
     images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
@@ -316,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `harness … | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_GOOD
 
 
 if __name__ == "__main__":
