@@ -203,6 +203,21 @@ def _err(rule: str, where: str, expected: str, found: str, note: str = "") -> Fi
 def _names_with(tables: Mapping[str, bytes], sig: str) -> list[str]:
     return sorted(n for n in tables if signature_of(n) == sig)
 
+def _the_table(
+    tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], signature: str, rule: str, min_len: int,
+    missing: str = "present",
+) -> tuple[str, bytes] | Finding:
+    """The first `signature` table and its bytes, or the finding that it is absent or too short to read."""
+    names = _names_with(headers, signature)
+    if not names:
+        return _err(f"{rule}.missing", signature, missing, "absent")
+    name = names[0]
+    data = _body(tables[name], headers[name])
+    if len(data) < min_len:
+        return _err(f"{rule}.short", f"{name} length", f">= {min_len} bytes", f"{len(data)} bytes")
+    return name, data
+
+
 
 def _body(raw: bytes, header: TableHeader) -> bytes:
     """The bytes the header claims, never more than the file holds."""
@@ -443,13 +458,10 @@ def _check_xsdt(
 
 
 def _check_fadt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
-    names = _names_with(headers, "FACP")
-    if not names:
-        return [_err("acpi.fadt.missing", "FACP", "present", "absent")]
-    name = names[0]
-    data = _body(tables[name], headers[name])
-    if len(data) < FADT_MIN_LEN:
-        return [_err("acpi.fadt.short", f"{name} length", f">= {FADT_MIN_LEN} bytes", f"{len(data)} bytes")]
+    found = _the_table(tables, headers, "FACP", "acpi.fadt", FADT_MIN_LEN)
+    if isinstance(found, Finding):
+        return [found]
+    name, data = found
     out: list[Finding] = []
     major, minor = headers[name].revision, data[131]
     if (major, minor) < (5, 1):
@@ -476,13 +488,10 @@ def _check_fadt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader],
 
 
 def _check_madt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
-    names = _names_with(headers, "APIC")
-    if not names:
-        return [_err("acpi.madt.missing", "APIC", "present", "absent")]
-    name = names[0]
-    data = _body(tables[name], headers[name])
-    if len(data) < MADT_FIXED_LEN:
-        return [_err("acpi.madt.short", f"{name} length", f">= {MADT_FIXED_LEN} bytes", f"{len(data)} bytes")]
+    found = _the_table(tables, headers, "APIC", "acpi.madt", MADT_FIXED_LEN)
+    if isinstance(found, Finding):
+        return [found]
+    name, data = found
     out: list[Finding] = []
     enabled = gicd = 0
     off, index = MADT_FIXED_LEN, 0
@@ -528,13 +537,10 @@ def _check_madt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader],
 
 
 def _check_gtdt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader]) -> list[Finding]:
-    names = _names_with(headers, "GTDT")
-    if not names:
-        return [_err("acpi.gtdt.missing", "GTDT", "present", "absent")]
-    name = names[0]
-    data = _body(tables[name], headers[name])
-    if len(data) < GTDT_MIN_LEN:
-        return [_err("acpi.gtdt.short", f"{name} length", f">= {GTDT_MIN_LEN} bytes", f"{len(data)} bytes")]
+    found = _the_table(tables, headers, "GTDT", "acpi.gtdt", GTDT_MIN_LEN)
+    if isinstance(found, Finding):
+        return [found]
+    name, data = found
     out: list[Finding] = []
     for field_name, off in (("non_secure_el1_gsiv", 56), ("virtual_timer_gsiv", 64)):
         gsiv = _u32(data, off) or 0
@@ -565,13 +571,10 @@ def _check_spcr(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader])
 
 
 def _check_stao(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], spcr_present: bool) -> list[Finding]:
-    names = _names_with(headers, "STAO")
-    if not names:
-        return [_err("acpi.stao.missing", "STAO", "present (Xen adds it for dom0)", "absent")]
-    name = names[0]
-    data = _body(tables[name], headers[name])
-    if len(data) < STAO_MIN_LEN:
-        return [_err("acpi.stao.short", f"{name} length", f">= {STAO_MIN_LEN} bytes", f"{len(data)} bytes")]
+    found = _the_table(tables, headers, "STAO", "acpi.stao", STAO_MIN_LEN, "present (Xen adds it for dom0)")
+    if isinstance(found, Finding):
+        return [found]
+    name, data = found
     out: list[Finding] = []
     ignore_uart = data[36]
     if ignore_uart > 1:
