@@ -107,7 +107,8 @@ def host_tables(spec_path: Path, kernel: Artifact, initrd: Artifact, cache: Cach
     try:
         qemu = env.get_target("main").get_driver("XenQEMUDriver", activate=False)
         firmware = Path(env.config.get_image_path(qemu.bios))
-        version = subprocess.run([qemu.machine_args()[0], "-version"], capture_output=True, text=True).stdout
+        binary = qemu.machine_args()[0]
+        version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60).stdout
         inputs = [CAPTURE_VERSION, version.splitlines()[0] if version else "", *qemu.machine_args()[1:],
                   sha256_file(firmware), kernel.sha256, initrd.sha256]
         out = cache.dir("host-acpi") / hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]

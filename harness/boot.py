@@ -377,4 +377,4 @@ def _decompile(dtb: Path) -> None:
     """boot.dts beside boot.dtb, for people; dtc is optional."""
     if shutil.which("dtc"):
         subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", "-o", str(dtb.with_suffix(".dts")), str(dtb)],
-                       check=False, capture_output=True)
+                       check=False, capture_output=True, timeout=60)
