@@ -8,19 +8,16 @@ Each target's tests share one boot and stay on one xdist worker (`--dist loadgro
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from harness import targets
 from harness.boot import BootSession
+from harness.cli import SESSION_ARTIFACTS_ENV, artifacts_dir_name, default_artifacts_root
 from harness.errors import HarnessError
 from harness.lab.qemu import die_with_parent
 from harness.monitor import BootFailure
-
-ROOT = Path(__file__).resolve().parent
-SESSION_ENV = "HARNESS_SESSION_ARTIFACTS"  # set by the controller so xdist workers share the directory
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,7 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--xen", type=Path, help="boot this Xen image instead of the pinned Debian one")
     group.addoption("--kernel", type=Path, help="boot this dom0 kernel instead of the pinned Debian one")
     group.addoption("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
-    group.addoption("--artifacts", type=Path, help="root of the session's artifacts (default: artifacts/)")
+    group.addoption("--artifacts", type=Path,
+                    help="root of the session's artifacts (default: $HARNESS_ARTIFACTS, else ./artifacts)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,11 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.harness_targets = targets.expand(config.getoption("target"))
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if SESSION_ENV not in os.environ:  # the controller (or a run without xdist)
-        root = (config.getoption("artifacts") or ROOT / "artifacts").resolve()
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        os.environ[SESSION_ENV] = str(root / f"{stamp}-pytest-{os.getpid()}")
-    config.harness_artifacts = Path(os.environ[SESSION_ENV])
+    if SESSION_ARTIFACTS_ENV not in os.environ:  # the controller (or a run without xdist): its workers inherit it
+        root = (config.getoption("artifacts") or default_artifacts_root()).resolve()
+        os.environ[SESSION_ARTIFACTS_ENV] = str(artifacts_dir_name(root, "pytest"))  # made by the first boot
+    config.harness_artifacts = Path(os.environ[SESSION_ARTIFACTS_ENV])
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -70,7 +67,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
-    specs = {name: targets.load_spec(name) for name in config.harness_targets}
+    try:
+        specs = {name: targets.load_spec(name) for name in config.harness_targets}
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
     for item in items:
         name = getattr(item, "callspec", None) and item.callspec.params.get("target_name")
         if name is None:

@@ -14,7 +14,6 @@ depend only on those inputs, so each capture is cached.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
@@ -26,12 +25,15 @@ from pathlib import Path
 
 import labgrid
 
-from .cache import Cache, sha256_file
+from .cache import Cache, sha256_bytes, sha256_file
 from .errors import InfrastructureError, UsageError
 from .guest import GuestShell, ProbeError
 from .images import Artifact
-from .lab.strategy import Deadlines, wait_until
+from .lab.qemu import _not_installed
+from .lab.strategy import wait_until
 from .monitor import BootFailure, ConsoleMonitor
+from .targets import Deadlines, TargetSpec
+from .validate.acpi import TABLE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +78,15 @@ def unpack(tar: bytes, dest: Path) -> list[str]:
             path = Path(member.name)
             name = path.name
             top_level = path.parent in (Path("."), Path(""))  # sysfs's data/ and dynamic/ hold no tables
-            if member.isfile() and top_level and re.fullmatch(r"[A-Z0-9_]{4}\d*", name):
+            if member.isfile() and top_level and TABLE_NAME.match(name):
                 (dest / name).write_bytes(archive.extractfile(member).read())
                 names.append(name)
     return sorted(names)
 
 
-def capture(shell: GuestShell, dest: Path) -> list[str]:
-    """Every ACPI table the guest was given, RSDP and XSDT included, as files in `dest`; their names."""
+def capture(shell: GuestShell, dest: Path, kernel_log: list[str]) -> list[str]:
+    """Every ACPI table the guest was given, RSDP and XSDT included, as files in `dest`; their names.
+    `kernel_log` is the guest's dmesg, which says where the RSDP and the XSDT are."""
     if not shell.run("command -v harness-acpi-dump", check=False):
         raise UsageError(f"{shell.guest}'s initramfs has no /bin/harness-acpi-dump: ACPI targets need the "
                          "harness's initramfs (leave out --initrd).")
@@ -91,7 +94,7 @@ def capture(shell: GuestShell, dest: Path) -> list[str]:
     names = unpack(shell.read_file("/tmp/acpi.tar"), dest)
     shell.run(f"dd if=/proc/kcore of=/tmp/kcore.head bs={KCORE_HEADER_BYTES} count=1 2>/dev/null")
     header = shell.read_file("/tmp/kcore.head")
-    for name, (paddr, length) in pointers(shell.run("dmesg", timeout=60)).items():
+    for name, (paddr, length) in pointers(kernel_log).items():
         offset = kcore_offset(header, paddr, length)
         if offset is None or not 0 < length <= 4096:
             continue
@@ -101,29 +104,35 @@ def capture(shell: GuestShell, dest: Path) -> list[str]:
     return sorted(names)
 
 
-def host_tables(spec_path: Path, kernel: Artifact, initrd: Artifact, cache: Cache) -> Path:
+def host_tables(spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cache) -> Path:
     """The machine's own ACPI tables (RSDP and XSDT included), from the cache or captured now."""
-    env = labgrid.Environment(config_file=str(spec_path))
+    env = labgrid.Environment(config_file=str(spec.path))
     try:
         qemu = env.get_target("main").get_driver("XenQEMUDriver", activate=False)
         firmware = Path(env.config.get_image_path(qemu.bios))
+        if not firmware.is_file():
+            raise InfrastructureError(f"{firmware}, the target's firmware, is missing: install Debian's "
+                                      "qemu-efi-aarch64 (./run does it).")
         binary = qemu.machine_args()[0]
-        version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60).stdout
+        try:
+            version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60).stdout
+        except FileNotFoundError:
+            raise _not_installed(binary) from None
         inputs = [CAPTURE_VERSION, version.splitlines()[0] if version else "", *qemu.machine_args()[1:],
                   sha256_file(firmware), kernel.sha256, initrd.sha256]
-        out = cache.dir("host-acpi") / hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]
+        out = cache.dir("host-acpi") / sha256_bytes("\0".join(inputs).encode())[:16]
         if (out / ".complete").is_file():
             return out
         with cache.locked():
             if not (out / ".complete").is_file():
                 log.info("reading the machine's own ACPI tables: booting Linux on it without Xen")
-                _capture_host(env, kernel, initrd, out)
+                _capture_host(env, kernel, initrd, out, Deadlines.from_config(spec.deadlines))
         return out
     finally:
         env.cleanup()
 
 
-def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path) -> None:
+def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines: Deadlines) -> None:
     target = env.get_target("main")
     qemu = target.get_driver("XenQEMUDriver", activate=False)
     shell = target.get_driver("ShellDriver", name="dom0", activate=False)
@@ -138,10 +147,11 @@ def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path) -> None:
     qemu.on()
     monitor.start()
     try:
-        wait_until(qemu, qemu, monitor, Deadlines(), lambda: "dom0:shell" in monitor.reached, "Linux's shell")
+        wait_until(qemu, qemu, monitor, deadlines, lambda: "dom0:shell" in monitor.reached, "Linux's shell")
         qemu.write(b"\n")  # a fresh prompt for the ShellDriver
         target.activate(shell)
-        names = capture(GuestShell(shell, "the machine's Linux", monitor), partial)
+        machine = GuestShell(shell, "the machine's Linux", monitor)
+        names = capture(machine, partial, machine.run("dmesg", timeout=60))
     except (BootFailure, ProbeError) as exc:
         raise InfrastructureError(f"reading the machine's own ACPI tables failed: {exc}") from None
     finally:

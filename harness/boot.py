@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import labgrid
-from labgrid.strategy import StrategyError
 
 from . import acpidump, checks, guest, xenlog
 from .bootdtb import Domain, Module, build_boot_dtb, layout, packed
@@ -27,9 +26,9 @@ from .findings import Finding, failures
 from .images import Artifact, Images
 from .initramfs import initramfs
 from .lab.qemu import QemuFailed
-from .lab.strategy import Deadlines, Status
+from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
-from .targets import GuestSpec, TargetSpec, check_guests
+from .targets import Deadlines, GuestSpec, TargetSpec, check_guests
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
 
@@ -154,7 +153,7 @@ class BootSession:
         try:
             self.result.images = arts = self._artifacts()
             if self.spec.can("acpi"):  # the machine's own tables, to compare dom0's with: before Xen's boot
-                self.host_acpi = acpidump.host_tables(self.spec.path, arts["kernel"], arts["initrd"], self.images.cache)
+                self.host_acpi = acpidump.host_tables(self.spec, arts["kernel"], arts["initrd"], self.images.cache)
             self.env = labgrid.Environment(config_file=str(self.spec.path))
             target = self.env.get_target("main")
             self._plan(target)
@@ -184,7 +183,6 @@ class BootSession:
             raise
         finally:
             self.result.timings["boot"] = round(time.monotonic() - started, 2)
-            self._record_milestones()
         return self.result
 
     def _artifacts(self) -> dict[str, Artifact]:
@@ -262,10 +260,6 @@ class BootSession:
         if self.on_milestone:
             self.on_milestone(key, line)
 
-    def _record_milestones(self) -> None:
-        if self.strategy and self.strategy.monitor:
-            self.result.milestones = {k: v.t for k, v in self.strategy.monitor.reached.items()}
-
     def shell(self, name: str | None = None) -> guest.GuestShell:
         """A guest's shell (the console guest's by default), moving Xen's serial input to it if need be."""
         spec = next(g for g in self.spec.guests if g.name == (name or self.spec.console_guest.name))
@@ -305,7 +299,7 @@ class BootSession:
     def _check_acpi_tables(self) -> list[Finding]:
         """dom0's ACPI tables against the bindings and against the machine's own."""
         tables, host = self.artifacts / "dom0-acpi", self.artifacts / "host-acpi"
-        self._guarded(lambda: acpidump.capture(self.shell("dom0"), tables))
+        self._guarded(lambda: acpidump.capture(self.shell("dom0"), tables, self.result.views["dom0"].dmesg))
         shutil.copytree(self.host_acpi, host, dirs_exist_ok=True)
         qemu = self.strategy.power
         vcpus = checks.dom0_vcpus(qemu.boot_args or "", qemu.extra_args or "")
@@ -322,10 +316,10 @@ class BootSession:
         except BootFailure as exc:
             self.result.failure = exc.failure
             raise
-        except (guest.ProbeError, StrategyError) as exc:
+        except guest.ProbeError as exc:
             # A shell that stops answering is the guest's fault, not the lab's: a hang at the shell.
-            self.result.failure = Failure(Verdict.HUNG, monitor.stage, "probe-unanswered", str(exc), None,
-                                          monitor.lines[-6:])
+            monitor.hang(str(exc), "probe-unanswered")
+            self.result.failure = monitor.conclude()
             raise BootFailure(self.result.failure) from None
 
     def close(self) -> BootResult:
@@ -333,8 +327,11 @@ class BootSession:
         if self.closed:
             return self.result
         self.closed = True
+        monitor = self.strategy.monitor if self.strategy else None
+        if self.result.failure is None and monitor is not None and monitor.failure is not None:
+            self.result.failure = monitor.conclude()  # seen on the console while no one was waiting
         try:
-            if self.strategy is not None and self.strategy.status != Status.unknown:
+            if self.strategy is not None and (self.strategy.status != Status.unknown or self.strategy.power.status):
                 self.strategy.transition(Status.off)
         finally:
             if self.env is not None:

@@ -11,7 +11,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,22 +49,32 @@ class Cache:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the cache's writer lock (blocking): one fetch or build at a time across processes."""
+        """Hold the cache's writer lock (blocking): one fetch or build at a time across processes.
+
+        The holder also sweeps what killed writers left: temporary files and build trees over an
+        hour old (a live writer holds the lock, so anything that old is nobody's)."""
         with (self.dir() / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
+                self._sweep()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _sweep(self, max_age_s: float = 3600.0) -> None:
+        cutoff = time.time() - max_age_s
+        for leftover in [*self.root.rglob(".partial-*"), *self.root.rglob(".build-*")]:
+            with contextlib.suppress(OSError):
+                if leftover.lstat().st_mtime < cutoff:
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink()
+
     def verified(self, path: Path, sha256: str) -> bool:
-        """True when `path` exists with exactly this content; a corrupt entry is removed."""
-        if not path.is_file():
-            return False
-        if sha256_file(path) == sha256:
-            return True
-        path.unlink()
-        return False
+        """True when `path` exists with exactly this content. A corrupt entry is left for the writer,
+        which replaces it atomically under the lock (removing it here could race another worker)."""
+        return path.is_file() and sha256_file(path) == sha256
 
     def store(self, path: Path, data: bytes) -> Path:
         """Write `data` atomically to `path`."""

@@ -28,14 +28,20 @@ EXIT_CHECK_UNUSABLE = 2
 log = logging.getLogger("harness")
 
 
+SESSION_ARTIFACTS_ENV = "HARNESS_SESSION_ARTIFACTS"  # a pytest session's directory, shared with its xdist workers
+
+
 def default_artifacts_root() -> Path:
     return Path(os.environ.get("HARNESS_ARTIFACTS", "artifacts")).resolve()
 
 
+def artifacts_dir_name(root: Path, name: str) -> Path:
+    """One directory per run: <root>/<local time>-<name>-<pid>."""
+    return root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}"
+
+
 def new_artifacts_dir(root: Path, name: str) -> Path:
-    """One directory per run: <root>/<UTC time>-<name>-<pid>, never reused."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{name}-{os.getpid()}"
+    path = artifacts_dir_name(root, name)
     path.mkdir(parents=True, exist_ok=False)
     return path
 
@@ -50,7 +56,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
     changes = tweaks(args)
     artifacts = Path(args.artifacts).resolve() if args.artifacts else new_artifacts_dir(
         default_artifacts_root(), spec.name)
-    artifacts.mkdir(parents=True, exist_ok=True)
     out = sys.stderr if args.json else sys.stdout
     names = {g.source: g.name for g in spec.guests}
 
@@ -67,9 +72,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         session.boot()
         print(f"harness: {session.spec.console_guest.name}'s shell is up; probing the guests", file=out, flush=True)
         session.check()
-    except BootFailure as exc:
-        print(f"harness: {exc}", file=out)
-    except HarnessError as exc:
+    except (BootFailure, HarnessError) as exc:
         print(f"harness: {exc}", file=out)
     finally:
         result = session.close()

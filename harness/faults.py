@@ -1,8 +1,8 @@
 """Real faults the harness can inject into a real boot, each with the verdict it must produce.
 
 Used by tests/test_faults.py (each must be classified right), benchmarks/boot.py (how fast), and
-`harness boot --fault NAME` (to see what a bad boot looks like). Hang deadlines are shortened so a
-demonstration takes seconds; a nightly run keeps the target's own deadlines.
+`harness boot --fault NAME` (to see what a bad boot looks like). The injected hangs come with
+shortened deadlines, so that they take seconds; every other boot keeps the target's own.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import pexpect
 
 from .errors import HarnessError
-from .monitor import XEN_OWN, BootFailure, ConsoleMonitor
+from .monitor import GUEST_DEBUG, XEN_OWN, XEN_PREFIX, BootFailure, ConsoleMonitor
 
-XEN_LINE = re.compile(r"^\(XEN\)(?: |$)|^\(d\d+\) ")
+XEN_LINE = re.compile(f"{XEN_PREFIX.pattern}|{GUEST_DEBUG.pattern}")
 BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
 
@@ -39,7 +39,8 @@ class GuestShell:
 
     def run(self, command: str, timeout: float = 30.0, check: bool = True) -> list[str]:
         try:
-            out, _, status = self.shell.run(command, timeout=timeout)
+            # "replace": a byte of line noise must not end the conversation (file transfers are checked)
+            out, _, status = self.shell.run(command, timeout=timeout, decodeerrors="replace")
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:
             if self.monitor and self.monitor.failure:
                 raise BootFailure(self.monitor.failure, f"while {self.guest} ran `{command}`") from None
@@ -65,9 +66,6 @@ class GuestShell:
         while lines and not lines[-1]:  # the prefix Xen printed before the closing marker
             lines.pop()
         return lines
-
-    def read_text(self, path: str) -> str:
-        return "\n".join(self.run(f"cat {shlex.quote(path)}"))
 
     def read_file(self, path: str, attempts: int = 2) -> bytes:
         quoted = shlex.quote(path)
@@ -114,7 +112,6 @@ class EventIrq:
     hwirq: int | None
     chip: str  # "GICv3", "GIC-0"
     trigger: str
-    actions: str
     counts: list[int]  # per CPU, at the first sample
 
     @property
@@ -165,7 +162,7 @@ def event_irq(shell: GuestShell, interrupts: str) -> EventIrq | None:
     values = dict(
         line.split("=", 1)
         for line in shell.run(
-            f"for f in hwirq type actions; do echo \"$f=$(cat {base}/$f 2>/dev/null)\"; done"
+            f"for f in hwirq type; do echo \"$f=$(cat {base}/$f 2>/dev/null)\"; done"
         )
         if "=" in line
     )
@@ -175,7 +172,6 @@ def event_irq(shell: GuestShell, interrupts: str) -> EventIrq | None:
         hwirq=int(hwirq) if hwirq.isdigit() else None,
         chip=columns[0] if columns else "",  # as /proc/interrupts shows it: sysfs chip_name is empty for GIC-0
         trigger=values.get("type", "").strip(),
-        actions=values.get("actions", "").strip(),
         counts=counts,
     )
 

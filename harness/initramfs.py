@@ -8,7 +8,6 @@ busybox and init give the same bytes, and the cache keys the result by those inp
 from __future__ import annotations
 
 import gzip
-import hashlib
 import stat
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def initramfs(busybox: Artifact, cache: Cache, init_script: Path = INIT_SCRIPT) 
     init = init_script.read_bytes()
     tools = guest_tools()
     inputs = [FORMAT_VERSION, busybox.sha256, sha256_bytes(init), *(sha256_bytes(t) for t in tools.values())]
-    key = hashlib.sha256(":".join(inputs).encode()).hexdigest()
+    key = sha256_bytes(":".join(inputs).encode())
     path = cache.dir("initramfs") / f"{key[:16]}.cpio.gz"
     digest_file = path.with_suffix(".sha256")
     if path.is_file() and digest_file.is_file():

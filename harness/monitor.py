@@ -63,7 +63,7 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone("init", "init", _re(r"Run /init as init process|harness-init: \S+ ready"), "guest"),
 )
 
-# Lines every healthy boot prints that look alarming: never a failure (FACTS.md).
+# Lines every healthy boot prints that look alarming: never a failure (seen in every boot of every target).
 NOISE = _re(
     r"Unhandled SMC/HVC|vGICD: unhandled word write|No support for ARM_SMCCC_ARCH_WORKAROUND_1"
     r"|Please update your firmware|Guests without CPU erratum workarounds|Only trusted guests should be used"
@@ -92,7 +92,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("kernel-oops", Verdict.CRASHED,
               _re(r"Unable to handle kernel|Internal error: Oops|^\[[ \d.]+\] BUG: "), "the guest kernel oopsed",
               2, True),
-    Signature("rcu-stall", Verdict.HUNG, _re(r"rcu: INFO: \S+ (self-)?detected stalls?|detected stall"),
+    Signature("rcu-stall", Verdict.HUNG, _re(r"rcu: INFO: \S+ (self-)?detected stalls?"),
               "the guest kernel stalled (RCU)", 1, True),
     Signature("no-grant-table", Verdict.FAILED, _re(r"Xen grant table region is not found"),
               "the guest did not find Xen's grant table region", 3, True),
@@ -199,6 +199,7 @@ class ConsoleMonitor:
         on_milestone: Callable[[str, Line], None] | None = None,
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
+        self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
         self.prompt = re.compile(prompt) if prompt else None
         self.milestones = milestones
         self.signatures = signatures
@@ -210,6 +211,7 @@ class ConsoleMonitor:
         self.failure: Failure | None = None
         self.last_output = self.t0
         self._partial = b""
+        self._raw_lines = 0  # newline-terminated console lines so far (one may hold several Lines)
         self._failure_index = -1
         self._failure_at = 0.0
         self._matches: list[tuple[Signature, int]] = []
@@ -230,6 +232,7 @@ class ConsoleMonitor:
         self._partial += data
         *complete, self._partial = self._partial.split(b"\n")
         for raw in complete:  # escape sequences may straddle chunks: strip them from whole lines
+            self._raw_lines += 1
             text = ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "")
             # Xen prints whenever it likes, also after a prompt that ended without a newline:
             # "dom0# (XEN) *** Serial input to DOM1" is a prompt, then a line of Xen's. After a
@@ -242,7 +245,7 @@ class ConsoleMonitor:
     def _line(self, text: str) -> None:
         source, raw_body = self._attribute(text)
         body = raw_body.rstrip()
-        line = Line(round(self.now(), 3), source, body, len(self.lines) + 1)
+        line = Line(round(self.now(), 3), source, body, self._raw_lines)
         self.lines.append(line)
         index = len(self.lines) - 1
         scope = source if source in ("xen", "firmware") else "guest"
@@ -272,6 +275,7 @@ class ConsoleMonitor:
                 return f"dom{self.focus}", body  # a focused domU
             if m := SERIAL_INPUT.match(body):
                 self.focus = int(m.group(2)) if m.group(2) else None
+                self.focus_seen = True
             return "xen", body
         if d := GUEST_DEBUG.match(text):
             return f"dom{d.group(1)}", text[d.end():]
@@ -314,7 +318,7 @@ class ConsoleMonitor:
         return after >= EVIDENCE_AFTER or self.clock() - self._failure_at >= EVIDENCE_WINDOW_S
 
     def _finish_evidence(self) -> None:
-        if self.failure is None or self.failure.line is None:
+        if self.failure is None or self.failure.line is None or self.failure.decided is not None:
             return
         start = max(0, self._failure_index - EVIDENCE_BEFORE)
         self.failure.evidence = self.lines[start : self._failure_index + EVIDENCE_AFTER + 1]
@@ -337,17 +341,19 @@ class ConsoleMonitor:
                 return text
         return ""
 
-    def hang(self, description: str) -> Failure:
-        """Record (and return) a hang at the current stage: silence, or no progress by a deadline."""
+    def hang(self, description: str, signature: str = "silence") -> Failure:
+        """Record (and return) a hang at the current stage: silence, no progress by a deadline, a guest
+        that stops answering."""
         if self.failure is None:
-            self.failure = Failure(Verdict.HUNG, self.stage, "silence", description, None,
+            self.failure = Failure(Verdict.HUNG, self.stage, signature, description, None,
                                    self.lines[-EVIDENCE_BEFORE:])
         return self.failure
 
     def exited(self, status: int | None, stderr: str = "") -> Failure:
         """Record (and return) QEMU's exit before the boot finished."""
         if self.failure is None:
-            if stderr.strip():
+            # QEMU's own error, or a warning of no consequence while a guest stopped the machine?
+            if stderr.strip() and (not self.lines or any(p.search(stderr) for _, p, _ in QEMU_SIGNATURES)):
                 self.failure = qemu_failure(stderr, self.stage, status)
             else:
                 what = "without any console output" if not self.lines else "before the boot finished"
@@ -365,10 +371,6 @@ class ConsoleMonitor:
         return self.failure
 
     # --- reading ----------------------------------------------------------------------------
-
-    def time_of(self, key: str) -> float | None:
-        line = self.reached.get(key)
-        return line.t if line else None
 
     def replay(self, data: bytes, chunk: int = 4096) -> ConsoleMonitor:
         for start in range(0, len(data), chunk):

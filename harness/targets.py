@@ -70,6 +70,29 @@ class GuestSpec:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """Seconds. Defaults hold on a loaded 2-core host without KVM; a target YAML may override them."""
+
+    boot: float = 600.0  # power-on to the console guest's shell prompt, whatever happens
+    silence: float = 60.0  # no console output at all, at any stage not listed below
+    stages: dict[str, float] = field(default_factory=lambda: {"power-on": 30.0, "firmware": 180.0})
+
+    def silence_at(self, stage: str) -> float:
+        # Guest stages are recorded as "dom0:kernel": a deadline may name either form.
+        return self.stages.get(stage, self.stages.get(stage.split(":")[-1], self.silence))
+
+    @classmethod
+    def from_config(cls, data: dict | None) -> Deadlines:
+        data = dict(data or {})
+        stages = {**cls().stages, **{k: float(v) for k, v in data.pop("stages", {}).items()}}
+        if unknown := set(data) - {"boot", "silence"}:
+            raise UsageError(
+                f"unknown deadline(s) {', '.join(sorted(unknown))}: use boot, silence, or stages: {{STAGE: SECONDS}}."
+            )
+        return cls(stages=stages, **{k: float(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """The `harness:` section of a target YAML."""
 
@@ -148,4 +171,8 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc
     check_guests(spec)
+    try:
+        Deadlines.from_config(spec.deadlines)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{path}: deadlines must be seconds ({exc}): e.g. deadlines: {{silence: 60}}.") from None
     return spec

@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from .bootdtb import ARM64_IMAGE_MAGIC
 from .cache import Cache, sha256_bytes
 from .errors import InfrastructureError, UsageError
 from .images import LOCK, RELOCK_COMMAND, Artifact, Images, LockedSource, load_source_lock
@@ -46,7 +47,6 @@ HOST_TOOLS = {
     "bison": "bison",
     "python3": "python3",
 }
-ARM64_IMAGE_MAGIC = b"ARM\x64"  # at offset 56 of an arm64 Image header
 
 
 def xen_source(lock_path: Path = LOCK) -> LockedSource:

@@ -21,7 +21,6 @@ NO_EXTENDED_32BIT = re.compile(r"^d(\d+): extended regions not supported for 32-
 # Xen 4.17 says "Booting using ACPI" only at some log levels; it always lists the MADT's GICCs.
 ACPI = re.compile(r"^(?:Booting using (ACPI|Device Tree)|ACPI: GICC )")
 
-PPI_BASE = 16  # GIC INTIDs 16..31 are PPIs; a DT `interrupts` PPI cell counts from there
 
 
 @dataclass

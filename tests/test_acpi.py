@@ -25,12 +25,11 @@ def test_dom0_acpi_tables_follow_the_bindings(booted: BootSession) -> None:
     """STAO, FADT flags, MADT GICCs = dom0's vCPUs, XSDT, checksums; rewritten vs passed through."""
     probed(booted)
     tables = acpi.load_tables(booted.artifacts / "dom0-acpi")
-    host = acpi.load_tables(booted.artifacts / "host-acpi")
+    assert acpi.load_tables(booted.artifacts / "host-acpi").tables, "the machine's own tables are missing"
     assert {"FACP", "APIC", "STAO", "GTDT", "DSDT", "SPCR"} <= set(tables.tables), sorted(tables.tables)
     assert tables.rsdp is not None and "XSDT" in tables.tables, "the RSDP and the XSDT were not captured"
-    qemu = booted.strategy.power
-    vcpus = checks.dom0_vcpus(qemu.boot_args, qemu.extra_args)
-    findings = acpi.validate_tables(tables, host, acpi.Profile(vcpus=vcpus))
+    findings = [f for f in booted.result.findings if f.rule.startswith("acpi.")]  # what the boot found
+    assert any(f.rule == "acpi.host.summary" for f in findings), "the boot did not compare with the host's tables"
     bad = failures(findings)
     assert not bad, f"dom0's ACPI tables:\n{render_table(bad)}"
     # Xen 4.17's RSDP v1 checksum defect is reported as known, with its reason, not hidden.

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import SESSION_ARTIFACTS_ENV
+
 pytestmark = [pytest.mark.boot, pytest.mark.requires("qemu")]
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSION_ENV = "HARNESS_SESSION_ARTIFACTS"  # conftest.py: set, the child would write into our session
+
 
 
 def children(pid: int) -> dict[int, str]:
@@ -56,7 +58,8 @@ def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_name: str, tmp_pa
          f"--artifacts={tmp_path}", "tests/test_dom0.py::test_boot"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # its own session and options, not ours (./run test sets -n auto in PYTEST_ADDOPTS)
-        env={k: v for k, v in os.environ.items() if k not in (SESSION_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")},
+        env={k: v for k, v in os.environ.items()
+             if k not in (SESSION_ARTIFACTS_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")},
     )
     try:
         deadline = time.monotonic() + 120

@@ -2,7 +2,9 @@
 
 - no 10 ms sleep before every console read (0.4–0.5 s per boot, and unread output stalls the guest);
 - `on()` fails within a deadline, quoting QEMU's stderr, when QEMU dies at start instead of waiting forever;
-- `off()` works after the guest powered the machine off (QEMU already gone) instead of raising BrokenPipeError;
+- `off()` closes the console and signals QEMU (SIGTERM, then SIGKILL): no QMP `quit`, which raised
+  BrokenPipeError once the guest had powered the machine off, and never returned when a vCPU blocked
+  on console output nobody read;
 - console output of a previous boot never leaks into the next one (fresh expect buffer per power-on);
 - QEMU dies with the process that started it (parent-death signal), even when pytest is SIGKILLed;
 - the console socket lives in the abstract namespace, so no socket file or temp dir is ever left behind;
@@ -29,6 +31,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +88,7 @@ class XenQEMUDriver(QEMUDriver):
         self.exit_status: int | None = None
         self._stderr = None
         self._pending = bytearray()  # output read while waiting for an echo, returned by the next _read
+        self.abort: Callable[[], bool] | None = None  # true once the boot has failed: reads get EOF
 
     # --- command line -----------------------------------------------------------------------
 
@@ -150,6 +154,7 @@ class XenQEMUDriver(QEMUDriver):
             return
         self.exit_status = None
         self._expect = PtxExpect(self)  # nothing read before this power-on may match after it
+        self._pending.clear()
         self._close_stderr()
         # Kept open after QEMU exits, so a failure can quote it; closed at the next power-on.
         self._stderr = self.stderr_path.open("wb") if self.stderr_path else tempfile.TemporaryFile()  # noqa: SIM115
@@ -161,15 +166,22 @@ class XenQEMUDriver(QEMUDriver):
             )
         except FileNotFoundError as exc:
             raise _not_installed(self._cmd[0]) from exc
+        # labgrid's QMP reads block: a watchdog kills a QEMU that stops answering, which ends them.
+        watchdog = threading.Timer(START_DEADLINE_S, self._child.kill)
+        watchdog.start()
         try:
             self._accept_console()
-            self._wait_readable(self._child.stdout, "answer on its QMP monitor")
             self.qmp = QMPMonitor(self._child.stdout, self._child.stdin)
+            self.status = 1
+            self.monitor_command("cont")
         except (QMPError, OSError) as exc:
             self._kill()
             raise self._start_failure() from exc
-        self.status = 1
-        self.monitor_command("cont")
+        except InfrastructureError:
+            self._kill()
+            raise
+        finally:
+            watchdog.cancel()
 
     def _accept_console(self) -> None:
         self._socket.settimeout(0.1)
@@ -188,12 +200,6 @@ class XenQEMUDriver(QEMUDriver):
                         "the host may be out of memory or CPU."
                     ) from None
         self._clientsocket.setblocking(False)
-
-    def _wait_readable(self, stream, what: str) -> None:
-        ready, _, _ = select.select([stream], [], [], START_DEADLINE_S)
-        if not ready:
-            self._kill()
-            raise InfrastructureError(f"QEMU did not {what} within {START_DEADLINE_S:.0f} s.")
 
     def _start_failure(self) -> QemuFailed:
         status = self._child.poll() if self._child else None
@@ -248,6 +254,7 @@ class XenQEMUDriver(QEMUDriver):
         if self._clientsocket:
             self._clientsocket.close()
             self._clientsocket = None
+        self._pending.clear()
         self.status = 0
 
     def _atexit(self) -> None:
@@ -256,6 +263,8 @@ class XenQEMUDriver(QEMUDriver):
     # --- console ----------------------------------------------------------------------------
 
     def _read(self, size: int = 1, timeout: float = 10, max_size: int | None = None) -> bytes:
+        if self.abort and self.abort():
+            raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
         limit = min(max_size, 65536) if max_size else 65536
         if self._pending:
             data = bytes(self._pending[:limit])

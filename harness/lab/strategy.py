@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import time
-from dataclasses import dataclass, field
 
 import attr
 import pexpect
@@ -19,9 +17,8 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
-from ..errors import UsageError
 from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor
-from ..targets import GuestSpec
+from ..targets import Deadlines, GuestSpec
 
 POLL_S = 0.2
 
@@ -31,29 +28,6 @@ class Status(enum.Enum):
     off = 1
     xen = 2  # Xen has handed over to its guests
     shell = 3  # the console guest's shell answers
-
-
-@dataclass(frozen=True)
-class Deadlines:
-    """Seconds. Defaults hold on a loaded 2-core host without KVM; a target YAML may override them."""
-
-    boot: float = 600.0  # power-on to the shell prompt, whatever happens
-    silence: float = 60.0  # no console output at all, at any stage not listed below
-    stages: dict[str, float] = field(default_factory=lambda: {"power-on": 30.0, "firmware": 180.0})
-
-    def silence_at(self, stage: str) -> float:
-        # Guest stages are recorded as "dom0:kernel": a deadline may name either form.
-        return self.stages.get(stage, self.stages.get(stage.split(":")[-1], self.silence))
-
-    @classmethod
-    def from_config(cls, data: dict | None) -> Deadlines:
-        data = dict(data or {})
-        stages = {**cls().stages, **{k: float(v) for k, v in data.pop("stages", {}).items()}}
-        if unknown := set(data) - {"boot", "silence"}:
-            raise UsageError(
-                f"unknown deadline(s) {', '.join(sorted(unknown))}: use boot, silence, or stages: {{STAGE: SECONDS}}."
-            )
-        return cls(stages=stages, **{k: float(v) for k, v in data.items()})
 
 
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
@@ -102,13 +76,14 @@ class XenStrategy(Strategy):
             self.focused = None
         elif status == Status.xen:
             self.transition(Status.off)
+            self.status = Status.unknown  # powered on, not yet anywhere: off() must still stop it
             self._power_on()
             self.wait_for("xen-handover")
         elif status == Status.shell:
             if self.status != Status.xen:
                 self.transition(Status.xen)
             # Xen ends its boot giving its input to DOM0 (even when there is none): start from there.
-            self.wait_until(functools.partial(self._input_moved, 0), "Xen's '*** Serial input to DOM0' line")
+            self.wait_until(lambda: self.monitor.focus_seen, "Xen's '*** Serial input to DOM0' line")
             self.focus(self.guests[0])
         self.status = status
 
@@ -125,7 +100,8 @@ class XenStrategy(Strategy):
             self.console.write(SWITCH_INPUT)
             self.wait_until(functools.partial(self._input_moved, seen), "Xen's '*** Serial input to …' line")
         else:
-            raise StrategyError(f"Xen never gave its serial input to {guest.name} (DOM{guest.domid})")
+            self.monitor.hang(f"Xen never gave its serial input to {guest.name} (DOM{guest.domid})", "input-switch")
+            raise BootFailure(self.monitor.conclude())
         if self.focused != guest:
             self._take_shell(guest)
         return self.shell(guest.name)
@@ -142,16 +118,25 @@ class XenStrategy(Strategy):
         # The monitor consumed that prompt: ask for a fresh one for the ShellDriver, which would
         # otherwise wait its await_login_timeout of silence before asking itself.
         self.console.write(b"\n")
-        self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
+        try:
+            self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:  # the guest died or froze after its prompt
+            if isinstance(exc, pexpect.EOF):
+                self.monitor.exited(self.power.exit_status, self.power.stderr_text())
+            self.monitor.hang(f"{guest.name}'s shell did not answer after its prompt", "shell-unanswered")
+            raise BootFailure(self.monitor.conclude()) from None
         self.focused = guest
 
     def _power_on(self) -> None:
         self.target.activate(self.console)
         prompts = "|".join(f"(?:{shell.prompt})" for shell in self._shells())
-        self.monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone)
-        # One monitor per boot: drop the previous boot's.
-        self.power.listeners[:] = [f for f in self.power.listeners if not _is_monitor_feed(f)]
-        self.power.listeners.append(self.monitor.feed)
+        if self.monitor is not None:  # one monitor per boot
+            self.power.listeners.remove(self.monitor.feed)
+        self.monitor = monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone)
+        self.power.listeners.append(monitor.feed)
+        # Once the monitor has named a failure, whoever is reading the console (a ShellDriver
+        # waiting out its command timeout) gets EOF at once instead.
+        self.power.abort = lambda: monitor.failure is not None and monitor.settled()
         self.power.on()
         self.monitor.start()
 
@@ -161,19 +146,27 @@ class XenStrategy(Strategy):
 
     def wait_until(self, condition, what: str):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
-        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what)
+        booting = self.status != Status.shell
+        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what, booting)
 
 
-def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str):
+def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str,
+               booting: bool = True):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
-    Raises BootFailure as soon as the monitor names a failure (with its evidence gathered), when
-    the console is silent past the current stage's deadline, at the boot deadline, or when QEMU exits.
+    Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
+    when the condition came true meanwhile), when the console is silent past the current stage's
+    deadline, when QEMU exits, or past the boot deadline: counted from power-on while `booting`,
+    else from this call.
     """
-    started = time.monotonic()
-    while not (result := condition()):
-        if monitor.failure and monitor.settled():
-            raise BootFailure(monitor.conclude())
+    started = monitor.clock()
+    deadline_base = 0.0 if booting else monitor.now()
+    while True:
+        if monitor.failure:
+            if monitor.settled():
+                raise BootFailure(monitor.conclude())
+        elif result := condition():
+            return result
         try:
             console.read(size=1, timeout=POLL_S, max_size=65536)
         except pexpect.TIMEOUT:
@@ -182,15 +175,10 @@ def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, co
             power.off()  # reap QEMU and learn its exit status
             monitor.exited(power.exit_status, power.stderr_text())
             raise BootFailure(monitor.conclude()) from None
-        silence = monitor.clock() - monitor.last_output
+        silence = monitor.clock() - max(monitor.last_output, started)
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")
             raise BootFailure(monitor.conclude())
-        if time.monotonic() - started > deadlines.boot:
-            monitor.hang(f"no {what} within the boot deadline of {deadlines.boot:.0f} s")
+        if monitor.now() - deadline_base > deadlines.boot:
+            monitor.hang(f"no {what} within the deadline of {deadlines.boot:.0f} s")
             raise BootFailure(monitor.conclude())
-    return result
-
-
-def _is_monitor_feed(listener) -> bool:
-    return getattr(listener, "__self__", None).__class__ is ConsoleMonitor

@@ -52,7 +52,7 @@ CAPTURE_ONLY = frozenset({"RSDP", "XSDT"})
 # renames DMAR to XMAR; that does not apply here.) Kept as a profile knob for other versions.
 XEN_HIDES: frozenset[str] = frozenset()
 
-_NAME_RE = re.compile(r"^([A-Z0-9_]{4})(\d*)$")  # Linux sysfs: signature + instance number
+TABLE_NAME = re.compile(r"^([A-Z0-9_]{4})(\d*)$")  # Linux sysfs: signature + instance number
 _HEADER = struct.Struct("<4sIBB6s8sI4sI")
 
 RULES: dict[str, str] = {
@@ -171,7 +171,7 @@ class _Malformed(Exception):
 
 def signature_of(name: str) -> str:
     """The ACPI signature a sysfs file name stands for: 'SSDT2' -> 'SSDT', 'DBG2' -> 'DBG2'."""
-    m = _NAME_RE.match(name)
+    m = TABLE_NAME.match(name)
     return m.group(1) if m else name[:4]
 
 
@@ -264,7 +264,7 @@ def load_tables(directory: Path) -> Tables:
     tables: dict[str, bytes] = {}
     rsdp: bytes | None = None
     for path in entries:
-        if not (path.name == "RSDP" or _NAME_RE.match(path.name)) or not path.is_file():
+        if not (path.name == "RSDP" or TABLE_NAME.match(path.name)) or not path.is_file():
             continue
         try:
             with path.open("rb") as fh:

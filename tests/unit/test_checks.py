@@ -31,7 +31,7 @@ def healthy_view(dtb: bytes, dmesg: list[str]) -> GuestView:
         hypervisor_version="4.17",
         dmesg=dmesg,
         interrupts=INTERRUPTS,
-        event_irq=EventIrq(irq=12, hwirq=16, chip="GICv3", trigger="level", actions="events", counts=[6, 1]),
+        event_irq=EventIrq(irq=12, hwirq=16, chip="GICv3", trigger="level", counts=[6, 1]),
         event_count_later=61,
         fdt=dtb,
         live_tree=True,
@@ -238,7 +238,7 @@ def domu_view(dom0_dmesg) -> GuestView:
 
     tree = (DATA / "qemu-dom0less-domU1.dtb").read_bytes()
     return GuestView(guest="domU1", hypervisor_type="xen", hypervisor_version="4.17", dmesg=dom0_dmesg,
-                     event_irq=EventIrq(13, 31, "GICv3", "level", "events", [1]), event_count_later=1, fdt=tree)
+                     event_irq=EventIrq(13, 31, "GICv3", "level", [1]), event_count_later=1, fdt=tree)
 
 
 DOMU_CLAIMS = ["Xen version 4.17.7 (Debian)", "d1: extended region 0: 0x50000000->0x100000000",

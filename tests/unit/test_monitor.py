@@ -241,3 +241,57 @@ def test_prompt_of_a_focused_domu_on_a_partial_line():
     monitor = ConsoleMonitor(prompt=r"(?:\(XEN\) )?domU1# ")
     monitor.feed(FOCUS.split(b"(XEN) domU1#")[0] + b"(XEN) domU1# \x1b[6n")
     assert "dom1:shell" in monitor.reached and "dom0:shell" not in monitor.reached
+
+
+def test_a_qemu_warning_does_not_turn_a_guest_crash_into_a_lab_failure():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n")
+    failure = monitor.exited(0, "qemu-system-aarch64: warning: host doesn't support requested feature\n")
+    assert (failure.verdict, failure.signature) == (Verdict.CRASHED, "qemu-exit")
+    silent = ConsoleMonitor().exited(1, "qemu-system-aarch64: warning: something\n")  # nothing ever printed
+    assert silent.verdict is Verdict.INFRASTRUCTURE
+
+
+def test_line_numbers_count_console_lines_not_pieces():
+    monitor = ConsoleMonitor().replay(FOCUS)
+    by_text = {line.text: line.number for line in monitor.lines}
+    assert by_text["dom0#"] == by_text["*** Serial input to DOM1 (type 'CTRL-a' three times to switch input)"] == 5
+    assert by_text["DOMU1MARKER"] == 7  # the split line above did not shift the count
+
+
+class ReplayConsole:
+    """A console that plays a captured log in chunks, then has nothing more to say (as labgrid's read)."""
+
+    def __init__(self, data: bytes, monitor: ConsoleMonitor, chunk: int = 4096) -> None:
+        self.chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        self.monitor = monitor
+
+    def read(self, size=1, timeout=0.0, max_size=None):
+        import pexpect
+
+        if not self.chunks:
+            raise pexpect.TIMEOUT("quiet")
+        data = self.chunks.pop(0)
+        self.monitor.feed(data)
+        return data
+
+
+def test_wait_raises_a_failure_seen_before_the_awaited_milestone():
+    from harness.lab.strategy import wait_until
+    from harness.monitor import BootFailure
+    from harness.targets import Deadlines
+
+    # a guest oops, then its shell prompt anyway: the prompt must not hide the oops
+    log = HEALTHY_LOG.read_bytes()
+    at = log.index(b"Run /init as init process")
+    oops = b"[    1.2] Unable to handle kernel NULL pointer dereference at virtual address 0\n"
+    now = [0.0]
+    monitor = ConsoleMonitor(prompt="dom0# ", clock=lambda: now[0])
+    console = ReplayConsole(log[:at] + oops + log[at:], monitor, chunk=len(log) + len(oops))
+    with pytest.raises(BootFailure) as raised:
+        def condition():
+            now[0] += 0.5  # time passes between reads
+            return "dom0:shell" in monitor.reached
+        wait_until(console, None, monitor, Deadlines(), condition, "dom0's shell")
+    assert raised.value.failure.signature == "kernel-oops"
+    assert "dom0:shell" in monitor.reached  # it was there, and still did not count

@@ -155,3 +155,11 @@ def test_dom0less_guests_are_numbered_in_order(directory):
     assert spec.domus[0].enhanced == "no-xenstore" and spec.domus[1].enhanced is None
     assert spec.console_guest.name == "dom0"
     assert spec.without_dom0().console_guest.name == "domU1"
+
+
+@pytest.mark.parametrize("deadlines", ["{silence: soon}", "{stages: {power-on: never}}", "{reboot: 5}"])
+def test_bad_deadlines_are_refused_when_the_target_loads(directory, deadlines):
+    (directory / "slow.yaml").write_text(VALID + f"  deadlines: {deadlines}\n")
+    with pytest.raises(UsageError) as info:
+        targets.load_spec("slow", directory)
+    one_line(str(info.value))
