@@ -305,13 +305,16 @@ def extract(deb: Path, pattern: str) -> tuple[str, bytes]:
 class PrivateApt:
     """An apt state of our own under the cache: one architecture, Debian's archive, no host changes."""
 
+    SOURCES_LINE = "deb [arch={arch} signed-by={keyring}]"  # the start of each sources.list line
+
     def __init__(self, cache: Cache, architecture: str, archive: dict) -> None:
         self.root = cache.dir("apt", architecture)
         self.architecture = architecture
         sources = self.root / "sources.list"
+        kind = self.SOURCES_LINE.format(arch=architecture, keyring=archive["keyring"])
         sources.write_text(
             "".join(
-                f"deb [arch={architecture} signed-by={archive['keyring']}] {src['url']} {suite} main\n"
+                f"{kind} {src['url']} {suite} main\n"
                 for src in archive["sources"]
                 for suite in src["suites"]
             )
@@ -383,15 +386,10 @@ class PrivateApt:
 class SourceApt(PrivateApt):
     """A PrivateApt over Debian's source indexes (`deb-src` lines) in a state directory of its own."""
 
+    SOURCES_LINE = "deb-src [signed-by={keyring}]"
+
     def __init__(self, cache: Cache, archive: dict) -> None:
         super().__init__(cache, "source", archive)  # "source" only names the state directory
-        (self.root / "sources.list").write_text(
-            "".join(
-                f"deb-src [signed-by={archive['keyring']}] {src['url']} {suite} main\n"
-                for src in archive["sources"]
-                for suite in src["suites"]
-            )
-        )
 
     def resolve_source(self, package: str, suite: str) -> tuple[str, list[LockedSourceFile]]:
         """(version, files) of `package`'s source in `suite`: each file's URL, size and SHA256."""
