@@ -7,14 +7,12 @@ each stage adds to it; it is written as result.json beside the console log and t
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import labgrid
@@ -22,12 +20,13 @@ import labgrid
 from . import acpidump, checks, guest, xenlog
 from .bootdtb import Domain, Module, build_boot_dtb, layout, packed
 from .errors import HarnessError, UsageError
-from .findings import Finding, failures
+from .findings import Finding
 from .images import Artifact, Images
 from .initramfs import initramfs
 from .lab.qemu import QemuFailed
 from .lab.strategy import Status
-from .monitor import MILESTONES, BootFailure, Failure, Line, Verdict, qemu_failure
+from .monitor import MILESTONES, BootFailure, Line, qemu_failure
+from .result import BootResult
 from .targets import Deadlines, GuestSpec, TargetSpec, check_guests
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
@@ -42,66 +41,6 @@ def milestone_title(key: str, names: dict[str, str] | None = None) -> str:
     source, _, name = key.rpartition(":")
     title = TITLES.get(name, name)
     return f"{(names or {}).get(source, source)} {title}" if source else title
-
-
-@dataclass
-class BootResult:
-    target: str
-    artifacts: Path
-    started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    verdict: Verdict | None = None
-    images: dict[str, Artifact] = field(default_factory=dict)
-    milestones: dict[str, float] = field(default_factory=dict)  # key -> seconds since power-on
-    claims: xenlog.XenClaims | None = None
-    views: dict[str, guest.GuestView] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    failure: Failure | None = None
-    error: str = ""  # an infrastructure or usage problem, as one sentence
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def decide(self) -> Verdict:
-        if self.error:
-            self.verdict = Verdict.INFRASTRUCTURE
-        elif self.failure:
-            self.verdict = self.failure.verdict
-        else:
-            self.verdict = Verdict.FAILED if failures(self.findings) else Verdict.PASSED
-        return self.verdict
-
-    def to_dict(self) -> dict:
-        return {
-            "target": self.target,
-            "started": self.started,
-            "verdict": str(self.verdict) if self.verdict else None,
-            "artifacts": str(self.artifacts),
-            "images": {name: a.to_dict() for name, a in self.images.items()},
-            "milestones": self.milestones,
-            "xen": self.claims.to_dict() if self.claims else None,
-            "guests": {name: _view_summary(v) for name, v in self.views.items()},
-            "findings": [f.to_dict() for f in self.findings],
-            "failure": self.failure.to_dict() if self.failure else None,
-            "error": self.error,
-            "timings": self.timings,
-        }
-
-    def write(self) -> Path:
-        path = self.artifacts / "result.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-
-def _view_summary(view: guest.GuestView) -> dict:
-    irq = view.event_irq
-    return {
-        "kernel": view.uname,
-        "hypervisor_type": view.hypervisor_type,
-        "hypervisor_version": view.hypervisor_version,
-        "event_irq": None if irq is None else {
-            "irq": irq.irq, "hwirq": irq.hwirq, "chip": irq.chip, "type": irq.trigger,
-            "count": irq.total, "count_later": view.event_count_later,
-        },
-        "probe_seconds": view.seconds,
-    }
 
 
 @dataclass(frozen=True)
@@ -139,7 +78,6 @@ class BootSession:
         self.result = BootResult(spec.name, artifacts)
         self.env: labgrid.Environment | None = None
         self.strategy = None
-        self.error: HarnessError | None = None  # what stopped the boot, when it was not the guest
         self.host_acpi: Path | None = None  # the machine's own ACPI tables (acpi targets)
         self._console_log = None
         self.closed = False
@@ -167,19 +105,14 @@ class BootSession:
             qemu.listeners.append(lambda data: (log_file.write(data), log_file.flush()))
             self.strategy.transition(Status.shell)
         except BootFailure as exc:
-            self.result.failure = exc.failure
-            if exc.infrastructure:
-                self.result.error = exc.failure.message()
+            self.result.record_failure(exc.failure)
             raise
         except QemuFailed as exc:
             # QEMU refused the machine before any console output: name what it said.
-            self.error = exc
-            self.result.failure = qemu_failure(exc.stderr or str(exc), "power-on", exc.status)
-            self.result.error = str(exc)
-            raise BootFailure(self.result.failure) from None
+            failure = self.result.record_failure(qemu_failure(exc.stderr or str(exc), "power-on", exc.status))
+            raise BootFailure(failure) from None
         except HarnessError as exc:
-            self.error = exc
-            self.result.error = str(exc)
+            self.result.record_error(exc)
             raise
         finally:
             self.result.timings["boot"] = round(time.monotonic() - started, 2)
@@ -271,8 +204,7 @@ class BootSession:
         try:
             return self._check()
         except HarnessError as exc:
-            self.error = exc
-            self.result.error = str(exc)
+            self.result.record_error(exc)
             raise
 
     def _check(self) -> list[Finding]:
@@ -314,13 +246,15 @@ class BootSession:
         try:
             return ask()
         except BootFailure as exc:
-            self.result.failure = exc.failure
+            self.result.record_failure(exc.failure)
             raise
         except guest.ProbeError as exc:
-            # A shell that stops answering is the guest's fault, not the lab's: a hang at the shell.
-            monitor.hang(str(exc), "probe-unanswered")
-            self.result.failure = monitor.conclude()
-            raise BootFailure(self.result.failure) from None
+            if not self.strategy.power.running():  # the machine stopped under the probe: say how
+                failure = self.result.record_failure(self.strategy.machine_stopped())
+            else:  # a shell that stops answering is the guest's fault, not the lab's: a hang at the shell
+                monitor.hang(str(exc), "probe-unanswered")
+                failure = self.result.record_failure(monitor.conclude())
+            raise BootFailure(failure) from None
 
     def close(self) -> BootResult:
         """Power off, release labgrid, decide the verdict and write result.json (once)."""
@@ -328,8 +262,8 @@ class BootSession:
             return self.result
         self.closed = True
         monitor = self.strategy.monitor if self.strategy else None
-        if self.result.failure is None and monitor is not None and monitor.failure is not None:
-            self.result.failure = monitor.conclude()  # seen on the console while no one was waiting
+        if monitor is not None and monitor.failure is not None:
+            self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
         try:
             if self.strategy is not None and (self.strategy.status != Status.unknown or self.strategy.power.status):
                 self.strategy.transition(Status.off)

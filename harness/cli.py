@@ -14,36 +14,20 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
-from . import targets
+from . import artifacts, data, targets
+from .artifacts import run_dir_name, writable_dir
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
 from .findings import failures, render_table, to_json
 from .monitor import BootFailure, Line, Verdict
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
 EXIT_CHECK_UNUSABLE = 2
+# `git bisect run`'s contract: good, bad, skip this commit, stop bisecting (the lab needs a person).
+BOOT_EXIT = {Verdict.PASSED: EXIT_GOOD, Verdict.UNTESTABLE: EXIT_UNTESTABLE, Verdict.INFRASTRUCTURE: EXIT_LAB}
 
 log = logging.getLogger("harness")
-
-
-SESSION_ARTIFACTS_ENV = "HARNESS_SESSION_ARTIFACTS"  # a pytest session's directory, shared with its xdist workers
-
-
-def default_artifacts_root() -> Path:
-    return Path(os.environ.get("HARNESS_ARTIFACTS", "artifacts")).resolve()
-
-
-def artifacts_dir_name(root: Path, name: str) -> Path:
-    """One directory per run: <root>/<local time>-<name>-<pid>."""
-    return root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}"
-
-
-def new_artifacts_dir(root: Path, name: str) -> Path:
-    path = artifacts_dir_name(root, name)
-    path.mkdir(parents=True, exist_ok=False)
-    return path
 
 
 # --- boot ---------------------------------------------------------------------------------------
@@ -54,8 +38,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     spec = targets.load_spec(args.target)
     changes = tweaks(args)
-    artifacts = Path(args.artifacts).resolve() if args.artifacts else new_artifacts_dir(
-        default_artifacts_root(), spec.name)
+    if args.artifacts:
+        run_dir = writable_dir(Path(args.artifacts).expanduser().resolve())
+    else:
+        run_dir = writable_dir(run_dir_name(writable_dir(artifacts.default_root(), f"${artifacts.ROOT_ENV}"),
+                                            spec.name))
     out = sys.stderr if args.json else sys.stdout
     names = {g.source: g.name for g in spec.guests}
 
@@ -63,9 +50,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print(f"  {line.t:7.2f} s  {milestone_title(key, names)}", file=out, flush=True)
 
     print(f"harness: booting {spec.name}: {spec.description}", file=out)
-    print(f"harness: artifacts in {artifacts}", file=out, flush=True)
+    print(f"harness: artifacts in {run_dir}", file=out, flush=True)
     session = BootSession(
-        spec, artifacts, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
+        spec, run_dir, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
         on_milestone=progress, tweaks=changes,
     )
     try:
@@ -80,11 +67,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(summary(result, session.spec))
-    if isinstance(session.error, UnusableInput):
-        return EXIT_UNTESTABLE
-    if result.verdict is Verdict.INFRASTRUCTURE:
-        return EXIT_LAB
-    return EXIT_GOOD if result.verdict is Verdict.PASSED else EXIT_BAD
+    return BOOT_EXIT.get(result.verdict, EXIT_BAD)
 
 
 def tweaks(args: argparse.Namespace):
@@ -92,7 +75,7 @@ def tweaks(args: argparse.Namespace):
     from .boot import Tweaks
     from .faults import BY_NAME
 
-    if args.fault and args.fault not in BY_NAME:
+    if args.fault is not None and args.fault not in BY_NAME:
         raise UsageError(f"unknown fault {args.fault!r}: choose one of {', '.join(BY_NAME)}.")
     base = BY_NAME[args.fault].tweaks if args.fault else Tweaks()
     join = " ".join
@@ -131,7 +114,11 @@ def summary(result, spec) -> str:
     lines.append("")
     verdict = str(result.verdict).upper()
     bad = failures(result.findings)
-    if result.failure:
+    if result.verdict is Verdict.UNTESTABLE:
+        verdict += " (this build cannot be booted, so it was not tested)"
+    elif result.error:
+        verdict += " (the lab failed, not the build)"
+    elif result.failure:
         verdict += f" ({result.failure.signature} after '{result.failure.stage}')"
     elif bad:
         verdict += f" ({len(bad)} failing finding{'s' if len(bad) > 1 else ''})"
@@ -261,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does in detail")
+    p.add_argument("--version", action="version", version=f"harness {data.describe()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     boot = sub.add_parser("boot", help="boot Xen + dom0 on a target and report what it verified")

@@ -135,6 +135,20 @@ class GuestView:
     procfs_hypervisor: dict[str, bytes] = field(default_factory=dict)  # /proc/device-tree/hypervisor/*
     seconds: float = 0.0  # how long probing took
 
+    def summary(self) -> dict:
+        """What result.json keeps of this view (the DTB and logs are files beside it)."""
+        irq = self.event_irq
+        return {
+            "kernel": self.uname,
+            "hypervisor_type": self.hypervisor_type,
+            "hypervisor_version": self.hypervisor_version,
+            "event_irq": None if irq is None else {
+                "irq": irq.irq, "hwirq": irq.hwirq, "chip": irq.chip, "type": irq.trigger,
+                "count": irq.total, "count_later": self.event_count_later,
+            },
+            "probe_seconds": self.seconds,
+        }
+
 
 def parse_interrupts(text: str) -> dict[str, tuple[int, list[int], list[str]]]:
     """/proc/interrupts rows with a numeric IRQ: name -> (irq, per-CPU counts, other columns)."""

@@ -23,11 +23,12 @@ from pathlib import Path
 import yaml
 
 from .cache import Cache, sha256_bytes, sha256_file
+from .data import data_dir
 from .errors import InfrastructureError, UnusableInput, UsageError
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+IMAGES_DIR = data_dir("images")
 MANIFEST = IMAGES_DIR / "manifest.yaml"
 LOCK = IMAGES_DIR / "lock.json"
 RELOCK_COMMAND = "./run images lock"
@@ -242,8 +243,11 @@ class Images:
 
 def user_artifact(name: str, path: Path) -> Artifact:
     path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise UnusableInput(f"--{name} {path} is a directory: give the {name} image file of your build inside it.")
     if not path.is_file():
-        raise UnusableInput(f"--{name} {path}: no such file; give the path of your own {name} build.")
+        what = "not a regular file" if path.exists() else "no such file"
+        raise UnusableInput(f"--{name} {path}: {what}; give the path of your own {name} build.")
     return Artifact(name, path, sha256_file(path), "user")
 
 

@@ -12,6 +12,7 @@ each with a class that tells a code failure (crashed, hung, failed) from the lab
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class Verdict(StrEnum):
     CRASHED = "crashed"  # Xen or a guest died
     HUNG = "hung"  # no progress within a stage's deadline
     INFRASTRUCTURE = "infrastructure-error"  # the lab failed: QEMU, images, host
+    UNTESTABLE = "untestable"  # the build under test cannot be booted at all (git bisect's "skip")
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,55 @@ class Failure:
             "first_sign": self.line.t if self.line else None,
             "decided": self.decided,
         }
+
+
+# What Xen or a guest prints when it asks the machine to stop (xen/common/shutdown.c, Linux's
+# kernel/reboot.c): after one of these, the machine's exit is the guests' doing.
+STOP_REQUEST = _re(
+    r"^Hardware Dom0 (halted|shutdown|crashed)|^Reboot in five seconds|^Manual reset required"
+    r"|reboot: (Power down|Restarting system)|^Domain 0 (halted|shut down)"
+)
+# QEMU catches SIGTERM, SIGINT and SIGHUP, says so on stderr, and exits 0 (softmmu/runstate.c).
+QEMU_TERMINATED = re.compile(r"terminating on signal (\d+)(?: from pid (\d+)(?: \(([^)]*)\))?)?")
+
+
+def signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+@dataclass(frozen=True)
+class MachineExit:
+    """How a machine stopped, as its power driver saw it."""
+
+    status: int | None = None  # the exit status (negative: killed by that signal), None when unknown
+    stderr: str = ""  # what QEMU printed on stderr
+    shutdown_reason: str | None = None  # QEMU's own report (QMP SHUTDOWN: guest-shutdown, host-signal, …)
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that stopped it, by name, whoever caught it; None when no signal did."""
+        if self.status is not None and self.status < 0:
+            return signal_name(-self.status)
+        if m := QEMU_TERMINATED.search(self.stderr):
+            return signal_name(int(m.group(1)))
+        if self.shutdown_reason == "host-signal":
+            return "a signal"
+        return None
+
+    @property
+    def guest_request(self) -> bool:
+        return self.shutdown_reason in ("guest-shutdown", "guest-reset", "guest-panic")
+
+    def describe(self) -> str:
+        parts = [f"QEMU exit status {self.status}"] if self.status is not None else []
+        if self.shutdown_reason:
+            parts.append(f"QEMU's shutdown reason {self.shutdown_reason}")
+        if m := QEMU_TERMINATED.search(self.stderr):
+            parts.append(m.group(0))
+        return ", ".join(parts) or "the console closed"
 
 
 EVIDENCE_BEFORE = 6
@@ -349,19 +400,33 @@ class ConsoleMonitor:
                                    self.lines[-EVIDENCE_BEFORE:])
         return self.failure
 
-    def exited(self, status: int | None, stderr: str = "") -> Failure:
-        """Record (and return) QEMU's exit before the boot finished."""
+    def exited(self, end: MachineExit) -> Failure:
+        """Record (and return) the machine's stop before the boot finished, and whose doing it was.
+
+        Only a stop the guests or Xen asked for, as the console (or QEMU's own shutdown report) shows, is
+        theirs: a crash. QEMU killed by a signal (kill, the OOM killer, a Ctrl-C), QEMU's own errors, and
+        an exit nobody asked for are the lab's: an infrastructure error, which never blames the build.
+        """
         if self.failure is None:
-            # QEMU's own error, or a warning of no consequence while a guest stopped the machine?
-            if stderr.strip() and (not self.lines or any(p.search(stderr) for _, p, _ in QEMU_SIGNATURES)):
-                self.failure = qemu_failure(stderr, self.stage, status)
-            else:
-                what = "without any console output" if not self.lines else "before the boot finished"
-                self.failure = Failure(
-                    Verdict.CRASHED, self.stage, "qemu-exit", f"the machine stopped {what}",
-                    None, self.lines[-EVIDENCE_BEFORE:], f"QEMU exit status {status}",
-                )
+            self.failure = self._stop_failure(end)
         return self.failure
+
+    def _stop_failure(self, end: MachineExit) -> Failure:
+        evidence = self.lines[-EVIDENCE_BEFORE:]
+        if end.signal is not None:
+            return Failure(Verdict.INFRASTRUCTURE, self.stage, "machine-killed",
+                           f"the machine was killed by {end.signal}, not stopped by its guests",
+                           None, evidence, end.describe())
+        if end.stderr.strip() and any(p.search(end.stderr) for _, p, _ in QEMU_SIGNATURES):
+            return qemu_failure(end.stderr, self.stage, end.status)
+        request = next((ln for ln in reversed(self.lines) if STOP_REQUEST.search(ln.text)), None)
+        if request is not None or end.guest_request:
+            return Failure(Verdict.CRASHED, self.stage, "guest-stop",
+                           "the guests or Xen stopped the machine before the boot finished", request,
+                           evidence, end.describe())
+        what = "without any console output" if not self.lines else "without the guests or Xen asking it to stop"
+        return Failure(Verdict.INFRASTRUCTURE, self.stage, "machine-exit", f"the machine stopped {what}",
+                       None, evidence, end.describe())
 
     def conclude(self) -> Failure:
         """The failure, stamped with the time the verdict was reached."""

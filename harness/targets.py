@@ -14,26 +14,40 @@ from pathlib import Path
 
 import yaml
 
+from .data import data_dir
 from .errors import UsageError
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = data_dir("targets")
 
 
 def target_names(directory: Path = TARGETS_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
+def is_path(name: str) -> bool:
+    """A target given as a file (`--target ~/lab/board.yaml`) rather than a name from targets/."""
+    return "/" in name or name.endswith((".yaml", ".yml"))
+
+
 def target_path(name: str, directory: Path = TARGETS_DIR) -> Path:
+    if is_path(name):
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"target file {name} does not exist: give the path of a labgrid environment YAML "
+                             "with a harness: section (see targets/qemu-virt.yaml).")
+        return path
     names = target_names(directory)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown target {name!r}: choose one of {', '.join(names)}.{hint}")
+        raise UsageError(
+            f"unknown target {name!r}: choose one of {', '.join(names)}, or give a YAML file's path.{hint}"
+        )
     return directory / f"{name}.yaml"
 
 
 def expand(spec: str, directory: Path = TARGETS_DIR) -> list[str]:
-    """`qemu-virt,qemu-a15` or `all` -> target names, each checked."""
+    """`qemu-virt,qemu-a15`, `all` or `path/to/board.yaml` -> target names or paths, each checked."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if names == ["all"]:
         return target_names(directory)
@@ -41,6 +55,9 @@ def expand(spec: str, directory: Path = TARGETS_DIR) -> list[str]:
         target_path(name, directory)
     if not names:
         raise UsageError("--target is empty: name a target, e.g. --target=qemu-virt, or --target=all.")
+    stems = [Path(n).stem for n in names]
+    if len(set(stems)) != len(stems):
+        raise UsageError(f"--target names one target twice ({', '.join(names)}): give each once.")
     return names
 
 
@@ -146,9 +163,15 @@ def check_guests(spec: TargetSpec) -> None:
 
 
 def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
+    """The target `name` (from targets/), or the one in the YAML file `name` (named after the file)."""
     path = target_path(name, directory)
+    name = path.stem
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the target {path} ({exc}): give a readable labgrid environment YAML.") from None
+    try:
+        data = yaml.safe_load(text) or {}
         section = data["harness"]
         dom0 = section.get("dom0")
         spec = TargetSpec(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.cache import Cache
+from harness.targets import TargetSpec
 from harness.xenbuild import build_xen, xen_source
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("fault-injection"), pytest.mark.requires("extended-regions")]
@@ -21,10 +22,10 @@ def harness(*args: str, artifacts: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_boot_a_users_xen_build(target_name: str, tmp_path: Path) -> None:
+def test_boot_a_users_xen_build(target_spec: TargetSpec, tmp_path: Path) -> None:
     """--xen boots the given image (here: Xen built from Debian's source, 4.17.5) and records it as the user's."""
     xen = build_xen(Cache(), xen_source())
-    run = harness("--target", target_name, "--xen", str(xen.path), "--json", artifacts=tmp_path / "run")
+    run = harness("--target", str(target_spec.path), "--xen", str(xen.path), "--json", artifacts=tmp_path / "run")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     result = json.loads(run.stdout)
     assert result["images"]["xen"] == {"name": "xen", "path": str(xen.path), "sha256": xen.sha256, "origin": "user"}
@@ -32,27 +33,27 @@ def test_boot_a_users_xen_build(target_name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("what", ["missing", "not-an-image"])
-def test_a_build_that_cannot_boot_is_untestable(what: str, target_name: str, tmp_path: Path) -> None:
+def test_a_build_that_cannot_boot_is_untestable(what: str, target_spec: TargetSpec, tmp_path: Path) -> None:
     """125 tells git bisect to skip the commit; the reason is one sentence, no traceback."""
     xen = tmp_path / "xen"
     if what == "not-an-image":
         xen.write_bytes(b"\x7fELF" + bytes(200))  # e.g. xen-syms given by mistake
-    run = harness("--target", target_name, "--xen", str(xen), artifacts=tmp_path / "run")
+    run = harness("--target", str(target_spec.path), "--xen", str(xen), artifacts=tmp_path / "run")
     assert run.returncode == 125, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert "--xen" in run.stdout + run.stderr or "Xen image" in run.stdout + run.stderr
 
 
-def test_a_bad_boot_exits_1_with_its_timeline(target_name: str, tmp_path: Path) -> None:
-    run = harness("--target", target_name, "--fault", "impossible-dom0-mem", artifacts=tmp_path / "run")
+def test_a_bad_boot_exits_1_with_its_timeline(target_spec: TargetSpec, tmp_path: Path) -> None:
+    run = harness("--target", str(target_spec.path), "--fault", "impossible-dom0-mem", artifacts=tmp_path / "run")
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Xen banner" in run.stdout and "dom0 loading" in run.stdout  # the milestones it reached
     assert "verdict: CRASHED (xen-dom0-memory after 'dom0-loading')" in run.stdout
     assert "Failed to allocate requested dom0 memory" in run.stdout  # the evidence
 
 
-def test_a_lab_failure_exits_128(target_name: str, tmp_path: Path) -> None:
+def test_a_lab_failure_exits_128(target_spec: TargetSpec, tmp_path: Path) -> None:
     """128 stops git bisect run instead of blaming the commit."""
-    run = harness("--target", target_name, "--fault", "qemu-rejects-option", artifacts=tmp_path / "run")
+    run = harness("--target", str(target_spec.path), "--fault", "qemu-rejects-option", artifacts=tmp_path / "run")
     assert run.returncode == 128, run.stdout + run.stderr
     assert "invalid option" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr

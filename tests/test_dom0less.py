@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from probing import assert_clean, probed
 
-from harness import checks, targets
+from harness import checks
 from harness.boot import BootSession, Tweaks
 from harness.errors import UsageError
 from harness.monitor import BootFailure
+from harness.targets import TargetSpec
 from harness.validate import dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("dom0less")]
@@ -71,9 +72,9 @@ def test_domu_event_irq_is_ppi_31(booted: BootSession) -> None:
         assert view.event_irq.hwirq == 31
 
 
-def test_domus_without_dom0(target_name: str, session_artifacts: Path, overrides) -> None:
+def test_domus_without_dom0(target_spec: TargetSpec, session_artifacts: Path, overrides) -> None:
     """The same domUs with no dom0 at all: Xen gives the first the console, and it finds Xen just the same."""
-    session = BootSession(targets.load_spec(target_name), session_artifacts / f"{target_name}-without-dom0",
+    session = BootSession(target_spec, session_artifacts / f"{target_spec.name}-without-dom0",
                           overrides, tweaks=Tweaks(without_dom0=True))
     try:
         session.boot()
@@ -88,9 +89,9 @@ def test_domus_without_dom0(target_name: str, session_artifacts: Path, overrides
         assert domu.name in result.views, f"{domu.name} was not probed"
 
 
-def test_xenstore_without_dom0_is_refused_before_boot(target_name: str, tmp_path: Path) -> None:
+def test_xenstore_without_dom0_is_refused_before_boot(target_spec: TargetSpec, tmp_path: Path) -> None:
     """xen,enhanced = "enabled" needs dom0's xenstore; Xen would panic, so the harness says so and boots nothing."""
-    session = BootSession(targets.load_spec(target_name), tmp_path / "refused",
+    session = BootSession(target_spec, tmp_path / "refused",
                           tweaks=Tweaks(without_dom0=True, enhanced="enabled"))
     with pytest.raises(UsageError, match="Xenstore support requires dom0"):
         try:

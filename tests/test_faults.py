@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import targets
 from harness.boot import BootSession
 from harness.faults import FAULTS, Fault
 from harness.monitor import BootFailure, Verdict
+from harness.targets import TargetSpec
 
 # The expected stages assume dom0 is the only guest (a dom0less domU keeps booting past dom0's fault).
 pytestmark = [pytest.mark.boot, pytest.mark.requires("fault-injection")]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_fault_is_classified(fault: Fault, target_name: str, session_artifacts: Path, overrides,
+def test_fault_is_classified(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
                              record_property) -> None:
-    session = BootSession(targets.load_spec(target_name), session_artifacts / f"{target_name}-{fault.name}",
+    session = BootSession(target_spec, session_artifacts / f"{target_spec.name}-{fault.name}",
                           overrides, tweaks=fault.tweaks)
     with pytest.raises(BootFailure) as raised:
         try:

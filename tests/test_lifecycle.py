@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import SESSION_ARTIFACTS_ENV
+from harness.artifacts import SESSION_ENV as SESSION_ARTIFACTS_ENV
+from harness.targets import TargetSpec
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("qemu")]
 
@@ -52,9 +53,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "1"]], ids=["plain", "xdist"])
-def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_name: str, tmp_path: Path) -> None:
+def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_spec: TargetSpec, tmp_path: Path) -> None:
     run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, f"--target={target_name}",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, f"--target={target_spec.path}",
          f"--artifacts={tmp_path}", "tests/test_dom0.py::test_boot"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # its own session and options, not ours (./run test sets -n auto in PYTEST_ADDOPTS)
@@ -79,3 +80,32 @@ def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_name: str, tmp_pa
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_machine_killed_mid_boot_is_the_labs_fault(sig: signal.Signals, target_spec: TargetSpec,
+                                                     tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer), or a SIGTERM QEMU catches: exit 128 and the signal named, never a
+    verdict against the build (which `git bisect run` would take for a bad commit)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "boot", "--target", str(target_spec.path), "--artifacts", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        qemu: list[int] = []
+        console = tmp_path / "console.log"
+        while time.monotonic() < deadline and run.poll() is None and not (
+                qemu and console.is_file() and console.stat().st_size > 0):  # QEMU runs and the guest printed
+            qemu = [p for p, c in children(run.pid).items() if "qemu-system" in c]
+            time.sleep(0.05)
+        assert qemu and run.poll() is None, "QEMU never started printing under `harness boot`"
+        os.kill(qemu[0], sig)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    assert run.returncode == 128, out
+    assert f"killed by {sig.name} (signal {int(sig)})" in out, out
+    assert "verdict: INFRASTRUCTURE-ERROR" in out, out

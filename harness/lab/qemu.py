@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import select
 import shlex
@@ -46,6 +47,7 @@ from labgrid.util.expect import PtxExpect
 from labgrid.util.qmp import QMPError, QMPMonitor
 
 from ..errors import InfrastructureError
+from ..monitor import MachineExit
 
 PR_SET_PDEATHSIG = 1
 # Bytes per write: half a domU's 32-byte vPL011 FIFO, so that the few bytes of Xen's "(XEN) " prefix
@@ -69,6 +71,18 @@ def _not_installed(binary: str) -> QemuFailed:
     return QemuFailed(f"{binary} is not installed: install Debian's qemu-system-arm package (./run does it).")
 
 
+def shutdown_reason(qmp_out) -> str | None:
+    """The reason of the last SHUTDOWN event left on QEMU's QMP output (`guest-shutdown`, `host-signal`, …)."""
+    reason = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in qmp_out.read(1 << 20).splitlines():
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict) and message.get("event") == "SHUTDOWN":
+                    reason = (message.get("data") or {}).get("reason")
+    return reason
+
+
 def die_with_parent(parent: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (however the parent died)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -86,8 +100,10 @@ class XenQEMUDriver(QEMUDriver):
         self.listeners: list[Callable[[bytes], None]] = []  # every console byte read goes to each
         self.stderr_path: Path | None = None  # where QEMU's stderr goes; a temp file when unset
         self.exit_status: int | None = None
+        self.shutdown_reason: str | None = None  # QEMU's own SHUTDOWN event on QMP, read when it exits
         self._stderr = None
         self._pending = bytearray()  # output read while waiting for an echo, returned by the next _read
+        self._console_closed = False  # QEMU closed its end: it is on its way out
         self.abort: Callable[[], bool] | None = None  # true once the boot has failed: reads get EOF
 
     # --- command line -----------------------------------------------------------------------
@@ -152,7 +168,8 @@ class XenQEMUDriver(QEMUDriver):
     def on(self) -> None:
         if self.status:
             return
-        self.exit_status = None
+        self.exit_status = self.shutdown_reason = None
+        self._console_closed = False
         self._expect = PtxExpect(self)  # nothing read before this power-on may match after it
         self._pending.clear()
         self._close_stderr()
@@ -216,6 +233,10 @@ class XenQEMUDriver(QEMUDriver):
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
+    def exit_report(self) -> MachineExit:
+        """How QEMU stopped: exit status, stderr, and its own shutdown reason."""
+        return MachineExit(self.exit_status, self.stderr_text(), self.shutdown_reason)
+
     def running(self) -> bool:
         return bool(self._child) and self._child.poll() is None
 
@@ -229,6 +250,9 @@ class XenQEMUDriver(QEMUDriver):
         if self._clientsocket:
             self._clientsocket.close()
             self._clientsocket = None
+        if self._console_closed and self.running():  # leaving on its own: let it, or its exit looks like ours
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(timeout=STOP_DEADLINE_S)
         if self.running():
             self._child.terminate()
             try:
@@ -247,6 +271,8 @@ class XenQEMUDriver(QEMUDriver):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._child.wait(timeout=STOP_DEADLINE_S)
             self.exit_status = self._child.returncode
+            if self._child.returncode is not None:  # QMP events it printed before it went: why it stopped
+                self.shutdown_reason = shutdown_reason(self._child.stdout)
             for stream in (self._child.stdin, self._child.stdout):
                 with contextlib.suppress(OSError):
                     stream.close()
@@ -280,6 +306,7 @@ class XenQEMUDriver(QEMUDriver):
     def _receive(self, limit: int) -> bytes:
         data = self._clientsocket.recv(limit)
         if not data:
+            self._console_closed = True
             raise pexpect.EOF("QEMU closed the console: the machine stopped")
         for listener in self.listeners:
             listener(data)

@@ -17,7 +17,7 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
-from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor
+from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit
 from ..targets import Deadlines, GuestSpec
 
 POLL_S = 0.2
@@ -121,8 +121,8 @@ class XenStrategy(Strategy):
         try:
             self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:  # the guest died or froze after its prompt
-            if isinstance(exc, pexpect.EOF):
-                self.monitor.exited(self.power.exit_status, self.power.stderr_text())
+            if isinstance(exc, pexpect.EOF) or not self.power.running():
+                raise BootFailure(self.machine_stopped()) from None
             self.monitor.hang(f"{guest.name}'s shell did not answer after its prompt", "shell-unanswered")
             raise BootFailure(self.monitor.conclude()) from None
         self.focused = guest
@@ -140,6 +140,10 @@ class XenStrategy(Strategy):
         self.power.on()
         self.monitor.start()
 
+    def machine_stopped(self) -> Failure:
+        """The machine stopped under us: reap it and record whose doing that was."""
+        return machine_stopped(self.power, self.monitor)
+
     def wait_for(self, key: str) -> None:
         """Read the console until the monitor reaches milestone `key`."""
         self.wait_until(lambda: key in self.monitor.reached, key)
@@ -148,6 +152,14 @@ class XenStrategy(Strategy):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         booting = self.status != Status.shell
         return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what, booting)
+
+
+def machine_stopped(power, monitor: ConsoleMonitor) -> Failure:
+    """Reap the stopped machine (its power driver learns how it ended) and record the verdict."""
+    power.off()
+    report = power.exit_report() if hasattr(power, "exit_report") else MachineExit()
+    monitor.exited(report)
+    return monitor.conclude()
 
 
 def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str,
@@ -172,9 +184,7 @@ def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, co
         except pexpect.TIMEOUT:
             pass
         except pexpect.EOF:
-            power.off()  # reap QEMU and learn its exit status
-            monitor.exited(power.exit_status, power.stderr_text())
-            raise BootFailure(monitor.conclude()) from None
+            raise BootFailure(machine_stopped(power, monitor)) from None
         silence = monitor.clock() - max(monitor.last_output, started)
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")

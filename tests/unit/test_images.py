@@ -181,7 +181,7 @@ def test_user_artifact_missing_names_the_option(tmp_path):
 
 
 def test_user_artifact_of_a_directory_is_refused(tmp_path):
-    with pytest.raises(UnusableInput, match=r"^--kernel .*: no such file"):
+    with pytest.raises(UnusableInput, match=r"^--kernel .* is a directory: give the kernel image file"):
         user_artifact("kernel", tmp_path)
 
 

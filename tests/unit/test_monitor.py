@@ -10,6 +10,7 @@ from captured import DATA, HEALTHY_LOG, replay
 from harness.monitor import (
     EVIDENCE_WINDOW_S,
     ConsoleMonitor,
+    MachineExit,
     Verdict,
     qemu_failure,
     triage,
@@ -175,13 +176,54 @@ def test_silence_and_qemu_exit_are_recorded_once():
     monitor.feed(b"(XEN) Xen version 4.17.7\n")
     hang = monitor.hang("no console output for 60 s")
     assert (hang.verdict, hang.stage, hang.signature) == (Verdict.HUNG, "xen-banner", "silence")
-    assert monitor.exited(0) is hang  # the first verdict stands
+    assert monitor.exited(MachineExit(0)) is hang  # the first verdict stands
 
 
-def test_qemu_exit_without_output():
-    failure = ConsoleMonitor().exited(0)
-    assert (failure.verdict, failure.stage, failure.signature) == (Verdict.CRASHED, "power-on", "qemu-exit")
+def test_an_exit_nobody_asked_for_is_the_labs():
+    failure = ConsoleMonitor().exited(MachineExit(0))
+    assert (failure.verdict, failure.stage, failure.signature) == (Verdict.INFRASTRUCTURE, "power-on", "machine-exit")
     assert "without any console output" in failure.description
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n(XEN) *** LOADING DOMAIN 0 ***\n")
+    failure = monitor.exited(MachineExit(0))
+    assert (failure.verdict, failure.stage, failure.signature) == (
+        Verdict.INFRASTRUCTURE, "dom0-loading", "machine-exit"), failure.message()
+    assert "without the guests or Xen asking it to stop" in failure.description
+
+
+@pytest.mark.parametrize(("end", "named"), [
+    (MachineExit(-9), "SIGKILL (signal 9)"),  # kill -9, the OOM killer
+    (MachineExit(0, "qemu-system-aarch64: terminating on signal 15 from pid 4242 (pytest)\n"), "SIGTERM (signal 15)"),
+    (MachineExit(0, "qemu-system-aarch64: terminating on signal 2\n"), "SIGINT (signal 2)"),  # a stray Ctrl-C
+    (MachineExit(0, "", "host-signal"), "a signal"),
+])
+def test_a_machine_killed_by_a_signal_is_the_labs_fault_and_names_it(end, named):
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n")
+    failure = monitor.exited(end)
+    assert (failure.verdict, failure.signature) == (Verdict.INFRASTRUCTURE, "machine-killed"), failure.message()
+    assert named in failure.description
+
+
+@pytest.mark.parametrize("console", [
+    b"(XEN) Hardware Dom0 halted: halting machine\n",
+    b"[   2.1] reboot: Power down\n(XEN) Hardware Dom0 halted: halting machine\n",
+    b"(XEN) Manual reset required ('noreboot' specified)\n",
+])
+def test_a_stop_the_guest_or_xen_asked_for_is_theirs(console):
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n" + console)
+    failure = monitor.exited(MachineExit(0))
+    assert (failure.verdict, failure.signature) == (Verdict.CRASHED, "guest-stop"), failure.message()
+    assert failure.line is not None and failure.line.text in console.decode()
+
+
+def test_qemus_own_shutdown_report_says_the_guest_asked():
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7\n")
+    failure = monitor.exited(MachineExit(0, "", "guest-shutdown"))
+    assert (failure.verdict, failure.signature) == (Verdict.CRASHED, "guest-stop"), failure.message()
+    assert "guest-shutdown" in failure.detail
 
 
 @pytest.mark.parametrize(("stderr", "signature"), [
@@ -246,9 +288,10 @@ def test_prompt_of_a_focused_domu_on_a_partial_line():
 def test_a_qemu_warning_does_not_turn_a_guest_crash_into_a_lab_failure():
     monitor = ConsoleMonitor()
     monitor.feed(b"(XEN) Xen version 4.17.7\n")
-    failure = monitor.exited(0, "qemu-system-aarch64: warning: host doesn't support requested feature\n")
-    assert (failure.verdict, failure.signature) == (Verdict.CRASHED, "qemu-exit")
-    silent = ConsoleMonitor().exited(1, "qemu-system-aarch64: warning: something\n")  # nothing ever printed
+    monitor.feed(b"(XEN) Hardware Dom0 halted: halting machine\n")
+    failure = monitor.exited(MachineExit(0, "qemu-system-aarch64: warning: host doesn't support requested feature\n"))
+    assert (failure.verdict, failure.signature) == (Verdict.CRASHED, "guest-stop")
+    silent = ConsoleMonitor().exited(MachineExit(1, "qemu-system-aarch64: warning: something\n"))  # nothing printed
     assert silent.verdict is Verdict.INFRASTRUCTURE
 
 

@@ -50,7 +50,7 @@ def test_misspelt_target_lists_names_and_suggests():
 def test_unlike_name_gets_no_suggestion(directory):
     with pytest.raises(UsageError) as info:
         targets.target_path("zzz", directory)
-    assert str(info.value) == "unknown target 'zzz': choose one of board-a, board-b."
+    assert str(info.value) == "unknown target 'zzz': choose one of board-a, board-b, or give a YAML file's path."
 
 
 def test_target_names_are_the_yaml_files(directory):
@@ -72,7 +72,8 @@ def test_expand_empty_and_unknown(directory):
             targets.expand(spec, directory)
     with pytest.raises(UsageError) as info:
         targets.expand("board-a,bord-b", directory)
-    assert str(info.value) == "unknown target 'bord-b': choose one of board-a, board-b. Did you mean 'board-b'?"
+    assert str(info.value) == ("unknown target 'bord-b': choose one of board-a, board-b, or give a YAML file's path. "
+                               "Did you mean 'board-b'?")
 
 
 def test_load_spec_of_qemu_virt():
@@ -163,3 +164,13 @@ def test_bad_deadlines_are_refused_when_the_target_loads(directory, deadlines):
     with pytest.raises(UsageError) as info:
         targets.load_spec("slow", directory)
     one_line(str(info.value))
+
+
+def test_a_target_given_as_a_file_is_named_after_it(tmp_path):
+    board = tmp_path / "lab-board.yaml"
+    board.write_text(yaml.safe_dump(REAL))
+    assert targets.expand(str(board)) == [str(board)]
+    spec = targets.load_spec(str(board))
+    assert (spec.name, spec.path) == ("lab-board", board)
+    with pytest.raises(UsageError, match=r"target file \S+/nope.yaml does not exist"):
+        targets.load_spec(str(tmp_path / "nope.yaml"))

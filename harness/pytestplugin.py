@@ -1,0 +1,267 @@
+"""The harness's pytest plugin: `--target NAME[,NAME…]|all|FILE.yaml`, one boot per target per session.
+
+Loaded by the project's conftest.py (`pytest_plugins`), the way labgrid's own plugin is loaded by
+its entry point. What it promises, and how it keeps each promise:
+
+- Tests never branch on a target's name: a test that needs a capability is marked
+  `@pytest.mark.requires("extended-regions")` and is deselected (not skipped) where it is missing.
+- A target boots once per session for all the tests that share its boot (`booted`). The items of a
+  target are kept together (the ones that share its boot first), and under xdist the plugin's own
+  scheduler gives each target's tests to one worker. A claim file in the target's artifacts makes a
+  second boot an error instead of a silent overwrite of the first one's logs.
+- A boot the lab could not run, or a build that cannot be booted, is one pytest *error*; the other
+  tests of that target are reported as blocked by it (skipped, naming the error), not as N errors.
+- Every test of a boot carries the boot's facts into junit (target, Xen, kernel, verdict, stage,
+  signature, artifacts); the session's artifacts directory is a junit suite property.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from . import artifacts, targets
+from .boot import BootSession
+from .errors import HarnessError
+from .lab.qemu import die_with_parent
+from .monitor import BootFailure, Verdict
+from .targets import TargetSpec
+
+TARGETS = pytest.StashKey[dict[str, TargetSpec]]()  # target name -> spec, in --target order
+ARTIFACTS = pytest.StashKey[Path]()  # the session's artifacts directory
+RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose machine still runs
+BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
+
+SHARED_BOOT = "booted"  # the fixture whose tests share one boot of their target
+CLAIM = ".booted-by"  # in a target's artifacts: who booted it in this session
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "Xen on Arm boot harness")
+    group.addoption("--target", default=None,
+                    help="target(s): names from targets/, comma-separated, 'all', or a YAML file's path "
+                         "(default: --lg-env's file, else $HARNESS_TARGET, else qemu-virt)")
+    group.addoption("--xen", type=Path, help="boot this Xen image instead of the pinned Debian one")
+    group.addoption("--kernel", type=Path, help="boot this dom0 kernel instead of the pinned Debian one")
+    group.addoption("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
+    group.addoption("--artifacts", type=Path,
+                    help="root of the session's artifacts (default: $HARNESS_ARTIFACTS, else ./artifacts)")
+
+
+def chosen_targets(config: pytest.Config) -> str:
+    """--target, else labgrid's own --lg-env (or $LG_ENV), else $HARNESS_TARGET, else qemu-virt."""
+    target = config.getoption("target")
+    lg_env = config.getoption("lg_env", default=None)
+    if target and lg_env and target != lg_env:
+        raise pytest.UsageError(f"--target {target} and --lg-env {lg_env} both name targets: give one of them.")
+    return target or lg_env or os.environ.get("LG_ENV") or os.environ.get("HARNESS_TARGET") or "qemu-virt"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        # An xdist worker dies with its controller, and its QEMU with it (parent-death signals chain).
+        die_with_parent()
+    config.addinivalue_line("markers", "boot: boots a real target (QEMU or board); runs once per --target")
+    config.addinivalue_line("markers", "requires(capability): run only on targets that have this capability")
+    try:
+        specs = [targets.load_spec(name) for name in targets.expand(chosen_targets(config))]
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[TARGETS] = {spec.name: spec for spec in specs}
+    config.stash[RUNNING] = {}
+    config.stash[BLOCKED] = {}
+    if artifacts.SESSION_ENV not in os.environ:  # the controller (or a run without xdist): its workers inherit it
+        root = (config.getoption("artifacts") or artifacts.default_root()).resolve()
+        os.environ[artifacts.SESSION_ENV] = str(artifacts.run_dir_name(root, "pytest"))  # made by the first boot
+    config.stash[ARTIFACTS] = Path(os.environ[artifacts.SESSION_ENV])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The session's artifacts directory as a junit suite property (the process writing junit has it)."""
+    from _pytest.junitxml import xml_key
+
+    if (xml := session.config.stash.get(xml_key, None)) is not None:
+        xml.add_global_property("harness_artifacts", str(session.config.stash[ARTIFACTS]))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"harness targets: {', '.join(config.stash[TARGETS])}",
+        f"harness artifacts: {config.stash[ARTIFACTS]}",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.stash[ARTIFACTS].exists():
+        terminalreporter.write_line(f"harness artifacts (console logs, DTBs, result.json): {config.stash[ARTIFACTS]}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target_name" in metafunc.fixturenames:
+        names = list(metafunc.config.stash[TARGETS])
+        metafunc.parametrize("target_name", names, ids=names, scope="session")
+
+
+def target_of(item: pytest.Item | None) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("target_name") if callspec is not None else None
+
+
+def shares_boot(item: pytest.Item | None) -> bool:
+    return item is not None and SHARED_BOOT in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own fixture-based reordering, which would undo this
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect what a target cannot run; then each target's tests together, the shared boot's first."""
+    specs = config.stash[TARGETS]
+    order = {name: i for i, name in enumerate(specs)}
+    keep, drop = [], []
+    for item in items:
+        name = target_of(item)
+        needs = [m.args[0] for m in item.iter_markers("requires")]
+        (drop if name is not None and not all(specs[name].can(n) for n in needs) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    per_target = sorted((i for i in keep if target_of(i) is not None),
+                        key=lambda i: (order[target_of(i)], not shares_boot(i)))
+    items[:] = per_target + [i for i in keep if target_of(i) is None]
+
+
+def target_scope(nodeid: str, names: list[str]) -> str | None:
+    """The target a test id belongs to: one of `names` among the '-'-joined parameter ids in its brackets."""
+    _, bracket, params = nodeid.partition("[")
+    if not bracket:
+        return None
+    joined = f"-{params.rstrip(']')}-"
+    return next((name for name in sorted(names, key=len, reverse=True) if f"-{name}-" in joined), None)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Each target's tests on one worker (one boot each); every other test wherever there is room."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    names = list(config.stash[TARGETS])
+
+    class TargetScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return target_scope(nodeid, names) or nodeid
+
+    return TargetScheduling(config, log)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session_artifacts(pytestconfig: pytest.Config) -> Path:
+    try:
+        return artifacts.writable_dir(pytestconfig.stash[ARTIFACTS])
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def overrides(pytestconfig: pytest.Config) -> dict[str, Path | None]:
+    return {name: pytestconfig.getoption(name) for name in ("xen", "kernel", "initrd")}
+
+
+@pytest.fixture(scope="session")
+def target_spec(pytestconfig: pytest.Config, target_name: str) -> TargetSpec:
+    return pytestconfig.stash[TARGETS][target_name]
+
+
+def claim_boot(directory: Path) -> None:
+    """Record that this process boots the target whose artifacts are `directory`; a second claim in the
+    same session (its tests split over workers, or torn apart by reordering) is an error, not a reboot."""
+    directory.mkdir(parents=True, exist_ok=True)
+    me = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} (pid {os.getpid()})"
+    try:
+        fd = os.open(directory / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        first = (directory / CLAIM).read_text().strip()
+        raise HarnessError(
+            f"{directory.name} was already booted in this session by {first}, and {me} was about to boot it "
+            "again over the same artifacts: its tests must run together, on one worker (a harness bug)."
+        ) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(me + "\n")
+
+
+@pytest.fixture(scope="session")
+def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifacts: Path, overrides):
+    """The target booted, every guest probed and checked, once for all the tests that ask.
+
+    A boot that crashes or hangs is recorded, not raised: test_boot reports it as a failure with its
+    evidence, and the other tests fail pointing at it. A lab failure (QEMU missing, download failed,
+    the machine killed) or a build that cannot be booted is one error; the target's other tests are
+    reported as blocked by it.
+    """
+    name = target_spec.name
+    directory = session_artifacts / name
+    try:
+        claim_boot(directory)
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    session = BootSession(target_spec, directory, overrides)
+    running = pytestconfig.stash[RUNNING]
+    running[name] = session
+    try:
+        session.boot()
+        session.check()
+    except (BootFailure, HarnessError):
+        pass  # recorded in session.result
+    verdict = session.result.decide()
+    if verdict in (Verdict.INFRASTRUCTURE, Verdict.UNTESTABLE):
+        result = session.close()
+        running.pop(name, None)
+        why = result.error or (result.failure.message() if result.failure else "")
+        words = "untestable build" if verdict is Verdict.UNTESTABLE else "infrastructure error"
+        pytestconfig.stash[BLOCKED][name] = f"{words}: {why}"
+        pytest.fail(f"{name}: {words}: {why}", pytrace=False)
+    yield session
+    running.pop(name, None)
+    session.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test whose target's shared boot already ended in a lab error is blocked by it, not another error."""
+    name = target_of(item)
+    if shares_boot(item) and (why := item.config.stash[BLOCKED].get(name)):
+        pytest.skip(f"blocked: {name} could not be booted ({why.splitlines()[0]})")
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Power a booted target off after the last test that shares its boot, so an idle machine does not
+    slow the boots that follow (the collection order keeps those tests together)."""
+    name = target_of(item)
+    running = item.config.stash[RUNNING]
+    if name in running and not (target_of(nextitem) == name and shares_boot(nextitem)):
+        running.pop(name).close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Every test of a boot carries the boot's facts into junit (also from xdist workers)."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "setup" or not shares_boot(item):
+        return
+    session = item.config.stash[RUNNING].get(target_of(item))
+    if session is None:
+        return
+    result = session.result
+    facts = {
+        "target": result.target,
+        "xen": result.claims.release if result.claims else None,
+        "kernel": next((v.uname for v in result.views.values() if v.uname), None),
+        "verdict": str(result.decide()),
+        "stage": result.failure.stage if result.failure else None,
+        "signature": result.failure.signature if result.failure else None,
+        "artifacts": str(result.artifacts),
+    }
+    report.user_properties += [(f"harness:{k}", v) for k, v in facts.items() if v]

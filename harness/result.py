@@ -1,0 +1,114 @@
+"""The record of one boot, `BootResult`, and result.json: its schema version and every field, here.
+
+Each stage of a boot adds to the record (images, milestones, Xen's claims, what each guest saw,
+findings); a failure or a lab error is recorded once, through `record_failure` / `record_error`, and
+the verdict is decided from them at the end. `FIELDS` documents result.json; a unit test keeps it
+and `to_dict` in step.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import data
+from .errors import HarnessError, UnusableInput
+from .findings import Finding, failures
+from .images import Artifact
+from .monitor import Failure, Verdict
+
+SCHEMA_VERSION = 2  # bump when a field changes meaning or goes away; adding one is compatible
+
+FIELDS: dict[str, str] = {
+    "schema": f"this document's schema version ({SCHEMA_VERSION})",
+    "harness": "the harness that ran the boot: {version, commit}",
+    "target": "the target's name (a file in targets/, or the stem of the YAML given as --target)",
+    "host": "the machine that ran the boot (its host name)",
+    "started": "UTC time the boot started, ISO 8601",
+    "verdict": "passed | failed | crashed | hung | infrastructure-error | untestable (the build cannot be booted)",
+    "artifacts": "the directory holding this file, console.log, the DTBs and tables",
+    "images": "each file booted: {name: {name, path, sha256, origin}}; origin is 'debian PACKAGE VERSION', "
+              "'user' or 'built …'",
+    "lab": "what ran the machine: {qemu: QEMU's version line} (empty for a board without QEMU)",
+    "cmdlines": "the command lines booted: {xen: Xen's, dom0: dom0's, <domU name>: each domU's}",
+    "milestones": "{milestone key: seconds since power-on}; guest milestones are '<domN>:<key>'",
+    "xen": "what Xen's console claimed: {version, release, boot, grant, event_ppi, extended: {dN: [regions]}}",
+    "guests": "what each guest saw: {name: {kernel, hypervisor_type, hypervisor_version, event_irq: {irq, hwirq, "
+              "chip, type, count, count_later}, probe_seconds}}",
+    "findings": "every check's findings: [{rule, severity, where, expected, found, note}]",
+    "failure": "why the boot did not pass, when it did not: {verdict, stage, signature, description, detail, "
+               "evidence: [console lines], first_sign, decided} (seconds since power-on)",
+    "error": "a lab or input problem that stopped the boot, as one sentence ('' when none)",
+    "timings": "wall seconds of the harness's steps: {boot, probe}",
+}
+
+
+@dataclass
+class BootResult:
+    target: str
+    artifacts: Path
+    started: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    verdict: Verdict | None = None
+    images: dict[str, Artifact] = field(default_factory=dict)
+    lab: dict[str, str] = field(default_factory=dict)
+    cmdlines: dict[str, str] = field(default_factory=dict)
+    milestones: dict[str, float] = field(default_factory=dict)  # key -> seconds since power-on
+    claims: Any = None  # xenlog.XenClaims
+    views: dict[str, Any] = field(default_factory=dict)  # guest name -> guest.GuestView
+    findings: list[Finding] = field(default_factory=list)
+    failure: Failure | None = None
+    error: str = ""  # a lab or input problem, as one sentence
+    error_verdict: Verdict = Verdict.INFRASTRUCTURE  # what `error` makes of the boot
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record_failure(self, failure: Failure) -> Failure:
+        """The boot's failure: the first one recorded is the one that counts (what followed is its consequence)."""
+        if self.failure is None:
+            self.failure = failure
+        return self.failure
+
+    def record_error(self, exc: HarnessError | str, untestable: bool = False) -> None:
+        """A problem that is not the guests' doing: the lab's, or a build that cannot be booted at all."""
+        if not self.error:
+            self.error = str(exc)
+            untestable = untestable or isinstance(exc, UnusableInput)
+            self.error_verdict = Verdict.UNTESTABLE if untestable else Verdict.INFRASTRUCTURE
+
+    def decide(self) -> Verdict:
+        if self.error:
+            self.verdict = self.error_verdict
+        elif self.failure:
+            self.verdict = self.failure.verdict
+        else:
+            self.verdict = Verdict.FAILED if failures(self.findings) else Verdict.PASSED
+        return self.verdict
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "harness": {"version": data.version(), "commit": data.commit()},
+            "target": self.target,
+            "host": platform.node(),
+            "started": self.started,
+            "verdict": str(self.verdict) if self.verdict else None,
+            "artifacts": str(self.artifacts),
+            "images": {name: a.to_dict() for name, a in self.images.items()},
+            "lab": self.lab,
+            "cmdlines": self.cmdlines,
+            "milestones": self.milestones,
+            "xen": self.claims.to_dict() if self.claims else None,
+            "guests": {name: v.summary() for name, v in self.views.items()},
+            "findings": [f.to_dict() for f in self.findings],
+            "failure": self.failure.to_dict() if self.failure else None,
+            "error": self.error,
+            "timings": self.timings,
+        }
+
+    def write(self) -> Path:
+        path = self.artifacts / "result.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path

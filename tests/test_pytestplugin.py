@@ -1,0 +1,132 @@
+"""The pytest plugin's promises, in real pytest sessions of their own: each target boots once per session
+(its tests together, on one xdist worker), with `-n 2`, `-n 0` and `-p no:xdist`; a second boot of a target
+is an error; `--lg-env` and a target given as a file are honoured.
+
+The sessions run a small test module against the real plugin and its real boot guard (`claim_boot`);
+only the boot itself is replaced (by a conftest fixture), so that they take seconds, not boots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from harness import targets
+from harness.artifacts import SESSION_ENV
+from harness.errors import HarnessError
+from harness.pytestplugin import claim_boot, target_scope
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFTEST = '''
+import os, pytest
+from harness.pytestplugin import claim_boot
+
+pytest_plugins = ("harness.pytestplugin",)
+
+@pytest.fixture(scope="session")
+def booted(target_spec, session_artifacts):
+    claim_boot(session_artifacts / target_spec.name)  # the real guard: a second boot of a target fails here
+    yield target_spec.name
+'''
+
+TESTS = '''
+import json, os, pytest
+
+def record(kind, target):
+    with open(os.environ["RECORD"], "a") as f:
+        f.write(json.dumps({"kind": kind, "target": target,
+                            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}) + "\\n")
+
+@pytest.mark.parametrize("n", range(8))
+def test_shares_the_boot(booted, n):
+    record("shared", booted)
+
+@pytest.mark.parametrize("n", range(3))
+def test_boots_on_its_own(target_name, n):
+    record("own", target_name)
+
+@pytest.mark.parametrize("n", range(12))
+def test_needs_no_target(n):
+    record("free", None)
+
+@pytest.mark.parametrize("m", range(4))
+def test_shares_again_later_in_the_module(booted, m):
+    record("shared", booted)
+'''
+
+THREE = "qemu-virt,qemu-virt-gicv2,qemu-a15"
+
+
+def session(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "conftest.py").write_text(CONFTEST)
+    (project / "test_spread.py").write_text(TESTS)
+    record = tmp_path / "record.jsonl"
+    record.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in (SESSION_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")}
+    env |= {"RECORD": str(record), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--artifacts={tmp_path / 'artifacts'}",
+         *args], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )
+    rows = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return run, rows
+
+
+def workers_per_target(rows: list[dict]) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["target"]:
+            seen[row["target"]].add(row["worker"])
+    return seen
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-n", "0"], ["-p", "no:xdist"]], ids=["n2", "n0", "no-xdist"])
+def test_each_target_boots_once_and_its_tests_stay_on_one_worker(mode: list[str], tmp_path: Path) -> None:
+    run, rows = session(tmp_path, *mode, f"--target={THREE}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(rows) == 3 * (8 + 3 + 4) + 12, f"expected every test to run once, found {len(rows)} records"
+    spread = workers_per_target(rows)
+    assert set(spread) == set(THREE.split(","))
+    assert all(len(w) == 1 for w in spread.values()), f"a target's tests ran on several workers: {spread}"
+    claims = sorted(p.parent.name for p in (tmp_path / "artifacts").glob("*/*/.booted-by"))
+    assert claims == sorted(THREE.split(",")), f"expected one boot per target, found claims {claims}"
+    if mode == ["-n", "2"]:
+        assert len({w for ws in spread.values() for w in ws}) == 2, f"expected both workers used: {spread}"
+
+
+def test_a_second_boot_of_a_target_is_an_error_not_a_silent_reboot(tmp_path: Path) -> None:
+    claim_boot(tmp_path / "qemu-virt")
+    with pytest.raises(HarnessError, match=r"qemu-virt was already booted in this session by main"):
+        claim_boot(tmp_path / "qemu-virt")
+
+
+def test_target_of_a_test_id() -> None:
+    names = ["qemu-virt", "qemu-virt-gicv2", "qemu-virt-acpi", "qemu-a15"]
+    assert target_scope("tests/test_dom0.py::test_boot[qemu-virt-gicv2]", names) == "qemu-virt-gicv2"
+    assert target_scope("tests/test_dom0.py::test_boot[qemu-virt]", names) == "qemu-virt"
+    assert target_scope("tests/test_faults.py::test_fault_is_classified[qemu-virt-acpi-wrong-dtuart]", names) \
+        == "qemu-virt-acpi"
+    assert target_scope("tests/test_faults.py::test_fault_is_classified[missing-kernel-qemu-a15]", names) == "qemu-a15"
+    assert target_scope("tests/unit/test_monitor.py::test_x[1]", names) is None
+    assert target_scope("tests/unit/test_monitor.py::test_y", names) is None
+
+
+def test_lg_env_and_a_target_file_are_honoured(tmp_path: Path) -> None:
+    board = tmp_path / "my-board.yaml"
+    board.write_text((targets.TARGETS_DIR / "qemu-virt.yaml").read_text())
+    run, rows = session(tmp_path, "-n", "0", f"--lg-env={board}", "-k", "shares_the_boot")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert {r["target"] for r in rows} == {"my-board"}, rows
+    run, rows = session(tmp_path, "-n", "0", f"--target={board}", "-k", "shares_the_boot")
+    assert run.returncode == 0 and {r["target"] for r in rows} == {"my-board"}, run.stdout[-3000:]
+    run, _ = session(tmp_path, "-n", "0", f"--lg-env={board}", "--target=qemu-virt")
+    assert run.returncode == 4 and "give one of them" in run.stderr, run.stdout + run.stderr
