@@ -135,6 +135,7 @@ class BootSession:
         if tweaks.edit_qemu_args:
             qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
         qemu.stderr_path = self.artifacts / "qemu.stderr"
+        self.result.cmdlines = {"xen": qemu.boot_args or "", **{g.name: g.cmdline for g in self.spec.guests}}
         if self.spec.boot == "qemu-loader":
             self._plan_loader(qemu)
         elif self.spec.boot == "qemu-uefi":
@@ -262,6 +263,8 @@ class BootSession:
             return self.result
         self.closed = True
         monitor = self.strategy.monitor if self.strategy else None
+        if self.strategy is not None and getattr(self.strategy.power, "version_line", ""):
+            self.result.lab["qemu"] = self.strategy.power.version_line
         if monitor is not None and monitor.failure is not None:
             self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
         try:

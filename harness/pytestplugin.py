@@ -27,6 +27,7 @@ from .boot import BootSession
 from .errors import HarnessError
 from .lab.qemu import die_with_parent
 from .monitor import BootFailure, Verdict
+from .result import BootResult
 from .targets import TargetSpec
 
 TARGETS = pytest.StashKey[dict[str, TargetSpec]]()  # target name -> spec, in --target order
@@ -244,24 +245,26 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         running.pop(name).close()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call):
-    """Every test of a boot carries the boot's facts into junit (also from xdist workers)."""
-    outcome = yield
-    report = outcome.get_result()
-    if call.when != "setup" or not shares_boot(item):
-        return
-    session = item.config.stash[RUNNING].get(target_of(item))
-    if session is None:
-        return
-    result = session.result
-    facts = {
+def pytest_runtest_makereport(item: pytest.Item, call) -> None:
+    """Every test of a boot carries the boot's facts into junit (its reports carry them from xdist workers)."""
+    if call.when == "setup" and shares_boot(item) and (session := item.config.stash[RUNNING].get(target_of(item))):
+        item.user_properties += [(f"harness:{k}", v) for k, v in boot_facts(session.result).items() if v]
+
+
+# Who a boot's verdict blames: the build (a failure), the lab (an error), or nobody.
+VERDICT_CLASS = {Verdict.PASSED: "passed", Verdict.INFRASTRUCTURE: "lab", Verdict.UNTESTABLE: "untestable-build"}
+
+
+def boot_facts(result: BootResult) -> dict[str, str | None]:
+    """What junit says of a boot: target, versions, verdict and its class, stage, signature, artifacts."""
+    verdict = result.decide()
+    return {
         "target": result.target,
         "xen": result.claims.release if result.claims else None,
         "kernel": next((v.uname for v in result.views.values() if v.uname), None),
-        "verdict": str(result.decide()),
+        "verdict": str(verdict),
+        "class": VERDICT_CLASS.get(verdict, "build"),
         "stage": result.failure.stage if result.failure else None,
         "signature": result.failure.signature if result.failure else None,
         "artifacts": str(result.artifacts),
     }
-    report.user_properties += [(f"harness:{k}", v) for k, v in facts.items() if v]

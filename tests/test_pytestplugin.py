@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -25,14 +26,17 @@ from harness.pytestplugin import claim_boot, target_scope
 ROOT = Path(__file__).resolve().parent.parent
 
 CONFTEST = '''
-import os, pytest
-from harness.pytestplugin import claim_boot
+import types, pytest
+from harness.pytestplugin import RUNNING, claim_boot
+from harness.result import BootResult
 
 pytest_plugins = ("harness.pytestplugin",)
 
 @pytest.fixture(scope="session")
-def booted(target_spec, session_artifacts):
+def booted(pytestconfig, target_spec, session_artifacts):
     claim_boot(session_artifacts / target_spec.name)  # the real guard: a second boot of a target fails here
+    result = BootResult(target_spec.name, session_artifacts / target_spec.name)  # a boot that passed
+    pytestconfig.stash[RUNNING][target_spec.name] = types.SimpleNamespace(result=result, close=lambda: None)
     yield target_spec.name
 '''
 
@@ -101,6 +105,23 @@ def test_each_target_boots_once_and_its_tests_stay_on_one_worker(mode: list[str]
     assert claims == sorted(THREE.split(",")), f"expected one boot per target, found claims {claims}"
     if mode == ["-n", "2"]:
         assert len({w for ws in spread.values() for w in ws}) == 2, f"expected both workers used: {spread}"
+
+
+def test_junit_carries_each_boots_facts_and_the_sessions_artifacts_from_xdist_workers(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    run, _ = session(tmp_path, "-n", "2", f"--target={THREE}", f"--junitxml={junit}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    suite_props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert suite_props["harness_artifacts"].startswith(str(tmp_path / "artifacts")), suite_props
+    for case in suite.iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if "shares" in case.get("name"):
+            target = case.get("name").split("[")[1].rsplit("-", 1)[0]
+            assert (props.get("harness:target"), props.get("harness:verdict"), props.get("harness:class")) == (
+                target, "passed", "passed"), props
+        else:
+            assert not props, f"{case.get('name')} shares no boot, yet carries {props}"
 
 
 def test_a_second_boot_of_a_target_is_an_error_not_a_silent_reboot(tmp_path: Path) -> None:

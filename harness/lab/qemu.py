@@ -99,6 +99,7 @@ class XenQEMUDriver(QEMUDriver):
         self.loader_args: list[str] = []  # -device loader,… for Xen's boot modules, set by the boot plan
         self.listeners: list[Callable[[bytes], None]] = []  # every console byte read goes to each
         self.stderr_path: Path | None = None  # where QEMU's stderr goes; a temp file when unset
+        self.version_line = ""  # "qemu-system-aarch64 7.2.19", once QEMU has been asked
         self.exit_status: int | None = None
         self.shutdown_reason: str | None = None  # QEMU's own SHUTDOWN event on QMP, read when it exits
         self._stderr = None
@@ -107,6 +108,12 @@ class XenQEMUDriver(QEMUDriver):
         self.abort: Callable[[], bool] | None = None  # true once the boot has failed: reads get EOF
 
     # --- command line -----------------------------------------------------------------------
+
+    def get_qemu_version(self, qemu_bin):
+        """labgrid's, keeping QEMU's own version line for the result record."""
+        version = super().get_qemu_version(qemu_bin)
+        self.version_line = f"{Path(qemu_bin).name} {'.'.join(map(str, version))}"
+        return version
 
     def machine_args(self) -> list[str]:
         """The QEMU options that define the machine (what its device tree depends on)."""
