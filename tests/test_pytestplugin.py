@@ -151,3 +151,17 @@ def test_lg_env_and_a_target_file_are_honoured(tmp_path: Path) -> None:
     assert run.returncode == 0 and {r["target"] for r in rows} == {"my-board"}, run.stdout[-3000:]
     run, _ = session(tmp_path, "-n", "0", f"--lg-env={board}", "--target=qemu-virt")
     assert run.returncode == 4 and "give one of them" in run.stderr, run.stdout + run.stderr
+
+
+def test_an_untestable_build_is_one_error_and_blocks_the_targets_other_tests(tmp_path: Path) -> None:
+    """The real plugin and boot: --xen names no file, so nothing boots (git bisect's 'skip this commit')."""
+    env = {k: v for k, v in os.environ.items() if k not in (SESSION_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-n", "0", "--target=qemu-virt",
+         f"--xen={tmp_path / 'no-such-xen'}", f"--artifacts={tmp_path}", "tests/test_dom0.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    summary = run.stdout.strip().splitlines()[-1]
+    assert "1 error" in summary and "skipped" in summary and "passed" not in summary, run.stdout[-3000:]
+    assert "qemu-virt: untestable build: --xen" in run.stdout, run.stdout[-3000:]
+    assert "blocked: qemu-virt could not be booted (untestable build" in run.stdout, run.stdout[-3000:]
