@@ -4,11 +4,14 @@
 exact version, URL and SHA256 (of the .deb and of the file taken out of it). Fetching uses apt's
 own downloader (`apt-helper download-file`, which honours the host's apt proxy settings and checks
 the hash) and never touches the host's apt state; locking resolves versions in a private apt state
-under the cache. A user's own build (`--xen PATH` …) replaces any artifact.
+under the cache. The .debs, the files taken out of them and the source packages' files are cache
+entries (harness/cache.py) named by the lock's SHA256 and verified against it on every use. A
+user's own build (`--xen PATH` …) replaces any artifact.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import logging
@@ -146,13 +149,9 @@ class Images:
         return result
 
     def fetch(self, entry: LockedArtifact) -> Path:
-        """The verified file `entry` names, downloading and extracting it when the cache lacks it."""
-        target = self.cache.dir("files") / f"{entry.file_sha256[:16]}-{Path(entry.file).name}"
-        if self.cache.verified(target, entry.file_sha256):
-            return target
-        with self.cache.locked():
-            if self.cache.verified(target, entry.file_sha256):  # another worker did it meanwhile
-                return target
+        """The verified file `entry` names, extracted from its verified .deb when the cache lacks it."""
+
+        def extract_file(_: Path) -> bytes:
             deb = self.fetch_deb(entry)
             member, data = extract(deb, entry.file)
             if (found := sha256_bytes(data)) != entry.file_sha256:
@@ -160,26 +159,32 @@ class Images:
                     f"{member} in {deb.name} has SHA256 {found}, the lock says {entry.file_sha256}: "
                     f"the lock and the package disagree; run `{RELOCK_COMMAND}`."
                 )
-            return self.cache.store(target, data)
+            return data
+
+        name = f"{entry.file_sha256[:16]}-{Path(entry.file).name}"
+        return self.cache.entry("files", name, extract_file, sha256=entry.file_sha256).path
 
     def fetch_deb(self, entry: LockedArtifact) -> Path:
-        deb = self.cache.dir("debs") / f"{entry.deb_sha256[:16]}-{entry.package}.deb"
-        if self.cache.verified(deb, entry.deb_sha256):
-            return deb
-        log.info("fetching %s %s (%.1f MB)", entry.package, entry.version, entry.deb_size / 1e6)
-        download(entry.url, deb, entry.deb_sha256, what=f"{entry.package} {entry.version}")
-        return deb
+        """The verified .deb `entry` pins, downloaded when the cache lacks it."""
+
+        def download_deb(path: Path) -> None:
+            log.info("fetching %s %s (%.1f MB)", entry.package, entry.version, entry.deb_size / 1e6)
+            download(entry.url, path, entry.deb_sha256, what=f"{entry.package} {entry.version}")
+
+        name = f"{entry.deb_sha256[:16]}-{entry.package}.deb"
+        return self.cache.entry("debs", name, download_deb, sha256=entry.deb_sha256, size=entry.deb_size).path
 
     def fetch_source(self, source: LockedSource) -> list[Path]:
         """The verified files of a pinned source package, downloading those the cache lacks."""
-        paths = [self.cache.dir("sources") / f"{f.sha256[:16]}-{f.name}" for f in source.files]
-        if all(self.cache.verified(p, f.sha256) for p, f in zip(paths, source.files, strict=True)):
-            return paths
-        with self.cache.locked():
-            for path, f in zip(paths, source.files, strict=True):
-                if not self.cache.verified(path, f.sha256):  # another worker may have fetched it meanwhile
-                    log.info("fetching %s (%.1f MB)", f.name, f.size / 1e6)
-                    download(f.url, path, f.sha256, what=f"source {f.name}")
+        paths = []
+        for f in source.files:
+
+            def download_file(path: Path, f: LockedSourceFile = f) -> None:
+                log.info("fetching %s (%.1f MB)", f.name, f.size / 1e6)
+                download(f.url, path, f.sha256, what=f"source {f.name}")
+
+            name = f"{f.sha256[:16]}-{f.name}"
+            paths.append(self.cache.entry("sources", name, download_file, sha256=f.sha256, size=f.size).path)
         return paths
 
     # --- pinning ----------------------------------------------------------------------------
@@ -248,9 +253,8 @@ def user_artifact(name: str, path: Path) -> Artifact:
 
 
 def download(url: str, dest: Path, sha256: str, what: str) -> None:
-    """Download through apt (its proxy settings, its hash check) into `dest` atomically."""
-    partial = dest.with_name(f".partial-{dest.name}")
-    cmd = [APT_HELPER, *apt_sandbox_options(), "download-file", url, str(partial), f"SHA256:{sha256}"]
+    """Download through apt (its proxy settings, its hash check) into `dest`, a cache entry being built."""
+    cmd = [APT_HELPER, *apt_sandbox_options(), "download-file", url, str(dest), f"SHA256:{sha256}"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except FileNotFoundError as exc:
@@ -258,22 +262,25 @@ def download(url: str, dest: Path, sha256: str, what: str) -> None:
     except subprocess.TimeoutExpired as exc:
         raise InfrastructureError(f"downloading {what} from {url} took over 15 minutes: check the network.") from exc
     output = proc.stdout + proc.stderr
-    if proc.returncode != 0 or "E: " in output or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        partial.with_name(f"{partial.name}.FAILED").unlink(missing_ok=True)  # apt keeps refused bytes there
-        if re.search(r"\b404\b", output):
-            raise StaleLock(
-                f"{what} is no longer in the Debian archive ({url} answers 404): "
-                f"run `{RELOCK_COMMAND}` to pin the current version."
-            )
-        if "Hash Sum mismatch" in output or "Filesize" in output:
-            raise InfrastructureError(
-                f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
-                "the mirror or a proxy served other bytes; retry, or check the mirror."
-            )
-        reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
-        raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
-    os.replace(partial, dest)
+    if proc.returncode == 0 and "E: " not in output and dest.is_file():
+        return
+    dest.unlink(missing_ok=True)
+    dest.with_name(f"{dest.name}.FAILED").unlink(missing_ok=True)  # apt keeps refused bytes there
+    if re.search(r"\b404\b", output):
+        raise StaleLock(
+            f"{what} is no longer in the Debian archive ({url} answers 404): "
+            f"run `{RELOCK_COMMAND}` to pin the current version."
+        )
+    if "Hash Sum mismatch" in output or "Filesize" in output:
+        raise InfrastructureError(
+            f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
+            "the mirror or a proxy served other bytes; retry, or check the mirror."
+        )
+    for code in (errno.ENOSPC, errno.EDQUOT):  # apt says "Write error - write (28: No space left on device)"
+        if os.strerror(code) in output:
+            raise OSError(code, os.strerror(code), str(dest))  # the cache says how full, and what is needed
+    reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
+    raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
 
 
 def apt_sandbox_options() -> list[str]:
@@ -312,16 +319,17 @@ class PrivateApt:
         self.architecture = architecture
         sources = self.root / "sources.list"
         kind = self.SOURCES_LINE.format(arch=architecture, keyring=archive["keyring"])
-        sources.write_text(
-            "".join(
-                f"{kind} {src['url']} {suite} main\n"
-                for src in archive["sources"]
-                for suite in src["suites"]
+        with cache.writing("apt's own state"):
+            sources.write_text(
+                "".join(
+                    f"{kind} {src['url']} {suite} main\n"
+                    for src in archive["sources"]
+                    for suite in src["suites"]
+                )
             )
-        )
-        for sub in ("lists/partial", "cache/archives/partial"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "status").touch()
+            for sub in ("lists/partial", "cache/archives/partial"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / "status").touch()
         self.options = [
             *("-o", f"Dir::State::Lists={self.root / 'lists'}"),
             *("-o", f"Dir::State::status={self.root / 'status'}"),
