@@ -111,6 +111,8 @@ class Cache:
             entry, problem = self._inspect(kind, name, sha256)  # another process may have built it meanwhile
             if entry:
                 return entry
+            if sha256 is not None and (entry := self._adopt(kind, name, sha256)):
+                return entry
             if problem:
                 log.warning("the cache entry %s/%s %s: building it again", kind, name, problem)
             return self._build(kind, name, build, sha256, size)
@@ -139,6 +141,19 @@ class Cache:
         except OSError as exc:
             return None, f"cannot be read ({exc.strerror})"
         return Entry(path, {found[rel]: digest for rel, digest in listed.items()}), ""
+
+    def _adopt(self, kind: str, name: str, sha256: str) -> Entry | None:
+        """A pinned file whose content is its pin, but whose manifest is missing or wrong (a cache
+        written before manifests existed), gets its manifest instead of being fetched again."""
+        path = self.root / kind / name
+        try:
+            if not path.is_file() or sha256_file(path) != sha256:
+                return None
+            with self.writing(f"{kind}/{name}"):
+                write_atomically(manifest_path(path), f"{sha256}  {name}\n")
+        except OSError:
+            return None
+        return Entry(path, {path: sha256})
 
     def _build(self, kind: str, name: str, build: Builder, sha256: str | None, size: int | None) -> Entry:
         path = self.dir(kind) / name
@@ -322,21 +337,3 @@ def write_atomically(path: Path, text: str) -> None:
     finally:
         partial.unlink(missing_ok=True)
 
-
-def _legacy_verified(self: Cache, path: Path, sha256: str) -> bool:  # removed once every kind uses entry()
-    return path.is_file() and sha256_file(path) == sha256
-
-
-def _legacy_store(self: Cache, path: Path, data: bytes) -> Path:  # removed once every kind uses entry()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically_bytes = path.with_name(f".partial-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        write_atomically_bytes.write_bytes(data)
-        os.replace(write_atomically_bytes, path)
-    finally:
-        write_atomically_bytes.unlink(missing_ok=True)
-    return path
-
-
-Cache.verified = _legacy_verified
-Cache.store = _legacy_store

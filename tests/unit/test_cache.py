@@ -155,6 +155,26 @@ def test_a_file_entry_must_have_the_expected_content(tmp_path):
     assert cache.entry("debs", "pinned", Builder(), sha256=right).path.read_bytes() == FILE_BYTES
 
 
+@pytest.mark.parametrize("manifest", ["none", "damaged"])
+def test_a_pinned_file_with_its_pinned_content_gets_a_manifest_not_a_new_download(tmp_path, manifest):
+    """A cache written before manifests existed: its files are verified against their pins and kept."""
+    cache, build = Cache(tmp_path), Builder()
+    old = cache.dir("debs") / "pinned"
+    old.write_bytes(FILE_BYTES)
+    if manifest == "damaged":
+        manifest_path(old).write_text("not a manifest\n")
+    assert cache.lookup("debs", "pinned", sha256=sha256_bytes(FILE_BYTES)) is None  # readers do not adopt
+    entry = cache.entry("debs", "pinned", build, sha256=sha256_bytes(FILE_BYTES))
+    assert build.calls == 0 and entry.path == old and entry.sha256 == sha256_bytes(FILE_BYTES)
+    assert manifest_path(old).read_text() == f"{sha256_bytes(FILE_BYTES)}  pinned\n"
+    assert cache.lookup("debs", "pinned", sha256=sha256_bytes(FILE_BYTES)) == entry
+    # Other content than the pin is fetched again, manifest or not.
+    old.write_bytes(b"other bytes")
+    manifest_path(old).unlink()
+    assert cache.entry("debs", "pinned", build, sha256=sha256_bytes(FILE_BYTES)).path.read_bytes() == FILE_BYTES
+    assert build.calls == 1
+
+
 def test_a_builder_giving_other_content_than_expected_is_refused(tmp_path):
     cache = Cache(tmp_path)
     with pytest.raises(InfrastructureError, match=r"other content than the expected SHA256 0{64}"):

@@ -197,10 +197,15 @@ def test_a_damaged_cached_deb_is_downloaded_again(tmp_path, local_deb, how):
     images = Images(Cache(tmp_path / "cache"))
     deb = images.fetch_deb(local_deb)
     damage(deb, how)
+    if deb.exists():
+        os.utime(deb, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
     assert images.cache.lookup("debs", deb.name, local_deb.deb_sha256) is None, f"the {how} .deb was trusted"
     assert images.fetch_deb(local_deb) == deb
     assert sha256_file(deb) == local_deb.deb_sha256 and deb.stat().st_size == local_deb.deb_size
     assert images.cache.lookup("debs", deb.name, local_deb.deb_sha256) is not None
+    # Only the manifest was wrong: the .deb is still its pin, so it gets a manifest, not a download.
+    kept = deb.stat().st_mtime_ns == OLD_MTIME_NS
+    assert kept == how.startswith("manifest"), f"{how}: the .deb was {'kept' if kept else 'downloaded again'}"
 
 
 @pytest.mark.parametrize("how", LOCAL_DAMAGE)
@@ -212,6 +217,7 @@ def test_a_damaged_extracted_file_is_extracted_again_from_the_verified_deb(tmp_p
     damage(path, how)
     assert images.cache.lookup("files", path.name, local_deb.file_sha256) is None, f"the {how} file was trusted"
     assert images.fetch(local_deb) == path and sha256_file(path) == local_deb.file_sha256
+    assert images.cache.lookup("files", path.name, local_deb.file_sha256) is not None
     assert deb.stat().st_mtime_ns == OLD_MTIME_NS, "the verified .deb was downloaded again for nothing"
 
 
