@@ -22,7 +22,7 @@ from tinyfs import python_on_tmpfs
 from harness.cache import Cache, manifest_path, sha256_file
 from harness.errors import InfrastructureError, UsageError
 from harness.images import Images, LockedSourceFile, StaleLock, load_lock, load_manifest, load_source_lock
-from harness.xenbuild import DEFAULT_CONFIG, build_key, build_xen, toolchain_version, xen_source
+from harness.xenbuild import BUILD_SPACE_BYTES, DEFAULT_CONFIG, build_key, build_xen, toolchain_version, xen_source
 
 TOOLCHAIN = "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0"  # for the pure key tests
 
@@ -186,7 +186,7 @@ def test_a_full_disk_during_the_build_says_so(cache, source, built):
     message, left = json.loads(proc.stdout)
     name = built.path.parent.name
     assert message.startswith(f"the disk holding the image cache {root} is full (No space left on device "
-                              f"writing xen-builds/{name};"), message
+                              f"writing xen-builds/{name}; it needs about {BUILD_SPACE_BYTES / 1e6:.1f} MB;"), message
     assert "network" not in message and "\n" not in message, message
     assert left == [f"{name}.log"], f"expected only the build's log left, found {left}"
 
