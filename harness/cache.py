@@ -166,7 +166,8 @@ class Cache:
                 if data is not None:
                     with self.writing(f"{kind}/{name}", len(data)), stage.open("wb") as f:
                         f.write(data)
-                digests = {rel: sha256_file(file) for rel, file in sorted(files_of(stage, name).items())}
+                files = files_of(stage, name) if os.path.lexists(stage) else {}
+                digests = {rel: sha256_file(file) for rel, file in sorted(files.items())}
                 if not digests:
                     raise InfrastructureError(f"building the cache entry {kind}/{name} made no file: "
                                               "this is a bug in the harness, please report it.")
@@ -179,7 +180,7 @@ class Cache:
                 write_atomically(manifest, "".join(f"{digest}  {rel}\n" for rel, digest in digests.items()))
             finally:
                 remove(stage)
-        return Entry(path, {path / rel.removeprefix(name).lstrip("/"): digest for rel, digest in digests.items()})
+        return Entry(path, {path.parent / rel: digest for rel, digest in digests.items()})
 
     # --- the writers' lock --------------------------------------------------------------------
 

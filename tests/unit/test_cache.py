@@ -198,6 +198,14 @@ def test_a_failing_builder_leaves_no_entry_and_no_leftovers(tmp_path):
     assert leftovers(cache) == []
 
 
+@pytest.mark.parametrize("made", ["nothing", "an empty directory"])
+def test_a_builder_that_makes_no_file_is_a_sentence_not_an_entry(tmp_path, made):
+    cache = Cache(tmp_path)
+    with pytest.raises(InfrastructureError, match=r"^building the cache entry kind/key made no file: .*report it\.$"):
+        cache.entry("kind", "key", lambda path: None if made == "nothing" else path.mkdir())
+    assert cache.lookup("kind", "key") is None and leftovers(cache) == []
+
+
 def test_a_builder_may_use_other_entries_under_the_same_lock(tmp_path):
     cache = Cache(tmp_path)
 
