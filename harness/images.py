@@ -11,6 +11,7 @@ user's own build (`--xen PATH` …) replaces any artifact.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .cache import Cache, sha256_bytes, sha256_file
+from .cache import Cache, full_disk_reported, sha256_bytes, sha256_file
 from .errors import InfrastructureError, UnusableInput, UsageError
 
 log = logging.getLogger(__name__)
@@ -276,9 +277,8 @@ def download(url: str, dest: Path, sha256: str, what: str) -> None:
             f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
             "the mirror or a proxy served other bytes; retry, or check the mirror."
         )
-    for code in (errno.ENOSPC, errno.EDQUOT):  # apt says "Write error - write (28: No space left on device)"
-        if os.strerror(code) in output:
-            raise OSError(code, os.strerror(code), str(dest))  # the cache says how full, and what is needed
+    if full := full_disk_reported(output, dest):
+        raise full  # the cache's entry() says how full, and how much the .deb needs
     reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
     raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
 
@@ -315,6 +315,7 @@ class PrivateApt:
     SOURCES_LINE = "deb [arch={arch} signed-by={keyring}]"  # the start of each sources.list line
 
     def __init__(self, cache: Cache, architecture: str, archive: dict) -> None:
+        self.cache = cache
         self.root = cache.dir("apt", architecture)
         self.architecture = architecture
         sources = self.root / "sources.list"
@@ -343,12 +344,27 @@ class PrivateApt:
         ]
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([tool, *self.options, *args], capture_output=True, text=True, timeout=600)
+        try:
+            return subprocess.run([tool, *self.options, *args], capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            # apt can stall for good after a write error (seen with several suites on a full disk).
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(self.root)
+                if fs.f_bavail * fs.f_frsize < 1 << 20:
+                    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root))
+                    raise self.cache.disk_full(full, f"apt's {self.architecture} package index") from exc
+            raise InfrastructureError(
+                f"`{tool} {' '.join(args)}` ({self.architecture}) took over 10 minutes: check the network or apt proxy."
+            ) from exc
 
     def update(self, attempts: int = 3) -> None:
         # Mirrors fail transiently ("File has unexpected size … Mirror sync in progress?"): retry.
         for attempt in range(1, attempts + 1):
             proc = self._run("apt-get", "update")
+            # apt exits 0 when it could not write an index ("W: … No space left on device … ignored"):
+            # a full disk is neither a success, nor a mirror to retry, nor "the other suites".
+            if full := full_disk_reported(proc.stderr, self.root):
+                raise self.cache.disk_full(full, f"apt's {self.architecture} package index")
             if proc.returncode == 0:
                 return
             log.warning("apt-get update (%s) failed, attempt %d of %d", self.architecture, attempt, attempts)

@@ -13,7 +13,6 @@ start it, and Xen's own `xen/xen.efi` is only a symlink to it.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .bootdtb import ARM64_IMAGE_MAGIC
-from .cache import Cache, sha256_bytes
+from .cache import Cache, full_disk_reported, sha256_bytes
 from .errors import InfrastructureError, UsageError
 from .images import LOCK, RELOCK_COMMAND, Artifact, Images, LockedSource, load_source_lock
 
@@ -135,8 +134,8 @@ def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dic
                         f"`{cmd[0]}` took over 30 minutes building Xen: see {build_log}."
                     ) from exc
                 output = proc.stdout.decode(errors="replace")
-                if proc.returncode != 0 and os.strerror(errno.ENOSPC) in output:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(work))  # the cache says how full
+                if proc.returncode != 0 and (full := full_disk_reported(output, work)):
+                    raise full  # the cache's entry() says how full, and how much a build needs
                 logf.write(output)
                 logf.flush()
                 if proc.returncode != 0:
