@@ -9,7 +9,7 @@ address, not 1:1 with the machine.
 
 The machine's own tables ("host" tables, to tell what Xen rewrote from what it passed through)
 come from booting the same QEMU machine and firmware with Linux alone and the same capture; they
-depend only on those inputs, so each capture is cached.
+depend only on those inputs, so each capture is a cache entry keyed by them, verified on every use.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import io
 import logging
 import re
-import shutil
 import struct
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import labgrid
@@ -41,7 +41,9 @@ POINTER = re.compile(r"ACPI: (RSDP|XSDT) 0x([0-9A-Fa-f]+) ([0-9A-Fa-f]+) ")
 KCORE_HEADER_BYTES = 65536  # the ELF header and every program header of /proc/kcore
 # Linux alone on the machine, playing dom0's part so that the target's dom0 ShellDriver talks to it.
 HOST_CMDLINE = "console=ttyAMA0 acpi=force rdinit=/init guest=dom0"
-CAPTURE_VERSION = "2"  # bump when what a capture holds changes
+# (environment, kernel, initrd, the directory to write, deadlines): what a capture of the host's tables runs
+HostCapture = Callable[[labgrid.Environment, Artifact, Artifact, Path, Deadlines], None]
+CAPTURE_VERSION = "3"  # bump when what a capture holds changes (3: the cache's manifest, no .complete)
 
 
 def pointers(kernel_log: list[str]) -> dict[str, tuple[int, int]]:
@@ -104,8 +106,11 @@ def capture(shell: GuestShell, dest: Path, kernel_log: list[str]) -> list[str]:
     return sorted(names)
 
 
-def host_tables(spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cache) -> Path:
-    """The machine's own ACPI tables (RSDP and XSDT included), from the cache or captured now."""
+def host_tables(
+    spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cache, capturer: HostCapture | None = None
+) -> Path:
+    """The machine's own ACPI tables (RSDP and XSDT included), verified from the cache or captured now.
+    `capturer` replaces the boot that captures them (tests)."""
     env = labgrid.Environment(config_file=str(spec.path))
     try:
         qemu = env.get_target("main").get_driver("XenQEMUDriver", activate=False)
@@ -120,19 +125,20 @@ def host_tables(spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cac
             raise _not_installed(binary) from None
         inputs = [CAPTURE_VERSION, version.splitlines()[0] if version else "", *qemu.machine_args()[1:],
                   sha256_file(firmware), kernel.sha256, initrd.sha256]
-        out = cache.dir("host-acpi") / sha256_bytes("\0".join(inputs).encode())[:16]
-        if (out / ".complete").is_file():
-            return out
-        with cache.locked():
-            if not (out / ".complete").is_file():
-                log.info("reading the machine's own ACPI tables: booting Linux on it without Xen")
-                _capture_host(env, kernel, initrd, out, Deadlines.from_config(spec.deadlines))
-        return out
+        key = sha256_bytes("\0".join(inputs).encode())[:16]
+        deadlines = Deadlines.from_config(spec.deadlines)
+
+        def capture_tables(out: Path) -> None:
+            log.info("reading the machine's own ACPI tables: booting Linux on it without Xen")
+            (capturer or _capture_host)(env, kernel, initrd, out, deadlines)
+
+        return cache.entry("host-acpi", key, capture_tables).path
     finally:
         env.cleanup()
 
 
 def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines: Deadlines) -> None:
+    """Boot Linux alone on the target's machine and capture its tables into the directory `out`."""
     target = env.get_target("main")
     qemu = target.get_driver("XenQEMUDriver", activate=False)
     shell = target.get_driver("ShellDriver", name="dom0", activate=False)
@@ -141,8 +147,6 @@ def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines:
     qemu.loader_args = ["-initrd", str(initrd.path)]
     monitor = ConsoleMonitor(prompt=shell.prompt)
     qemu.listeners.append(monitor.feed)
-    partial = out.with_name(f".partial-{out.name}")
-    shutil.rmtree(partial, ignore_errors=True)
     target.activate(qemu)
     qemu.on()
     monitor.start()
@@ -151,11 +155,11 @@ def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines:
         qemu.write(b"\n")  # a fresh prompt for the ShellDriver
         target.activate(shell)
         machine = GuestShell(shell, "the machine's Linux", monitor)
-        names = capture(machine, partial, machine.run("dmesg", timeout=60))
+        names = capture(machine, out, machine.run("dmesg", timeout=60))
     except (BootFailure, ProbeError) as exc:
         raise InfrastructureError(f"reading the machine's own ACPI tables failed: {exc}") from None
     finally:
         qemu.off()
-    (partial / ".complete").write_text(" ".join(names) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    if not names:
+        raise InfrastructureError("the machine's Linux showed no ACPI tables: check that the target's firmware "
+                                  "gives ACPI (an edk2 build such as Debian's qemu-efi-aarch64).")

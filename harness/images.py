@@ -4,11 +4,15 @@
 exact version, URL and SHA256 (of the .deb and of the file taken out of it). Fetching uses apt's
 own downloader (`apt-helper download-file`, which honours the host's apt proxy settings and checks
 the hash) and never touches the host's apt state; locking resolves versions in a private apt state
-under the cache. A user's own build (`--xen PATH` …) replaces any artifact.
+under the cache. The .debs, the files taken out of them and the source packages' files are cache
+entries (harness/cache.py) named by the lock's SHA256 and verified against it on every use. A
+user's own build (`--xen PATH` …) replaces any artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import json
 import logging
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .cache import Cache, sha256_bytes, sha256_file
+from .cache import Cache, full_disk_reported, sha256_bytes, sha256_file
 from .data import data_dir
 from .errors import InfrastructureError, UnusableInput, UsageError
 
@@ -147,13 +151,9 @@ class Images:
         return result
 
     def fetch(self, entry: LockedArtifact) -> Path:
-        """The verified file `entry` names, downloading and extracting it when the cache lacks it."""
-        target = self.cache.dir("files") / f"{entry.file_sha256[:16]}-{Path(entry.file).name}"
-        if self.cache.verified(target, entry.file_sha256):
-            return target
-        with self.cache.locked():
-            if self.cache.verified(target, entry.file_sha256):  # another worker did it meanwhile
-                return target
+        """The verified file `entry` names, extracted from its verified .deb when the cache lacks it."""
+
+        def extract_file(_: Path) -> bytes:
             deb = self.fetch_deb(entry)
             member, data = extract(deb, entry.file)
             if (found := sha256_bytes(data)) != entry.file_sha256:
@@ -161,26 +161,32 @@ class Images:
                     f"{member} in {deb.name} has SHA256 {found}, the lock says {entry.file_sha256}: "
                     f"the lock and the package disagree; run `{RELOCK_COMMAND}`."
                 )
-            return self.cache.store(target, data)
+            return data
+
+        name = f"{entry.file_sha256[:16]}-{Path(entry.file).name}"
+        return self.cache.entry("files", name, extract_file, sha256=entry.file_sha256).path
 
     def fetch_deb(self, entry: LockedArtifact) -> Path:
-        deb = self.cache.dir("debs") / f"{entry.deb_sha256[:16]}-{entry.package}.deb"
-        if self.cache.verified(deb, entry.deb_sha256):
-            return deb
-        log.info("fetching %s %s (%.1f MB)", entry.package, entry.version, entry.deb_size / 1e6)
-        download(entry.url, deb, entry.deb_sha256, what=f"{entry.package} {entry.version}")
-        return deb
+        """The verified .deb `entry` pins, downloaded when the cache lacks it."""
+
+        def download_deb(path: Path) -> None:
+            log.info("fetching %s %s (%.1f MB)", entry.package, entry.version, entry.deb_size / 1e6)
+            download(entry.url, path, entry.deb_sha256, what=f"{entry.package} {entry.version}")
+
+        name = f"{entry.deb_sha256[:16]}-{entry.package}.deb"
+        return self.cache.entry("debs", name, download_deb, sha256=entry.deb_sha256, size=entry.deb_size).path
 
     def fetch_source(self, source: LockedSource) -> list[Path]:
         """The verified files of a pinned source package, downloading those the cache lacks."""
-        paths = [self.cache.dir("sources") / f"{f.sha256[:16]}-{f.name}" for f in source.files]
-        if all(self.cache.verified(p, f.sha256) for p, f in zip(paths, source.files, strict=True)):
-            return paths
-        with self.cache.locked():
-            for path, f in zip(paths, source.files, strict=True):
-                if not self.cache.verified(path, f.sha256):  # another worker may have fetched it meanwhile
-                    log.info("fetching %s (%.1f MB)", f.name, f.size / 1e6)
-                    download(f.url, path, f.sha256, what=f"source {f.name}")
+        paths = []
+        for f in source.files:
+
+            def download_file(path: Path, f: LockedSourceFile = f) -> None:
+                log.info("fetching %s (%.1f MB)", f.name, f.size / 1e6)
+                download(f.url, path, f.sha256, what=f"source {f.name}")
+
+            name = f"{f.sha256[:16]}-{f.name}"
+            paths.append(self.cache.entry("sources", name, download_file, sha256=f.sha256, size=f.size).path)
         return paths
 
     # --- pinning ----------------------------------------------------------------------------
@@ -252,9 +258,8 @@ def user_artifact(name: str, path: Path) -> Artifact:
 
 
 def download(url: str, dest: Path, sha256: str, what: str) -> None:
-    """Download through apt (its proxy settings, its hash check) into `dest` atomically."""
-    partial = dest.with_name(f".partial-{dest.name}")
-    cmd = [APT_HELPER, *apt_sandbox_options(), "download-file", url, str(partial), f"SHA256:{sha256}"]
+    """Download through apt (its proxy settings, its hash check) into `dest`, a cache entry being built."""
+    cmd = [APT_HELPER, *apt_sandbox_options(), "download-file", url, str(dest), f"SHA256:{sha256}"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except FileNotFoundError as exc:
@@ -262,22 +267,24 @@ def download(url: str, dest: Path, sha256: str, what: str) -> None:
     except subprocess.TimeoutExpired as exc:
         raise InfrastructureError(f"downloading {what} from {url} took over 15 minutes: check the network.") from exc
     output = proc.stdout + proc.stderr
-    if proc.returncode != 0 or "E: " in output or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        partial.with_name(f"{partial.name}.FAILED").unlink(missing_ok=True)  # apt keeps refused bytes there
-        if re.search(r"\b404\b", output):
-            raise StaleLock(
-                f"{what} is no longer in the Debian archive ({url} answers 404): "
-                f"run `{RELOCK_COMMAND}` to pin the current version."
-            )
-        if "Hash Sum mismatch" in output or "Filesize" in output:
-            raise InfrastructureError(
-                f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
-                "the mirror or a proxy served other bytes; retry, or check the mirror."
-            )
-        reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
-        raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
-    os.replace(partial, dest)
+    if proc.returncode == 0 and "E: " not in output and dest.is_file():
+        return
+    dest.unlink(missing_ok=True)
+    dest.with_name(f"{dest.name}.FAILED").unlink(missing_ok=True)  # apt keeps refused bytes there
+    if re.search(r"\b404\b", output):
+        raise StaleLock(
+            f"{what} is no longer in the Debian archive ({url} answers 404): "
+            f"run `{RELOCK_COMMAND}` to pin the current version."
+        )
+    if "Hash Sum mismatch" in output or "Filesize" in output:
+        raise InfrastructureError(
+            f"the download of {what} from {url} does not match the lock's SHA256 {sha256}: "
+            "the mirror or a proxy served other bytes; retry, or check the mirror."
+        )
+    if full := full_disk_reported(output, dest):
+        raise full  # the cache's entry() says how full, and how much the .deb needs
+    reason = next((ln for ln in output.splitlines() if ln.startswith("E: ")), output.strip()[-300:])
+    raise InfrastructureError(f"could not download {what} from {url} ({reason}): check the network or apt proxy.")
 
 
 def apt_sandbox_options() -> list[str]:
@@ -312,20 +319,22 @@ class PrivateApt:
     SOURCES_LINE = "deb [arch={arch} signed-by={keyring}]"  # the start of each sources.list line
 
     def __init__(self, cache: Cache, architecture: str, archive: dict) -> None:
+        self.cache = cache
         self.root = cache.dir("apt", architecture)
         self.architecture = architecture
         sources = self.root / "sources.list"
         kind = self.SOURCES_LINE.format(arch=architecture, keyring=archive["keyring"])
-        sources.write_text(
-            "".join(
-                f"{kind} {src['url']} {suite} main\n"
-                for src in archive["sources"]
-                for suite in src["suites"]
+        with cache.writing("apt's own state"):
+            sources.write_text(
+                "".join(
+                    f"{kind} {src['url']} {suite} main\n"
+                    for src in archive["sources"]
+                    for suite in src["suites"]
+                )
             )
-        )
-        for sub in ("lists/partial", "cache/archives/partial"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "status").touch()
+            for sub in ("lists/partial", "cache/archives/partial"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / "status").touch()
         self.options = [
             *("-o", f"Dir::State::Lists={self.root / 'lists'}"),
             *("-o", f"Dir::State::status={self.root / 'status'}"),
@@ -339,12 +348,27 @@ class PrivateApt:
         ]
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([tool, *self.options, *args], capture_output=True, text=True, timeout=600)
+        try:
+            return subprocess.run([tool, *self.options, *args], capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            # apt can stall for good after a write error (seen with several suites on a full disk).
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(self.root)
+                if fs.f_bavail * fs.f_frsize < 1 << 20:
+                    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root))
+                    raise self.cache.disk_full(full, f"apt's {self.architecture} package index") from exc
+            raise InfrastructureError(
+                f"`{tool} {' '.join(args)}` ({self.architecture}) took over 10 minutes: check the network or apt proxy."
+            ) from exc
 
     def update(self, attempts: int = 3) -> None:
         # Mirrors fail transiently ("File has unexpected size … Mirror sync in progress?"): retry.
         for attempt in range(1, attempts + 1):
             proc = self._run("apt-get", "update")
+            # apt exits 0 when it could not write an index ("W: … No space left on device … ignored"):
+            # a full disk is neither a success, nor a mirror to retry, nor "the other suites".
+            if full := full_disk_reported(proc.stderr, self.root):
+                raise self.cache.disk_full(full, f"apt's {self.architecture} package index")
             if proc.returncode == 0:
                 return
             log.warning("apt-get update (%s) failed, attempt %d of %d", self.architecture, attempt, attempts)

@@ -54,18 +54,10 @@ def guest_tools() -> dict[str, bytes]:
 
 
 def initramfs(busybox: Artifact, cache: Cache, init_script: Path = INIT_SCRIPT) -> Artifact:
-    """The initramfs for this busybox, from the cache or built now."""
+    """The initramfs for this busybox, a cache entry keyed by its inputs: verified, or built now."""
     init = init_script.read_bytes()
     tools = guest_tools()
     inputs = [FORMAT_VERSION, busybox.sha256, sha256_bytes(init), *(sha256_bytes(t) for t in tools.values())]
     key = sha256_bytes(":".join(inputs).encode())
-    path = cache.dir("initramfs") / f"{key[:16]}.cpio.gz"
-    digest_file = path.with_suffix(".sha256")
-    if path.is_file() and digest_file.is_file():
-        digest = digest_file.read_text().strip()
-        if cache.verified(path, digest):
-            return Artifact("initrd", path, digest, "built")
-    data = build(busybox.path.read_bytes(), init, tools)
-    cache.store(path, data)
-    cache.store(digest_file, sha256_bytes(data).encode())
-    return Artifact("initrd", path, sha256_bytes(data), "built")
+    entry = cache.entry("initramfs", f"{key[:16]}.cpio.gz", lambda _: build(busybox.path.read_bytes(), init, tools))
+    return Artifact("initrd", entry.path, entry.sha256, "built")

@@ -2,10 +2,10 @@
 
 Debian's xen-hypervisor-4.17-arm64 has CONFIG_ACPI off (it needs CONFIG_UNSUPPORTED), so booting
 dom0 on ACPI needs our own build. The source is the lock's (`sources.xen`), fetched and verified
-like the debs; the hypervisor alone is cross-built with Debian's compiler. Each build is cached
-under a key of its inputs (source files, config items, compiler version, recipe) in
-`<cache>/xen-builds/<key>/`: `xen` (the image), `config` (Xen's .config), `build.log`, and
-`build.json` (written last: an entry without it is incomplete and is built again).
+like the debs; the hypervisor alone is cross-built with Debian's compiler. Each build is a cache
+entry (harness/cache.py) keyed by its inputs (source files, config items, compiler version,
+recipe), `<cache>/xen-builds/<key>/`: `xen` (the image), `config` (Xen's .config) and `build.json`
+(its origin), verified on every use; the last build's log lies beside it in `<key>.log`.
 
 On arm64 `xen/xen` is an Image with an EFI stub: QEMU's -kernel and UEFI (as BOOTAA64.EFI) both
 start it, and Xen's own `xen/xen.efi` is only a symlink to it.
@@ -27,14 +27,17 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .bootdtb import ARM64_IMAGE_MAGIC
-from .cache import Cache, sha256_bytes
+from .cache import Cache, full_disk_reported, sha256_bytes
 from .errors import InfrastructureError, UsageError
 from .images import LOCK, RELOCK_COMMAND, Artifact, Images, LockedSource, load_source_lock
 
 log = logging.getLogger(__name__)
 
 # Bump when the recipe below changes what a build produces: every cached build is then redone.
-BUILD_RECIPE_VERSION = 1
+# 2: the entry holds xen, config and build.json, with the cache's manifest; the log lies beside it.
+BUILD_RECIPE_VERSION = 2
+# The disk a build needs, said when the disk is full: Xen 4.17's tree took 51 MB built (measured 2026-12-03).
+BUILD_SPACE_BYTES = 55_000_000
 DEFAULT_CONFIG: Mapping[str, str] = MappingProxyType({"CONFIG_UNSUPPORTED": "y", "CONFIG_ACPI": "y"})
 # Xen's arch name -> (CROSS_COMPILE prefix, the Debian package that provides it)
 TOOLCHAINS = {"arm64": ("aarch64-linux-gnu-", "gcc-aarch64-linux-gnu")}
@@ -70,14 +73,13 @@ def build_xen(
     if arch not in TOOLCHAINS:
         raise UsageError(f"cannot build Xen for {arch!r}: the harness knows {', '.join(TOOLCHAINS)}.")
     toolchain = toolchain_version(arch)
-    out = cache.dir("xen-builds") / build_key(source, arch, config, toolchain)[:32]
-    if artifact := cached_build(cache, out):
-        return artifact
-    files = Images(cache).fetch_source(source)  # takes the cache lock itself
-    with cache.locked():
-        if artifact := cached_build(cache, out):  # another worker built it meanwhile
-            return artifact
-        return _build(cache, out, source, files, arch, config)
+    name = build_key(source, arch, config, toolchain)[:32]
+    build_log = cache.root / "xen-builds" / f"{name}.log"
+    entry = cache.entry("xen-builds", name, lambda out: _build(cache, out, source, arch, config, build_log),
+                        size=BUILD_SPACE_BYTES)
+    image = entry.path / "xen"
+    origin = json.loads((entry.path / "build.json").read_text())["origin"]
+    return Artifact("xen", image, entry.digests[image], origin)
 
 
 def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolchain: str) -> str:
@@ -106,29 +108,15 @@ def toolchain_version(arch: str) -> str:
     return proc.stdout.splitlines()[0].strip()
 
 
-def cached_build(cache: Cache, out: Path) -> Artifact | None:
-    """The finished build in `out`, or None when there is none or its image is not intact."""
-    try:
-        meta = json.loads((out / "build.json").read_text())
-        sha256, origin = meta["sha256"], meta["origin"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    image = out / "xen"
-    if not cache.verified(image, sha256):  # a corrupt image is removed and built again
-        return None
-    return Artifact("xen", image, sha256, origin)
-
-
-def _build(cache: Cache, out: Path, source: LockedSource, files: list[Path], arch: str, config: dict) -> Artifact:
+def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dict, build_log: Path) -> None:
+    """Build Xen into the directory `out` (the cache entry being made), logging to `build_log`."""
     for tool, package in HOST_TOOLS.items():
         if not shutil.which(tool):
             raise InfrastructureError(f"building Xen needs `{tool}`: install Debian's `{package}` package.")
+    files = Images(cache).fetch_source(source)
     items = " ".join(f"{k}={v}" for k, v in sorted(config.items()))
     upstream = re.match(r"[\d.]+", source.version.split(":")[-1]).group(0).rstrip(".")
     log.info("building Xen %s for %s with %s (about a minute)", upstream, arch, items or "defconfig")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "build.json").unlink(missing_ok=True)  # incomplete until this build succeeds
-    build_log = out / "build.log"
     work = Path(tempfile.mkdtemp(dir=cache.dir("xen-builds"), prefix=f".build-{source.dsc.sha256[:16]}-"))
     try:
         with build_log.open("w") as logf:
@@ -136,17 +124,22 @@ def _build(cache: Cache, out: Path, source: LockedSource, files: list[Path], arc
             def run(*cmd: str, cwd: Path) -> None:
                 logf.write(f"$ {' '.join(cmd)}\n")
                 logf.flush()
+                # Output comes back in memory, then goes to the log: on a full disk the log may not
+                # take it, and the output is what says the disk was full.
                 try:
-                    proc = subprocess.run(
-                        cmd, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, env=_clean_env(), timeout=1800
-                    )
+                    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          env=_clean_env(), timeout=1800)
                 except subprocess.TimeoutExpired as exc:
                     raise InfrastructureError(
                         f"`{cmd[0]}` took over 30 minutes building Xen: see {build_log}."
                     ) from exc
+                output = proc.stdout.decode(errors="replace")
+                if proc.returncode != 0 and (full := full_disk_reported(output, work)):
+                    raise full  # the cache's entry() says how full, and how much a build needs
+                logf.write(output)
+                logf.flush()
                 if proc.returncode != 0:
-                    logf.flush()
-                    tail = "\n".join(build_log.read_text(errors="replace").splitlines()[-15:])
+                    tail = "\n".join(output.splitlines()[-15:])
                     raise InfrastructureError(
                         f"building Xen {source.version} for {arch} failed (`{cmd[0]} … {cmd[-1]}` exited "
                         f"{proc.returncode}); the end of {build_log}:\n{tail}"
@@ -184,12 +177,12 @@ def _build(cache: Cache, out: Path, source: LockedSource, files: list[Path], arc
         data = (tree / "xen" / "xen").read_bytes()
         if data[56:60] != ARM64_IMAGE_MAGIC:
             raise InfrastructureError(f"the build of Xen {source.version} made no arm64 Image: see {build_log}.")
-        cache.store(out / "config", dotconfig.read_bytes())
-        cache.store(out / "xen", data)
+        out.mkdir()
+        (out / "config").write_bytes(dotconfig.read_bytes())
+        (out / "xen").write_bytes(data)
         origin = f"built {source.package} {source.version} {items}".strip()
-        meta = {"sha256": sha256_bytes(data), "origin": origin, "arch": arch, "config": config}
-        cache.store(out / "build.json", (json.dumps(meta, indent=2) + "\n").encode())
-        return Artifact("xen", out / "xen", meta["sha256"], origin)
+        meta = {"origin": origin, "arch": arch, "config": config}
+        (out / "build.json").write_text(json.dumps(meta, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,9 +27,9 @@ def test_a_wheel_installed_elsewhere_runs_with_its_own_data(tmp_path: Path) -> N
 
     def harness(*args: str) -> str:
         # Far from the checkout, with the installed copy first on the path (before the editable one).
-        run = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())", *args],
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                             env={**os.environ, "PYTHONPATH": str(site)})
+        main = "import sys; from harness.cli import main; sys.exit(main())"
+        run = subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)})
         assert run.returncode == 0, run.stdout + run.stderr
         return run.stdout
 

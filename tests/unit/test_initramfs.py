@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import Cache, sha256_bytes
+from harness.cache import Cache, manifest_path, sha256_bytes
 from harness.images import Artifact
 from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, build, guest_tools, initramfs
 
@@ -113,21 +113,29 @@ def test_initramfs_is_built_once_and_cached_by_inputs(tmp_path):
     assert other.path not in (first.path, third.path), "a changed busybox reused an old image"
 
 
-@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "digest-file"])
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete", "manifest-flip-digest", "manifest-deleted"])
 def test_corrupt_cached_initramfs_is_rebuilt(tmp_path, damage):
     cache = Cache(tmp_path / "cache")
     busybox = busybox_artifact(tmp_path)
     built = initramfs(busybox, cache)
     good = built.path.read_bytes()
+    manifest = manifest_path(built.path)
+    assert manifest.read_text() == f"{sha256_bytes(good)}  {built.path.name}\n"
     if damage == "flip-byte":
         bad = bytearray(good)
         bad[len(bad) // 2] ^= 0xFF
         built.path.write_bytes(bytes(bad))
     elif damage == "truncate":
         built.path.write_bytes(good[: len(good) // 3])
+    elif damage == "delete":
+        built.path.unlink()
+    elif damage == "manifest-flip-digest":
+        manifest.write_text(("1" if good[:1] == b"0" else "0") * 64 + f"  {built.path.name}\n")
     else:
-        built.path.with_suffix(".sha256").write_text("0" * 64)
-    os.utime(built.path, ns=(1_000_000_000, 1_000_000_000))
+        manifest.unlink()
+    if built.path.exists():
+        os.utime(built.path, ns=(1_000_000_000, 1_000_000_000))
+    assert cache.lookup("initramfs", built.path.name) is None, f"the {damage} entry was taken as verified"
     again = initramfs(busybox, cache)
     assert again.path == built.path
     assert again.path.read_bytes() == good, f"expected the {damage} entry rebuilt to the same bytes"

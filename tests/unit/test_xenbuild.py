@@ -1,23 +1,28 @@
 """harness.xenbuild and source pinning: the real fetch, unpack and cross build of Debian's Xen source.
 
 The build runs once per session into a private cache (about half a minute on 2 idle cores); the
-corrupted-artifact test builds once more.
+corrupted-artifact test builds once more. Every other damage to the entry is shown to be seen
+(by the cache's own lookup) and then undone, so it costs no build; the cache's rebuild for each
+damage is tested once for all kinds in test_cache.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from tinyfs import python_on_tmpfs
 
-from harness.cache import Cache, sha256_file
+from harness.cache import Cache, manifest_path, sha256_file
 from harness.errors import InfrastructureError, UsageError
 from harness.images import Images, LockedSourceFile, StaleLock, load_lock, load_manifest, load_source_lock
-from harness.xenbuild import DEFAULT_CONFIG, build_key, build_xen, cached_build, toolchain_version, xen_source
+from harness.xenbuild import BUILD_SPACE_BYTES, DEFAULT_CONFIG, build_key, build_xen, toolchain_version, xen_source
 
 TOOLCHAIN = "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0"  # for the pure key tests
 
@@ -104,17 +109,51 @@ def test_the_key_changes_with_every_input_and_only_then(source):
     assert len({base, *variants}) == len(variants) + 1
 
 
+def build_log(built) -> Path:
+    return built.path.parent.with_name(f"{built.path.parent.name}.log")
+
+
+@pytest.mark.parametrize("how", ["flip-byte-in-xen", "delete-config", "edit-build.json", "extra-file",
+                                 "manifest-flip-digest", "manifest-deleted"])
+def test_any_damage_to_the_cached_build_is_seen(cache, built, how):
+    entry = built.path.parent
+    manifest = manifest_path(entry)
+    saved = {p: p.read_bytes() for p in [*entry.iterdir(), manifest]}
+    try:
+        if how == "flip-byte-in-xen":
+            data = bytearray(saved[built.path])
+            data[len(data) // 2] ^= 0x01
+            built.path.write_bytes(bytes(data))
+        elif how == "delete-config":
+            (entry / "config").unlink()
+        elif how == "edit-build.json":
+            (entry / "build.json").write_text(json.dumps({"origin": "built elsewhere"}))
+        elif how == "extra-file":
+            (entry / "xen.efi").write_bytes(b"a file the build did not make")
+        elif how == "manifest-flip-digest":
+            manifest.write_text(manifest.read_text().replace("  ", "0  ", 1)[1:])
+        else:
+            manifest.unlink()
+        assert cache.lookup("xen-builds", entry.name) is None, f"the build with {how} was taken as verified"
+    finally:
+        (entry / "xen.efi").unlink(missing_ok=True)
+        for path, data in saved.items():
+            path.write_bytes(data)
+    assert cache.lookup("xen-builds", entry.name) is not None  # undone: the session's build stays
+
+
 def test_a_corrupted_artifact_is_rebuilt_to_the_same_bytes(cache, source, built):
-    log = built.path.parent / "build.log"
+    log = build_log(built)
     log_before = log.stat().st_mtime_ns
     good = sha256_file(built.path)
     built.path.write_bytes(b"not xen")
-    assert cached_build(cache, built.path.parent) is None  # verified() notices and drops it
+    assert cache.lookup("xen-builds", built.path.parent.name) is None
     rebuilt = build_xen(cache, source)
     assert log.stat().st_mtime_ns > log_before  # make really ran again
     assert rebuilt.path == built.path
     assert rebuilt.sha256 == sha256_file(rebuilt.path) == good  # the build is reproducible
     assert not list(rebuilt.path.parent.parent.glob(".build-*"))  # the temp tree is gone
+    assert not list(rebuilt.path.parent.parent.glob(".partial-*"))
 
 
 def test_an_option_kconfig_drops_is_named(cache, source):
@@ -122,10 +161,34 @@ def test_an_option_kconfig_drops_is_named(cache, source):
     with pytest.raises(InfrastructureError, match=r"CONFIG_NO_SUCH_OPTION_XYZ=y did not stick") as err:
         build_xen(cache, source, config=config)
     assert "\n" not in str(err.value)
-    out = cache.root / "xen-builds" / build_key(source, "arm64", config, toolchain_version("arm64"))[:32]
-    assert "olddefconfig" in (out / "build.log").read_text()  # the log stays for the user
-    assert not (out / "build.json").exists()
-    assert not list(out.parent.glob(".build-*"))
+    name = build_key(source, "arm64", config, toolchain_version("arm64"))[:32]
+    builds = cache.root / "xen-builds"
+    assert "olddefconfig" in (builds / f"{name}.log").read_text()  # the log stays for the user
+    assert cache.lookup("xen-builds", name) is None and not (builds / name).exists()
+    assert not list(builds.glob(".build-*")) and not list(builds.glob(".partial-*"))
+
+
+def test_a_full_disk_during_the_build_says_so(cache, source, built):
+    """The cache on a real 8 MB file system: the source files (4.9 MB) fit, their unpacked tree does not."""
+    root = cache.root.parent / "full-disk-cache"
+    code = (
+        "import json, shutil\nfrom pathlib import Path\n"
+        "from harness.cache import Cache\nfrom harness.errors import InfrastructureError\n"
+        "from harness.xenbuild import build_xen, xen_source\n"
+        f"root = Path({str(root)!r})\n"
+        f"shutil.copytree({str(cache.root / 'sources')!r}, root / 'sources')\n"
+        "try:\n    build_xen(Cache(root), xen_source())\n    message = 'built'\n"
+        "except InfrastructureError as exc:\n    message = str(exc)\n"
+        "print(json.dumps([message, sorted(p.name for p in (root / 'xen-builds').iterdir())]))\n"
+    )
+    proc = python_on_tmpfs(root, code, size_kb=8192)
+    assert proc.returncode == 0, proc.stderr
+    message, left = json.loads(proc.stdout)
+    name = built.path.parent.name
+    assert message.startswith(f"the disk holding the image cache {root} is full (No space left on device "
+                              f"writing xen-builds/{name}; it needs about {BUILD_SPACE_BYTES / 1e6:.1f} MB;"), message
+    assert "network" not in message and "\n" not in message, message
+    assert left == [f"{name}.log"], f"expected only the build's log left, found {left}"
 
 
 def test_a_missing_cross_compiler_names_the_package(cache, source, tmp_path, monkeypatch):
