@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import pathlib
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import libfdt
 
+from harness import inputs
 from harness.errors import UnusableInput
 from harness.findings import Finding, Severity
 
@@ -957,51 +959,42 @@ def dtb_from_procfs(root: pathlib.Path) -> bytes:
     """Rebuild a DTB from a copy of /proc/device-tree: files are properties, directories nodes.
 
     Linux adds a ``name`` pseudo-property to every node; it is dropped when it only repeats
-    the node name, as it was not in the blob Linux was given.
+    the node name, as it was not in the blob Linux was given. Symbolic links are skipped (never
+    followed: no loops); the walk reads at most what a DTB may hold (harness/inputs.py).
     """
     root = pathlib.Path(root)
-    hint = "pass a copy of /proc/device-tree (e.g. cp -r /proc/device-tree DIR) or a .dtb"
-    if not root.is_dir():
-        raise UnusableInput(f"{root} is not a directory: {hint}")
+    hint = inputs.DT_COPY.hint
+    budget = inputs.Budget(root, inputs.DT_COPY)
+    top = inputs.list_dir(root, budget)
+    if not top:
+        raise UnusableInput(f"{root} is empty: {hint}")
     sw = libfdt.FdtSw()
     sw.finish_reservemap()
 
-    def emit(directory: pathlib.Path, name: str, depth: int) -> None:
+    def emit(directory: pathlib.Path, entries: list[inputs.Entry], name: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise UnusableInput(f"{directory} nests more than {MAX_DEPTH} levels deep: {hint}")
-        try:
-            entries = sorted(directory.iterdir(), key=lambda p: p.name)
-        except OSError as exc:
-            raise UnusableInput(f"{directory} cannot be listed ({exc.strerror}): {hint}") from exc
         for entry in entries:
             if not entry.name.isascii():  # DT names are ASCII; libfdt's binding takes only text
-                raise UnusableInput(f"{entry} is not an ASCII node or property name: {hint}")
+                raise UnusableInput(f"{entry.path} is not an ASCII node or property name: {hint}")
+            if entry.what not in (inputs.FILE, inputs.DIRECTORY, inputs.SYMLINK):
+                raise UnusableInput(f"{entry.path} is {entry.what}, not a property file: {hint}")
         sw.begin_node(name)
         base = name.split("@", 1)[0].encode()
         for entry in entries:
-            if entry.is_symlink() or not entry.is_file():
+            if entry.what != inputs.FILE:
                 continue
-            try:
-                value = entry.read_bytes()
-            except OSError as exc:
-                why = f"{entry} cannot be read ({exc.strerror})"
-                raise UnusableInput(f"{why}: run as root or {hint}") from exc
+            value = inputs.read_file(entry.path, inputs.DTB, budget)
             if entry.name == "name" and value == base + b"\0":
                 continue
             sw.property(entry.name, value)
         for entry in entries:
-            if entry.is_dir() and not entry.is_symlink():
-                emit(entry, entry.name, depth + 1)
+            if entry.what == inputs.DIRECTORY:
+                emit(entry.path, inputs.list_dir(entry.path, budget), entry.name, depth + 1)
         sw.end_node()
 
     try:
-        empty = not any(root.iterdir())
-    except OSError as exc:
-        raise UnusableInput(f"{root} cannot be listed ({exc.strerror}): {hint}") from exc
-    if empty:
-        raise UnusableInput(f"{root} is empty: {hint}")
-    try:
-        emit(root, "", 0)
+        emit(root, top, "", 0)
         return bytes(sw.as_fdt().as_bytearray())
     except libfdt.FdtException as exc:
         raise UnusableInput(f"{root} cannot be turned into a DTB ({exc}): {hint}") from exc
@@ -1011,15 +1004,8 @@ def check_path(path: pathlib.Path, profile: str = "dom0", expect: Expectation | 
     """Validate a DTB file, or a directory copied from /proc/device-tree."""
     _check_profile(profile)
     path = pathlib.Path(path)
-    if path.is_dir():
+    if stat.S_ISDIR(inputs.examine(path, inputs.DTB).st_mode):
         data = dtb_from_procfs(path)
-    elif not path.exists():
-        raise UnusableInput(
-            f"{path} does not exist: pass a .dtb (e.g. a copy of /sys/firmware/fdt) or a copy of /proc/device-tree"
-        )
     else:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UnusableInput(f"{path} cannot be read ({exc.strerror}): check its permissions") from exc
+        data = inputs.read_file(path, inputs.DTB)
     return _validate(_load(data, str(path)), profile, expect or Expectation())

@@ -723,10 +723,10 @@ def test_load_tables_layout(tmp_path: Path) -> None:
 
 
 def test_load_tables_unusable(tmp_path: Path) -> None:
-    with pytest.raises(UnusableInput, match="not a directory"):
+    with pytest.raises(UnusableInput, match="nope does not exist"):
         load_tables(tmp_path / "nope")
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(UnusableInput, match="not a directory"):
+    with pytest.raises(UnusableInput, match="file is a regular file, not a directory"):
         load_tables(tmp_path / "file")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -742,7 +742,7 @@ def test_procfs_non_ascii_name_is_refused(tmp_path):
 
 def test_procfs_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(UnusableInput, match="is not a directory"):
+    with pytest.raises(UnusableInput, match="f is a regular file, not a directory"):
         dtb_from_procfs(tmp_path / "f")
 
 
