@@ -14,6 +14,7 @@ a readable tree is a :class:`Finding` with a stable rule id listed in :data:`RUL
 
 from __future__ import annotations
 
+import bisect
 import pathlib
 import re
 import stat
@@ -24,7 +25,7 @@ import libfdt
 
 from harness import inputs
 from harness.errors import UnusableInput
-from harness.findings import Finding, Severity
+from harness.findings import MAX_PER_RULE, Finding, Severity, capped
 
 PROFILES = ("dom0", "domU", "acpi-dom0")
 
@@ -103,6 +104,7 @@ EFI_MEMORY_DESCRIPTOR_SIZE = 40  # sizeof(EFI_MEMORY_DESCRIPTOR); Xen passes exa
 MAX_DEPTH = 64  # real trees nest < 10 deep; a deeper one is hostile or corrupt
 MAX_PHANDLE_HOPS = 32
 MAX_LISTED = 3  # overlaps named per finding; the rest are counted
+MAX_SHOWN = 8  # regions shown in a finding's text; a longer list is counted
 _VERSION_RE = re.compile(r"xen,xen-(\d+)\.(\d+)")
 _EXPECT_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 
@@ -297,8 +299,10 @@ def _show_raw(raw: bytes) -> str:
     return f"{len(raw)} bytes {raw[:32].hex()}{'...' if len(raw) > 32 else ''}"
 
 
-def _show_regions(regions: Iterable[Region]) -> str:
-    text = ", ".join(str(r) for r in regions)
+def _show_regions(regions: tuple[Region, ...] | list[Region]) -> str:
+    text = ", ".join(str(r) for r in regions[:MAX_SHOWN])
+    if len(regions) > MAX_SHOWN:
+        text += f", ... ({len(regions)} regions)"
     return text or "none"
 
 
@@ -586,15 +590,31 @@ def _check_ext_shape(path: str, regions: list[Region]) -> Iterator[Finding]:
                 f">= 64 MiB ({EXT_MIN_SIZE:#x})",
                 f"{ext} (size {ext.size:#x}, {ext.size / MiB:g} MiB)",
             )
-        for j, other in enumerate(regions[:i]):
-            if ext.overlaps(other):
-                what = "the grant table" if j == 0 else "extended region"
-                yield _err(
-                    "dt.ext.overlap",
-                    where,
-                    f"clear of {what} reg[{j}] {other}",
-                    f"{ext} overlaps reg[{j}] {other}",
-                )
+        if ext.overlaps(regions[0]):
+            grant = regions[0]
+            yield _err("dt.ext.overlap", where, f"clear of the grant table reg[0] {grant}",
+                       f"{ext} overlaps reg[0] {grant}")
+    yield from _check_ext_each_other(path, regions)
+
+
+def _check_ext_each_other(path: str, regions: list[Region]) -> Iterator[Finding]:
+    """Extended regions overlapping one another, in n log n: swept in order of start, a region that begins
+    before the furthest end so far overlaps the region that reaches there. Each such pair is one finding at
+    its later reg index (reported in index order), so every cluster of overlapping regions is reported."""
+    pairs: list[tuple[int, int]] = []
+    reach: int | None = None  # the index of the region reaching furthest so far
+    for i in sorted(range(1, len(regions)), key=lambda k: (regions[k].start, k)):
+        if reach is not None and regions[reach].overlaps(regions[i]):
+            pairs.append((max(i, reach), min(i, reach)))
+        if reach is None or regions[i].end > regions[reach].end:
+            reach = i
+    for later, earlier in sorted(pairs):
+        yield _err(
+            "dt.ext.overlap",
+            f"{path} reg[{later}]",
+            f"clear of extended region reg[{earlier}] {regions[earlier]}",
+            f"{regions[later]} overlaps reg[{earlier}] {regions[earlier]}",
+        )
 
 
 @dataclass(frozen=True)
@@ -700,23 +720,55 @@ _EXT_CLASH = {
 }
 
 
+class _Occupancy:
+    """The occupied ranges of one kind, sorted once: how many overlap a region in log n, and which ones."""
+
+    def __init__(self, occupied: Iterable[_Occupied]) -> None:
+        self.items = sorted(occupied, key=lambda o: (o.region.start, o.label))
+        self.starts = [o.region.start for o in self.items]
+        self.ends = sorted(o.region.end for o in self.items)
+
+    def count(self, region: Region) -> int:
+        # Every range (non-empty) that ends by the region's start also starts before its end: those that
+        # start before its end, less those that end by its start, are exactly the overlapping ones.
+        return bisect.bisect_left(self.starts, region.end) - bisect.bisect_right(self.ends, region.start)
+
+    def hits(self, region: Region, limit: int) -> list[_Occupied]:
+        """The first `limit` overlapping ranges by start (a scan: called for the few findings listed in full)."""
+        out: list[_Occupied] = []
+        for o in self.items[: bisect.bisect_left(self.starts, region.end)]:
+            if o.region.end > region.start:
+                out.append(o)
+                if len(out) == limit:
+                    break
+        return out
+
+
 def _check_ext_clashes(path: str, regions: list[Region], occupied: list[_Occupied]) -> Iterator[Finding]:
+    """Extended regions over RAM, reserved memory, devices or bus windows: n log n for any number of each.
+    The first MAX_PER_RULE findings of a rule name what they overlap; later ones (capped away) only count."""
+    by_kind = {kind: _Occupancy(o for o in occupied if o.kind == kind) for kind in _EXT_CLASH}
+    listed = dict.fromkeys(_EXT_CLASH, 0)
     for i, ext in enumerate(regions[1:], start=1):
         for kind, (rule, what, note) in _EXT_CLASH.items():
-            hits = sorted(
-                (o for o in occupied if o.kind == kind and o.region.overlaps(ext)),
-                key=lambda o: (o.region.start, o.label),
-            )
-            if not hits:
+            count = by_kind[kind].count(ext)
+            if not count:
                 continue
-            listed = ", ".join(f"{h.label} {h.region}" for h in hits[:MAX_LISTED])
-            more = f" (+{len(hits) - MAX_LISTED} more)" if len(hits) > MAX_LISTED else ""
+            severity = Severity.WARNING if kind == "window" else Severity.ERROR
+            where = f"{path} reg[{i}]"
+            if listed[kind] >= MAX_PER_RULE:
+                yield Finding(rule, severity, where, f"clear of every {what}", f"{ext} overlaps {count}", note)
+                continue
+            listed[kind] += 1
+            hits = by_kind[kind].hits(ext, MAX_LISTED)
+            shown = ", ".join(f"{h.label} {h.region}" for h in hits)
+            more = f" (+{count - MAX_LISTED} more)" if count > MAX_LISTED else ""
             yield Finding(
                 rule=rule,
-                severity=Severity.WARNING if kind == "window" else Severity.ERROR,
-                where=f"{path} reg[{i}]",
+                severity=severity,
+                where=where,
                 expected=f"clear of every {what}, e.g. {hits[0].label} {hits[0].region}",
-                found=f"{ext} overlaps {listed}{more}",
+                found=f"{ext} overlaps {shown}{more}",
                 note=note,
             )
 
@@ -900,6 +952,10 @@ def _check_domu(node: _Node, regions: list[Region] | None, expect: Expectation) 
 
 
 def _validate(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
+    return capped(_findings(tree, profile, expect))
+
+
+def _findings(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
     findings: list[Finding] = []
     node = _pick(tree)
     findings.extend(_check_node_choice(tree, node))
