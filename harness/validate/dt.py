@@ -15,6 +15,7 @@ a readable tree is a :class:`Finding` with a stable rule id listed in :data:`RUL
 from __future__ import annotations
 
 import bisect
+import heapq
 import pathlib
 import re
 import stat
@@ -647,15 +648,42 @@ def _decode_ranges(node: _Node, parent_ac: int) -> _Ranges | None:
     ]
 
 
-def _translate(addr: int, steps: list[_Ranges]) -> int | None:
-    """Map a bus address to a CPU address through each enclosing ranges; None if it is not mapped."""
-    for table in steps:
-        for child, parent, size in table:
-            if child <= addr < child + size:
-                addr = parent + (addr - child)
-                break
-        else:
+class _RangeMap:
+    """A bus's ranges as a lookup in log n. As Linux translates (of_translate_one), the first entry in property
+    order that holds an address wins: overlaps are resolved once here, by cutting the child address space at
+    every entry's start and end and giving each piece to the lowest-index entry that covers it."""
+
+    def __init__(self, table: _Ranges) -> None:
+        self.table = table
+        entries = sorted((child, child + size, i) for i, (child, _, size) in enumerate(table) if size)
+        self.bounds = sorted({b for start, end, _ in entries for b in (start, end)})
+        self.winner: list[int | None] = []  # piece j, [bounds[j], bounds[j + 1]): the entry that translates it
+        begun: list[tuple[int, int]] = []  # heap of (index, end) of the entries started so far
+        k = 0
+        for bound in self.bounds[:-1]:
+            while k < len(entries) and entries[k][0] == bound:
+                heapq.heappush(begun, (entries[k][2], entries[k][1]))
+                k += 1
+            while begun and begun[0][1] <= bound:  # the lowest index has ended: the next one may cover
+                heapq.heappop(begun)
+            self.winner.append(begun[0][0] if begun else None)
+
+    def translate(self, addr: int) -> int | None:
+        j = bisect.bisect_right(self.bounds, addr) - 1
+        index = self.winner[j] if 0 <= j < len(self.winner) else None
+        if index is None:
             return None
+        child, parent, _ = self.table[index]
+        return parent + (addr - child)
+
+
+def _translate(addr: int, steps: list[_RangeMap]) -> int | None:
+    """Map a bus address to a CPU address through each enclosing ranges; None if it is not mapped."""
+    for ranges in steps:
+        mapped = ranges.translate(addr)
+        if mapped is None:
+            return None
+        addr = mapped
     return addr
 
 
@@ -663,7 +691,7 @@ def _occupied(tree: _Tree, skip: set[_Node]) -> list[_Occupied]:
     """Every address range the tree says is RAM, reserved or a device, in CPU addresses."""
     out: list[_Occupied] = []
     # (node, steps mapping the node's child address space to the root's; None = not memory-mapped)
-    stack: list[tuple[_Node, list[_Ranges] | None]] = [(tree.root, [])]
+    stack: list[tuple[_Node, list[_RangeMap] | None]] = [(tree.root, [])]
     while stack:
         node, steps = stack.pop()
         if steps is None:
@@ -691,8 +719,8 @@ def _occupied(tree: _Tree, skip: set[_Node]) -> list[_Occupied]:
 
 
 def _child_steps(
-    child: _Node, steps: list[_Ranges], parent_ac: int | None, out: list[_Occupied]
-) -> list[_Ranges] | None:
+    child: _Node, steps: list[_RangeMap], parent_ac: int | None, out: list[_Occupied]
+) -> list[_RangeMap] | None:
     """How the child's own children translate; records non-identity ranges windows as occupied."""
     if child.depth == 1 and child.name == "reserved-memory":
         return steps
@@ -709,7 +737,7 @@ def _child_steps(
             out.append(_Occupied("window", f"{child.path} ranges[{i}]", Region(start, size)))
     if child.props.get("device_type") == b"pci\0":
         return None  # a PCI child's reg is a config-space address, not a CPU one
-    return [table, *steps]
+    return [_RangeMap(table), *steps]
 
 
 _EXT_CLASH = {

@@ -956,3 +956,37 @@ def test_sweep_finds_what_comparing_every_pair_finds(seed):
 
 def validate_dtb_uncapped(regions: list[Region]) -> list[Finding]:
     return list(dt._check_ext_shape("/hypervisor", regions))
+
+
+def test_range_map_gives_each_address_to_the_first_entry_that_holds_it():
+    import random
+
+    rng = random.Random(7)
+    fixed = [(0x800, 0x50000800, 0x1000), (0, 0x90000000, 0x10000), (0x1000, 0x70000000, 0x100), (0x20000, 1, 0)]
+    shuffled = [(rng.randrange(0, 0x100) * 0x100, rng.randrange(0, 1 << 40), rng.randrange(0, 0x40) * 0x100)
+                for _ in range(40)]
+    for table in (fixed, shuffled):
+        ranges = dt._RangeMap(table)
+        for addr in [*range(0, 0x11000, 0x80), 0x7FF, 0x17FF, 0x20000, 0x123456]:
+            first = next((parent + addr - child for child, parent, size in table if child <= addr < child + size), None)
+            assert ranges.translate(addr) == first, hex(addr)
+
+
+def test_thousands_of_bus_windows_and_devices_are_translated():
+    # /bus maps bus address i*0x1000 to CPU 0x50000000 + i*0x1000, one ranges entry per device
+    n = 2_000
+
+    def change(f: libfdt.Fdt) -> None:
+        bus = f.add_subnode(0, "bus")
+        f.setprop_u32(bus, "#address-cells", 1)
+        f.setprop_u32(bus, "#size-cells", 1)
+        f.setprop(bus, "ranges", b"".join(cells(i * 0x1000, 0, 0x50000000 + i * 0x1000, 0x1000) for i in range(n)))
+        for i in reversed(range(n)):
+            dev = f.add_subnode(f.path_offset("/bus"), f"dev@{i * 0x1000:x}")
+            f.setprop(dev, "reg", cells(i * 0x1000 + 0x10, 0x10))
+
+    found = run(edit(change, room=64 * n + 65536), "dom0", EXPECT)
+    device, window = only(found, "dt.ext.device"), only(found, "dt.ext.bus-window")
+    assert device.found == (f"{EXT[0]} overlaps /bus/dev@0 reg[0] 0x50000010-0x50000020, /bus/dev@1000 reg[0] "
+                            f"0x50001010-0x50001020, /bus/dev@2000 reg[0] 0x50002010-0x50002020 (+{n - 3} more)")
+    assert window.found.endswith(f"/bus ranges[2] 0x50002000-0x50003000 (+{n - 3} more)")
