@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import inputs, targets
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
-from .findings import failures, render_table, to_json
+from .findings import failures, render_table
 from .monitor import BootFailure, Line, Verdict
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
@@ -160,6 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
             expect = dt.Expectation(xen_version=args.xen_version) if args.xen_version else None
             findings = dt.check_path(Path(args.path), profile=args.profile, expect=expect)
+            asked = {"profile": args.profile, "xen_version": args.xen_version}
         else:
             from .validate import acpi
 
@@ -167,10 +168,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 Path(args.path), host=Path(args.host) if args.host else None, vcpus=args.vcpus,
                 hypervisor_id=args.hypervisor_id,
             )
+            asked = {"host": args.host, "vcpus": args.vcpus, "hypervisor_id": args.hypervisor_id}
     except UnusableInput as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_CHECK_UNUSABLE
-    print(to_json(findings) if args.json else render_table(findings))
+    if args.json:  # what was checked, as asked (null: not given), then what was found
+        print(json.dumps({"input": args.path, **asked, "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        print(render_table(findings))
     return EXIT_BAD if failures(findings) else EXIT_GOOD
 
 

@@ -7,7 +7,6 @@ report can be read without the source. Severity decides whether it fails a run:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -92,6 +91,3 @@ def render_table(findings: Iterable[Finding]) -> str:
             lines.append(" " * (widths[0] + 2) + f"note: {f.note}")
     return "\n".join(lines)
 
-
-def to_json(findings: Iterable[Finding]) -> str:
-    return json.dumps([f.to_dict() for f in findings], indent=2)

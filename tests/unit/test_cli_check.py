@@ -61,7 +61,8 @@ def test_check_dtb_healthy_dom0():
     assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert proc.stdout.strip() == "no findings"
     json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
-    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, [])
+    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (
+        0, {"input": str(DOM0_DTB), "profile": "dom0", "xen_version": "4.17", "findings": []})
 
 
 @pytest.fixture
@@ -85,7 +86,10 @@ def test_check_dtb_wrong_compatible_order(swapped_compatible):
 def test_check_dtb_json(swapped_compatible):
     proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
     assert proc.returncode == 1
-    findings = json.loads(proc.stdout)
+    record = json.loads(proc.stdout)
+    assert {k: v for k, v in record.items() if k != "findings"} == {
+        "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17"}
+    findings = record["findings"]
     assert isinstance(findings, list) and findings
     for finding in findings:
         assert {"rule", "severity", "where", "expected", "found"} <= set(finding), finding
@@ -151,7 +155,10 @@ def test_check_acpi_wrong_vcpu_count():
     found = gicc_enabled((ACPI_DOM0 / "APIC").read_bytes())
     proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", found + 1, "--json")
     assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
-    count = [f for f in json.loads(proc.stdout) if f["rule"] == "acpi.madt.gicc-count"]
+    record = json.loads(proc.stdout)
+    assert {k: v for k, v in record.items() if k != "findings"} == {
+        "input": str(ACPI_DOM0), "host": str(ACPI_HOST), "vcpus": found + 1, "hypervisor_id": None}
+    count = [f for f in record["findings"] if f["rule"] == "acpi.madt.gicc-count"]
     assert count and count[0]["severity"] == "error", proc.stdout
     assert (count[0]["expected"], count[0]["found"]) == (str(found + 1), str(found)), count[0]
 
