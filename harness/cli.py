@@ -3,7 +3,8 @@
 Exit status of `harness boot` follows `git bisect run`: 0 good, 1 bad (a check failed, Xen or a
 guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd file is missing or
 not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
-`harness check` exits 0 clean, 1 findings, 2 unusable input.
+`harness check` exits 0 clean, 1 findings, 2 unusable input; `harness triage` 0 passed, 1 not, 2 when the
+log cannot be read (not a file, too big, empty) or --prompt is no regular expression.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import artifacts, data, targets
+from . import artifacts, data, inputs, targets
 from .artifacts import run_dir_name, writable_dir
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
-from .findings import failures, render_table, to_json
+from .findings import failures, render_table
 from .monitor import BootFailure, Line, Verdict
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
@@ -144,6 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
             expect = dt.Expectation(xen_version=args.xen_version) if args.xen_version else None
             findings = dt.check_path(Path(args.path), profile=args.profile, expect=expect)
+            asked = {"profile": args.profile, "xen_version": args.xen_version}
         else:
             from .validate import acpi
 
@@ -151,28 +155,52 @@ def cmd_check(args: argparse.Namespace) -> int:
                 Path(args.path), host=Path(args.host) if args.host else None, vcpus=args.vcpus,
                 hypervisor_id=args.hypervisor_id,
             )
+            asked = {"host": args.host, "vcpus": args.vcpus, "hypervisor_id": args.hypervisor_id}
     except UnusableInput as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_CHECK_UNUSABLE
-    print(to_json(findings) if args.json else render_table(findings))
+    if args.json:  # what was checked, as asked (null: not given), then what was found
+        print(json.dumps({"input": args.path, **asked, "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        print(render_table(findings))
     return EXIT_BAD if failures(findings) else EXIT_GOOD
 
 
 # --- triage -------------------------------------------------------------------------------------
 
 
+LOG_CHUNK = 1 << 20  # triage reads a log this much at a time: memory stays flat whatever its size
+
+
 def cmd_triage(args: argparse.Namespace) -> int:
     from .boot import milestone_title
     from .monitor import triage
 
-    path = Path(args.log)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror}): give the path of a saved console log.") from None
-    if not data.strip():
+        re.compile(args.prompt)
+    except re.error as exc:
+        raise UsageError(f"--prompt {args.prompt!r} is not a regular expression ({exc}): "
+                         "give one that matches the guest's shell prompt, e.g. '\\S+# '.") from None
+    path = Path(args.log)
+    printed = False  # anything but whitespace: an empty log is a usage error
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal printed
+        with inputs.open_file(path, inputs.CONSOLE_LOG) as log:
+            while True:
+                try:
+                    chunk = log.read(LOG_CHUNK)
+                except OSError as exc:
+                    raise UnusableInput(f"{path} cannot be read ({exc.strerror}): "
+                                        f"{inputs.CONSOLE_LOG.hint}") from None
+                if not chunk:
+                    return
+                printed = printed or bool(chunk.strip())
+                yield chunk
+
+    monitor, verdict = triage(chunks(), prompt=args.prompt)
+    if not printed:
         raise UsageError(f"{path} is empty: give the path of a saved console log.")
-    monitor, verdict = triage(data, prompt=args.prompt)
     failure = monitor.failure
     if args.json:
         print(json.dumps({
@@ -308,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_LAB if args.command == "boot" else EXIT_CHECK_UNUSABLE
+    except UnusableInput as exc:  # a file the user brought (a log to triage) is not what it should be
+        print(f"harness: {exc}", file=sys.stderr)
+        return EXIT_UNTESTABLE if args.command == "boot" else EXIT_CHECK_UNUSABLE
     except InfrastructureError as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_LAB

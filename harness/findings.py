@@ -7,7 +7,6 @@ report can be read without the source. Severity decides whether it fails a run:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -44,6 +43,35 @@ class Finding:
         return {k: str(v) for k, v in asdict(self).items()}
 
 
+MAX_PER_RULE = 5  # findings listed per rule; the rest are counted in one more finding
+_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.KNOWN: 2, Severity.INFO: 3}
+
+
+def capped(findings: Iterable[Finding], limit: int = MAX_PER_RULE) -> list[Finding]:
+    """The first `limit` findings of each rule, in order; after them, one finding that counts the rest of that
+    rule (where the first and last were, the gravest severity), so a hostile input cannot flood a report."""
+    kept: list[Finding] = []
+    seen: dict[str, int] = {}
+    rest: dict[str, tuple[int, Finding, Finding, Severity]] = {}  # rule -> (count, first, last, gravest)
+    for f in findings:
+        seen[f.rule] = seen.get(f.rule, 0) + 1
+        if seen[f.rule] <= limit:
+            kept.append(f)
+            continue
+        count, first, _, gravest = rest.get(f.rule, (0, f, f, f.severity))
+        rest[f.rule] = (count + 1, first, f, min(gravest, f.severity, key=_RANK.__getitem__))
+    last_kept = {f.rule: i for i, f in enumerate(kept)}
+    out: list[Finding] = []
+    for i, f in enumerate(kept):
+        out.append(f)
+        if f.rule in rest and last_kept[f.rule] == i:
+            count, first, last, gravest = rest[f.rule]
+            span = first.where if count == 1 else f"{first.where} ... {last.where}"
+            out.append(Finding(f.rule, gravest, span, f"what the {limit} {f.rule} findings above expected",
+                               f"{count} more like them, not listed"))
+    return out
+
+
 def failures(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.fails]
 
@@ -63,6 +91,3 @@ def render_table(findings: Iterable[Finding]) -> str:
             lines.append(" " * (widths[0] + 2) + f"note: {f.note}")
     return "\n".join(lines)
 
-
-def to_json(findings: Iterable[Finding]) -> str:
-    return json.dumps([f.to_dict() for f in findings], indent=2)

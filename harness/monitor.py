@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -236,6 +236,9 @@ class MachineExit:
 EVIDENCE_BEFORE = 6
 EVIDENCE_AFTER = 8
 EVIDENCE_WINDOW_S = 1.0  # how long to keep listening after a failure line for the lines that explain it
+MAX_LINE_BYTES = 16 * 1024  # printk lines are under 1 KiB: a longer one (noise, no newline) is cut
+PROMPT_HEAD = 512  # a prompt begins the line still being printed: only its first bytes are matched
+TRIAGE_KEEP_LINES = 64  # triage keeps the last lines (and a failure's evidence), not the whole log
 
 
 class ConsoleMonitor:
@@ -248,6 +251,7 @@ class ConsoleMonitor:
         signatures: tuple[Signature, ...] = SIGNATURES,
         clock: Callable[[], float] = time.monotonic,
         on_milestone: Callable[[str, Line], None] | None = None,
+        keep_lines: int | None = None,
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
@@ -257,13 +261,21 @@ class ConsoleMonitor:
         self.clock = clock
         self.on_milestone = on_milestone
         self.t0 = clock()
+        # Every Line (a live boot reads them back: Xen's claims, focus switches), or with keep_lines only the
+        # last ones and a failure's evidence (triage of a log of any size). Indexes count every Line seen.
+        self.keep_lines = keep_lines
         self.lines: list[Line] = []
+        self.line_count = 0
+        self._dropped = 0  # Lines dropped from the front of self.lines
         self.reached: dict[str, Line] = {}
         self.failure: Failure | None = None
         self.last_output = self.t0
-        self._partial = b""
+        self._partial = bytearray()  # the console line still being printed
+        self._continued = False  # the partial line follows a cut piece: it does not begin a console line
+        self._prompt_seen: bytes | None = None  # the partial line's head last matched against the prompt
         self._raw_lines = 0  # newline-terminated console lines so far (one may hold several Lines)
         self._failure_index = -1
+        self._evidence_final = False  # the failure's evidence window is complete: it no longer changes
         self._failure_at = 0.0
         self._matches: list[tuple[Signature, int]] = []
 
@@ -277,34 +289,68 @@ class ConsoleMonitor:
         return self.clock() - self.t0
 
     def feed(self, data: bytes) -> None:
+        """Judge the lines `data` completes. Linear: only the new bytes are searched for newlines."""
         if not data:
             return
         self.last_output = self.clock()
-        self._partial += data
-        *complete, self._partial = self._partial.split(b"\n")
-        for raw in complete:  # escape sequences may straddle chunks: strip them from whole lines
-            self._raw_lines += 1
-            text = ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "")
-            # Xen prints whenever it likes, also after a prompt that ended without a newline:
-            # "dom0# (XEN) *** Serial input to DOM1" is a prompt, then a line of Xen's. After a
-            # focused domU's prompt Xen even leaves its prefix out: "(XEN) domU1# *** Serial input …".
-            for piece in XEN_MIDLINE.split(text):
-                self._line(piece if not SERIAL_INPUT.match(piece) else f"(XEN) {piece}")
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if self._partial:
+                self._partial += data[start:end]
+                raw = bytes(self._partial)
+                self._partial.clear()
+            else:
+                raw = data[start:end]
+            self._console_line(raw)
+            start = end + 1
+        self._partial += data[start:]
+        if len(self._partial) > MAX_LINE_BYTES:
+            cut = len(self._partial) - (len(self._partial) - 1) % MAX_LINE_BYTES - 1  # leave 1..MAX bytes
+            self._pieces(bytes(self._partial[:cut]))
+            del self._partial[:cut]
         self._check_prompt()
         self._finish_evidence()
+        self._trim()
 
-    def _line(self, text: str) -> None:
+    def _console_line(self, raw: bytes) -> None:
+        """A newline-terminated console line; one longer than MAX_LINE_BYTES is judged in pieces of that size."""
+        if len(raw) > MAX_LINE_BYTES:
+            cut = len(raw) - (len(raw) - 1) % MAX_LINE_BYTES - 1
+            self._pieces(raw[:cut])
+            raw = raw[cut:]
+        self._raw_lines += 1
+        self._split(raw, self._raw_lines)
+        self._continued = False
+        self._prompt_seen = None
+
+    def _pieces(self, raw: bytes) -> None:
+        """Whole MAX_LINE_BYTES pieces of a console line that goes on: each is judged as a line of its own."""
+        for at in range(0, len(raw), MAX_LINE_BYTES):
+            self._split(raw[at : at + MAX_LINE_BYTES], self._raw_lines + 1)  # the number of the line it is part of
+            self._continued = True
+
+    def _split(self, raw: bytes, number: int) -> None:
+        # escape sequences may straddle chunks: they are stripped from whole lines
+        text = ANSI.sub(b"", raw).decode("utf-8", "replace").replace("\r", "")
+        # Xen prints whenever it likes, also after a prompt that ended without a newline:
+        # "dom0# (XEN) *** Serial input to DOM1" is a prompt, then a line of Xen's. After a
+        # focused domU's prompt Xen even leaves its prefix out: "(XEN) domU1# *** Serial input …".
+        for piece in XEN_MIDLINE.split(text):
+            self._line(piece if not SERIAL_INPUT.match(piece) else f"(XEN) {piece}", number)
+
+    def _line(self, text: str, number: int) -> None:
         source, raw_body = self._attribute(text)
         body = raw_body.rstrip()
-        line = Line(round(self.now(), 3), source, body, self._raw_lines)
+        line = Line(round(self.now(), 3), source, body, number)
         self.lines.append(line)
-        index = len(self.lines) - 1
+        index = self.line_count
+        self.line_count += 1
         scope = source if source in ("xen", "firmware") else "guest"
         for milestone in self.milestones:
             if milestone.scope == scope and milestone.pattern.search(body):
                 key = f"{source}:{milestone.key}" if scope == "guest" else milestone.key
                 self._reach(key, line)
-        if self.prompt and source not in ("xen", "firmware") and self.prompt.match(raw_body):
+        if self.prompt and not self._continued and source not in ("xen", "firmware") and self.prompt.match(raw_body):
             self._reach(f"{source}:shell", line)
         if NOISE.search(body):
             return
@@ -312,7 +358,8 @@ class ConsoleMonitor:
             if sig.guest is not None and sig.guest != (source != "xen"):
                 continue
             if sig.pattern.search(body):
-                self._matches.append((sig, index))
+                if self.failure is None or index <= self._failure_index + EVIDENCE_AFTER:  # the rest name nothing
+                    self._matches.append((sig, index))
                 if self.failure is None:
                     self._failure_index, self._failure_at = index, self.clock()
                     self.failure = Failure(sig.verdict, self.stage, sig.name, sig.description, line)
@@ -342,9 +389,13 @@ class ConsoleMonitor:
 
     def _check_prompt(self) -> None:
         """A prompt ends without a newline: look for one in the line still being printed."""
-        if self.prompt is None:
+        if self.prompt is None or self._continued:
             return
-        tail = ANSI.sub(b"", self._partial).decode("utf-8", "replace").replace("\r", "")
+        head = bytes(self._partial[:PROMPT_HEAD])
+        if head == self._prompt_seen:  # the line grew past its head, or nothing new: the answer stands
+            return
+        self._prompt_seen = head
+        tail = ANSI.sub(b"", head).decode("utf-8", "replace").replace("\r", "")
         if m := XEN_PREFIX.match(tail):
             if not self.focus:
                 return
@@ -365,14 +416,29 @@ class ConsoleMonitor:
         """True once a failure has its evidence: enough lines after it, or the evidence window passed."""
         if self.failure is None:
             return False
-        after = len(self.lines) - 1 - self._failure_index
+        after = self.line_count - 1 - self._failure_index
         return after >= EVIDENCE_AFTER or self.clock() - self._failure_at >= EVIDENCE_WINDOW_S
 
+    def _kept(self, start: int, stop: int | None = None) -> list[Line]:
+        """Lines by index among all seen: those still kept."""
+        return self.lines[max(0, start - self._dropped) : None if stop is None else max(0, stop - self._dropped)]
+
+    def _trim(self) -> None:
+        """With keep_lines, drop the oldest Lines, never those a failure's unfinished evidence needs."""
+        if self.keep_lines is None or len(self.lines) <= 2 * self.keep_lines:
+            return  # trimmed in batches: amortised constant work per line
+        drop = len(self.lines) - self.keep_lines
+        if self.failure is not None and self.failure.line is not None and not self._evidence_final:
+            drop = min(drop, max(0, self._failure_index - EVIDENCE_BEFORE - self._dropped))
+        del self.lines[:drop]
+        self._dropped += drop
+
     def _finish_evidence(self) -> None:
-        if self.failure is None or self.failure.line is None or self.failure.decided is not None:
+        if (self.failure is None or self.failure.line is None or self.failure.decided is not None
+                or self._evidence_final):
             return
         start = max(0, self._failure_index - EVIDENCE_BEFORE)
-        self.failure.evidence = self.lines[start : self._failure_index + EVIDENCE_AFTER + 1]
+        self.failure.evidence = self._kept(start, self._failure_index + EVIDENCE_AFTER + 1)
         # The most specific signature seen in the evidence names the failure (a Xen panic whose
         # reason is "Missing kernel boot module?" is reported as that).
         window = [(s, i) for s, i in self._matches if i <= self._failure_index + EVIDENCE_AFTER]
@@ -380,13 +446,14 @@ class ConsoleMonitor:
         f = self.failure
         f.signature, f.description, f.verdict = best.name, best.description, best.verdict
         f.detail = self._detail()
+        self._evidence_final = self.line_count > self._failure_index + EVIDENCE_AFTER
 
     def _detail(self) -> str:
-        """For a Xen panic: its reason, the first line after 'Panic on CPU' that is not decoration."""
+        """For a Xen panic: its reason, the first line after 'Panic on CPU' (in the evidence) that is not decoration."""
         assert self.failure is not None
         if self.failure.line is None or not self.failure.line.text.startswith("Panic on CPU"):
             return ""
-        for line in self.lines[self._failure_index + 1 :]:
+        for line in self._kept(self._failure_index + 1, self._failure_index + EVIDENCE_AFTER + 1):
             text = line.text.strip("* ").strip()
             if text:
                 return text
@@ -424,7 +491,7 @@ class ConsoleMonitor:
             return Failure(Verdict.CRASHED, self.stage, "guest-stop",
                            "the guests or Xen stopped the machine before the boot finished", request,
                            evidence, end.describe())
-        what = "without any console output" if not self.lines else "without the guests or Xen asking it to stop"
+        what = "without any console output" if not self.line_count else "without the guests or Xen asking it to stop"
         return Failure(Verdict.INFRASTRUCTURE, self.stage, "machine-exit", f"the machine stopped {what}",
                        None, evidence, end.describe())
 
@@ -460,13 +527,21 @@ class BootFailure(Exception):
         return self.failure.verdict is Verdict.INFRASTRUCTURE
 
 
-def triage(log: bytes, prompt: str | None = r"\S+# ") -> tuple[ConsoleMonitor, Verdict]:
-    """Judge a saved console log with the same catalogue as a live boot.
+def triage(
+    log: bytes | Iterable[bytes], prompt: str | None = r"\S+# ", keep_lines: int | None = TRIAGE_KEEP_LINES
+) -> tuple[ConsoleMonitor, Verdict]:
+    """Judge a saved console log (its bytes, or its chunks as read) with the same catalogue as a live boot.
 
     Without a failure signature, a log that reaches the shell prompt passed; one that ends earlier is
     reported as hung after its last stage (the log may also just have been cut short: the stage says where).
+    Memory stays bounded: the monitor keeps `keep_lines` lines and the failure's evidence, not the log.
     """
-    monitor = ConsoleMonitor(prompt=prompt, clock=lambda: 0.0).replay(log)
+    monitor = ConsoleMonitor(prompt=prompt, clock=lambda: 0.0, keep_lines=keep_lines)
+    if isinstance(log, bytes | bytearray | memoryview):
+        monitor.replay(bytes(log))
+    else:
+        for chunk in log:
+            monitor.feed(chunk)
     if monitor.failure:
         return monitor, monitor.failure.verdict
     if any(key.endswith(":shell") for key in monitor.reached):

@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import inputs
 from harness.errors import UnusableInput
-from harness.findings import Finding, Severity
+from harness.findings import Finding, Severity, capped
 
 HEADER_LEN = 36
 RSDP_V1_LEN = 20  # ACPI 1.0 part covered by the first checksum
@@ -37,7 +38,6 @@ MADT_FIXED_LEN = 44  # header + local interrupt controller address + flags
 STAO_MIN_LEN = 37  # header + Ignore UART
 GTDT_MIN_LEN = 72  # through the virtual timer GSIV/flags (offset 64..71)
 SPCR_MIN_LEN = 52  # through the base address GAS (offset 40..51)
-MAX_FILE_BYTES = 64 * 1024 * 1024  # far above any real table; stops a stray huge file
 
 MADT_GICC = 0x0B
 MADT_GICD = 0x0C
@@ -253,30 +253,20 @@ def xsdt_entries(raw: bytes, header: TableHeader) -> list[int]:
 
 def load_tables(directory: Path) -> Tables:
     """Read a sysfs-style dump. Sub-directories (sysfs ``data/``, ``dynamic/``) and files whose
-    name is not a signature (``XSDT.addrs``, notes) are ignored; ``RSDP`` goes to ``rsdp``."""
+    name is not a signature (``XSDT.addrs``, notes) are ignored; ``RSDP`` goes to ``rsdp``. A table
+    name that is not a regular file (a FIFO, a device), or is too big to be a table, is refused."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise UnusableInput(f"{directory} is not a directory: give the directory that holds the dumped tables")
-    try:
-        entries = sorted(directory.iterdir())
-    except OSError as exc:
-        raise UnusableInput(f"cannot list {directory} ({exc.strerror}): check its permissions") from exc
+    budget = inputs.Budget(directory, inputs.ACPI_DUMP)
     tables: dict[str, bytes] = {}
     rsdp: bytes | None = None
-    for path in entries:
-        if not (path.name == "RSDP" or TABLE_NAME.match(path.name)) or not path.is_file():
+    for entry in inputs.list_dir(directory, budget):
+        if not (entry.name == "RSDP" or TABLE_NAME.match(entry.name)) or entry.what == inputs.DIRECTORY:
             continue
-        try:
-            with path.open("rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise UnusableInput(f"cannot read {path} ({exc.strerror}): check the dump") from exc
-        if len(data) > MAX_FILE_BYTES:
-            raise UnusableInput(f"{path} is over {MAX_FILE_BYTES} bytes: that is not an ACPI table dump")
-        if path.name == "RSDP":
+        data = inputs.read_file(entry.path, inputs.ACPI_TABLE, budget)  # a link is followed to a file only
+        if entry.name == "RSDP":
             rsdp = data
         else:
-            tables[path.name] = data
+            tables[entry.name] = data
     if not tables and rsdp is None:
         raise UnusableInput(
             f"{directory} holds no ACPI tables (files named by signature, e.g. FACP, APIC): "
@@ -435,7 +425,8 @@ def _check_xsdt(
         new = sorted(s for s in profile.expect_new if s not in NOT_IN_XSDT | CAPTURE_ONLY)
         want = len(host_entries) + len(new)
         appended = entries[len(host_entries) :]
-        reused = [a for a in appended if a in host_entries]
+        host_addresses = set(host_entries)  # a set: thousands of entries on either side stay linear
+        reused = [a for a in appended if a in host_addresses]
         if len(entries) != want:
             out.append(
                 _err(
@@ -680,7 +671,12 @@ def _compare_host(guest: Tables, host: Tables, profile: Profile) -> list[Finding
 
 
 def validate_tables(guest: Tables, host: Tables | None = None, profile: Profile = DEFAULT_PROFILE) -> list[Finding]:
-    """Every finding about the guest's tables (and, given the host's, what Xen changed). Never raises."""
+    """Every finding about the guest's tables (and, given the host's, what Xen changed), at most
+    MAX_PER_RULE of each rule and then their count. Never raises."""
+    return capped(_findings(guest, host, profile))
+
+
+def _findings(guest: Tables, host: Tables | None, profile: Profile) -> list[Finding]:
     out: list[Finding] = []
     if guest.rsdp is None:
         out.append(Finding("acpi.capture.missing", Severity.INFO, "RSDP", "captured", "absent", "RSDP checks skipped"))

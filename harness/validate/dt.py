@@ -14,15 +14,19 @@ a readable tree is a :class:`Finding` with a stable rule id listed in :data:`RUL
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import pathlib
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import libfdt
 
+from harness import inputs
 from harness.errors import UnusableInput
-from harness.findings import Finding, Severity
+from harness.findings import MAX_PER_RULE, Finding, Severity, capped
 
 PROFILES = ("dom0", "domU", "acpi-dom0")
 
@@ -101,6 +105,7 @@ EFI_MEMORY_DESCRIPTOR_SIZE = 40  # sizeof(EFI_MEMORY_DESCRIPTOR); Xen passes exa
 MAX_DEPTH = 64  # real trees nest < 10 deep; a deeper one is hostile or corrupt
 MAX_PHANDLE_HOPS = 32
 MAX_LISTED = 3  # overlaps named per finding; the rest are counted
+MAX_SHOWN = 8  # regions shown in a finding's text; a longer list is counted
 _VERSION_RE = re.compile(r"xen,xen-(\d+)\.(\d+)")
 _EXPECT_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 
@@ -295,8 +300,10 @@ def _show_raw(raw: bytes) -> str:
     return f"{len(raw)} bytes {raw[:32].hex()}{'...' if len(raw) > 32 else ''}"
 
 
-def _show_regions(regions: Iterable[Region]) -> str:
-    text = ", ".join(str(r) for r in regions)
+def _show_regions(regions: tuple[Region, ...] | list[Region]) -> str:
+    text = ", ".join(str(r) for r in regions[:MAX_SHOWN])
+    if len(regions) > MAX_SHOWN:
+        text += f", ... ({len(regions)} regions)"
     return text or "none"
 
 
@@ -584,15 +591,31 @@ def _check_ext_shape(path: str, regions: list[Region]) -> Iterator[Finding]:
                 f">= 64 MiB ({EXT_MIN_SIZE:#x})",
                 f"{ext} (size {ext.size:#x}, {ext.size / MiB:g} MiB)",
             )
-        for j, other in enumerate(regions[:i]):
-            if ext.overlaps(other):
-                what = "the grant table" if j == 0 else "extended region"
-                yield _err(
-                    "dt.ext.overlap",
-                    where,
-                    f"clear of {what} reg[{j}] {other}",
-                    f"{ext} overlaps reg[{j}] {other}",
-                )
+        if ext.overlaps(regions[0]):
+            grant = regions[0]
+            yield _err("dt.ext.overlap", where, f"clear of the grant table reg[0] {grant}",
+                       f"{ext} overlaps reg[0] {grant}")
+    yield from _check_ext_each_other(path, regions)
+
+
+def _check_ext_each_other(path: str, regions: list[Region]) -> Iterator[Finding]:
+    """Extended regions overlapping one another, in n log n: swept in order of start, a region that begins
+    before the furthest end so far overlaps the region that reaches there. Each such pair is one finding at
+    its later reg index (reported in index order), so every cluster of overlapping regions is reported."""
+    pairs: list[tuple[int, int]] = []
+    reach: int | None = None  # the index of the region reaching furthest so far
+    for i in sorted(range(1, len(regions)), key=lambda k: (regions[k].start, k)):
+        if reach is not None and regions[reach].overlaps(regions[i]):
+            pairs.append((max(i, reach), min(i, reach)))
+        if reach is None or regions[i].end > regions[reach].end:
+            reach = i
+    for later, earlier in sorted(pairs):
+        yield _err(
+            "dt.ext.overlap",
+            f"{path} reg[{later}]",
+            f"clear of extended region reg[{earlier}] {regions[earlier]}",
+            f"{regions[later]} overlaps reg[{earlier}] {regions[earlier]}",
+        )
 
 
 @dataclass(frozen=True)
@@ -625,15 +648,42 @@ def _decode_ranges(node: _Node, parent_ac: int) -> _Ranges | None:
     ]
 
 
-def _translate(addr: int, steps: list[_Ranges]) -> int | None:
-    """Map a bus address to a CPU address through each enclosing ranges; None if it is not mapped."""
-    for table in steps:
-        for child, parent, size in table:
-            if child <= addr < child + size:
-                addr = parent + (addr - child)
-                break
-        else:
+class _RangeMap:
+    """A bus's ranges as a lookup in log n. As Linux translates (of_translate_one), the first entry in property
+    order that holds an address wins: overlaps are resolved once here, by cutting the child address space at
+    every entry's start and end and giving each piece to the lowest-index entry that covers it."""
+
+    def __init__(self, table: _Ranges) -> None:
+        self.table = table
+        entries = sorted((child, child + size, i) for i, (child, _, size) in enumerate(table) if size)
+        self.bounds = sorted({b for start, end, _ in entries for b in (start, end)})
+        self.winner: list[int | None] = []  # piece j, [bounds[j], bounds[j + 1]): the entry that translates it
+        begun: list[tuple[int, int]] = []  # heap of (index, end) of the entries started so far
+        k = 0
+        for bound in self.bounds[:-1]:
+            while k < len(entries) and entries[k][0] == bound:
+                heapq.heappush(begun, (entries[k][2], entries[k][1]))
+                k += 1
+            while begun and begun[0][1] <= bound:  # the lowest index has ended: the next one may cover
+                heapq.heappop(begun)
+            self.winner.append(begun[0][0] if begun else None)
+
+    def translate(self, addr: int) -> int | None:
+        j = bisect.bisect_right(self.bounds, addr) - 1
+        index = self.winner[j] if 0 <= j < len(self.winner) else None
+        if index is None:
             return None
+        child, parent, _ = self.table[index]
+        return parent + (addr - child)
+
+
+def _translate(addr: int, steps: list[_RangeMap]) -> int | None:
+    """Map a bus address to a CPU address through each enclosing ranges; None if it is not mapped."""
+    for ranges in steps:
+        mapped = ranges.translate(addr)
+        if mapped is None:
+            return None
+        addr = mapped
     return addr
 
 
@@ -641,7 +691,7 @@ def _occupied(tree: _Tree, skip: set[_Node]) -> list[_Occupied]:
     """Every address range the tree says is RAM, reserved or a device, in CPU addresses."""
     out: list[_Occupied] = []
     # (node, steps mapping the node's child address space to the root's; None = not memory-mapped)
-    stack: list[tuple[_Node, list[_Ranges] | None]] = [(tree.root, [])]
+    stack: list[tuple[_Node, list[_RangeMap] | None]] = [(tree.root, [])]
     while stack:
         node, steps = stack.pop()
         if steps is None:
@@ -669,8 +719,8 @@ def _occupied(tree: _Tree, skip: set[_Node]) -> list[_Occupied]:
 
 
 def _child_steps(
-    child: _Node, steps: list[_Ranges], parent_ac: int | None, out: list[_Occupied]
-) -> list[_Ranges] | None:
+    child: _Node, steps: list[_RangeMap], parent_ac: int | None, out: list[_Occupied]
+) -> list[_RangeMap] | None:
     """How the child's own children translate; records non-identity ranges windows as occupied."""
     if child.depth == 1 and child.name == "reserved-memory":
         return steps
@@ -687,7 +737,7 @@ def _child_steps(
             out.append(_Occupied("window", f"{child.path} ranges[{i}]", Region(start, size)))
     if child.props.get("device_type") == b"pci\0":
         return None  # a PCI child's reg is a config-space address, not a CPU one
-    return [table, *steps]
+    return [_RangeMap(table), *steps]
 
 
 _EXT_CLASH = {
@@ -698,23 +748,55 @@ _EXT_CLASH = {
 }
 
 
+class _Occupancy:
+    """The occupied ranges of one kind, sorted once: how many overlap a region in log n, and which ones."""
+
+    def __init__(self, occupied: Iterable[_Occupied]) -> None:
+        self.items = sorted(occupied, key=lambda o: (o.region.start, o.label))
+        self.starts = [o.region.start for o in self.items]
+        self.ends = sorted(o.region.end for o in self.items)
+
+    def count(self, region: Region) -> int:
+        # Every range (non-empty) that ends by the region's start also starts before its end: those that
+        # start before its end, less those that end by its start, are exactly the overlapping ones.
+        return bisect.bisect_left(self.starts, region.end) - bisect.bisect_right(self.ends, region.start)
+
+    def hits(self, region: Region, limit: int) -> list[_Occupied]:
+        """The first `limit` overlapping ranges by start (a scan: called for the few findings listed in full)."""
+        out: list[_Occupied] = []
+        for o in self.items[: bisect.bisect_left(self.starts, region.end)]:
+            if o.region.end > region.start:
+                out.append(o)
+                if len(out) == limit:
+                    break
+        return out
+
+
 def _check_ext_clashes(path: str, regions: list[Region], occupied: list[_Occupied]) -> Iterator[Finding]:
+    """Extended regions over RAM, reserved memory, devices or bus windows: n log n for any number of each.
+    The first MAX_PER_RULE findings of a rule name what they overlap; later ones (capped away) only count."""
+    by_kind = {kind: _Occupancy(o for o in occupied if o.kind == kind) for kind in _EXT_CLASH}
+    listed = dict.fromkeys(_EXT_CLASH, 0)
     for i, ext in enumerate(regions[1:], start=1):
         for kind, (rule, what, note) in _EXT_CLASH.items():
-            hits = sorted(
-                (o for o in occupied if o.kind == kind and o.region.overlaps(ext)),
-                key=lambda o: (o.region.start, o.label),
-            )
-            if not hits:
+            count = by_kind[kind].count(ext)
+            if not count:
                 continue
-            listed = ", ".join(f"{h.label} {h.region}" for h in hits[:MAX_LISTED])
-            more = f" (+{len(hits) - MAX_LISTED} more)" if len(hits) > MAX_LISTED else ""
+            severity = Severity.WARNING if kind == "window" else Severity.ERROR
+            where = f"{path} reg[{i}]"
+            if listed[kind] >= MAX_PER_RULE:
+                yield Finding(rule, severity, where, f"clear of every {what}", f"{ext} overlaps {count}", note)
+                continue
+            listed[kind] += 1
+            hits = by_kind[kind].hits(ext, MAX_LISTED)
+            shown = ", ".join(f"{h.label} {h.region}" for h in hits)
+            more = f" (+{count - MAX_LISTED} more)" if count > MAX_LISTED else ""
             yield Finding(
                 rule=rule,
-                severity=Severity.WARNING if kind == "window" else Severity.ERROR,
-                where=f"{path} reg[{i}]",
+                severity=severity,
+                where=where,
                 expected=f"clear of every {what}, e.g. {hits[0].label} {hits[0].region}",
-                found=f"{ext} overlaps {listed}{more}",
+                found=f"{ext} overlaps {shown}{more}",
                 note=note,
             )
 
@@ -898,6 +980,10 @@ def _check_domu(node: _Node, regions: list[Region] | None, expect: Expectation) 
 
 
 def _validate(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
+    return capped(_findings(tree, profile, expect))
+
+
+def _findings(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
     findings: list[Finding] = []
     node = _pick(tree)
     findings.extend(_check_node_choice(tree, node))
@@ -957,51 +1043,42 @@ def dtb_from_procfs(root: pathlib.Path) -> bytes:
     """Rebuild a DTB from a copy of /proc/device-tree: files are properties, directories nodes.
 
     Linux adds a ``name`` pseudo-property to every node; it is dropped when it only repeats
-    the node name, as it was not in the blob Linux was given.
+    the node name, as it was not in the blob Linux was given. Symbolic links are skipped (never
+    followed: no loops); the walk reads at most what a DTB may hold (harness/inputs.py).
     """
     root = pathlib.Path(root)
-    hint = "pass a copy of /proc/device-tree (e.g. cp -r /proc/device-tree DIR) or a .dtb"
-    if not root.is_dir():
-        raise UnusableInput(f"{root} is not a directory: {hint}")
+    hint = inputs.DT_COPY.hint
+    budget = inputs.Budget(root, inputs.DT_COPY)
+    top = inputs.list_dir(root, budget)
+    if not top:
+        raise UnusableInput(f"{root} is empty: {hint}")
     sw = libfdt.FdtSw()
     sw.finish_reservemap()
 
-    def emit(directory: pathlib.Path, name: str, depth: int) -> None:
+    def emit(directory: pathlib.Path, entries: list[inputs.Entry], name: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise UnusableInput(f"{directory} nests more than {MAX_DEPTH} levels deep: {hint}")
-        try:
-            entries = sorted(directory.iterdir(), key=lambda p: p.name)
-        except OSError as exc:
-            raise UnusableInput(f"{directory} cannot be listed ({exc.strerror}): {hint}") from exc
         for entry in entries:
             if not entry.name.isascii():  # DT names are ASCII; libfdt's binding takes only text
-                raise UnusableInput(f"{entry} is not an ASCII node or property name: {hint}")
+                raise UnusableInput(f"{entry.path} is not an ASCII node or property name: {hint}")
+            if entry.what not in (inputs.FILE, inputs.DIRECTORY, inputs.SYMLINK):
+                raise UnusableInput(f"{entry.path} is {entry.what}, not a property file: {hint}")
         sw.begin_node(name)
         base = name.split("@", 1)[0].encode()
         for entry in entries:
-            if entry.is_symlink() or not entry.is_file():
+            if entry.what != inputs.FILE:
                 continue
-            try:
-                value = entry.read_bytes()
-            except OSError as exc:
-                why = f"{entry} cannot be read ({exc.strerror})"
-                raise UnusableInput(f"{why}: run as root or {hint}") from exc
+            value = inputs.read_file(entry.path, inputs.DTB, budget)
             if entry.name == "name" and value == base + b"\0":
                 continue
             sw.property(entry.name, value)
         for entry in entries:
-            if entry.is_dir() and not entry.is_symlink():
-                emit(entry, entry.name, depth + 1)
+            if entry.what == inputs.DIRECTORY:
+                emit(entry.path, inputs.list_dir(entry.path, budget), entry.name, depth + 1)
         sw.end_node()
 
     try:
-        empty = not any(root.iterdir())
-    except OSError as exc:
-        raise UnusableInput(f"{root} cannot be listed ({exc.strerror}): {hint}") from exc
-    if empty:
-        raise UnusableInput(f"{root} is empty: {hint}")
-    try:
-        emit(root, "", 0)
+        emit(root, top, "", 0)
         return bytes(sw.as_fdt().as_bytearray())
     except libfdt.FdtException as exc:
         raise UnusableInput(f"{root} cannot be turned into a DTB ({exc}): {hint}") from exc
@@ -1011,15 +1088,8 @@ def check_path(path: pathlib.Path, profile: str = "dom0", expect: Expectation | 
     """Validate a DTB file, or a directory copied from /proc/device-tree."""
     _check_profile(profile)
     path = pathlib.Path(path)
-    if path.is_dir():
+    if stat.S_ISDIR(inputs.examine(path, inputs.DTB).st_mode):
         data = dtb_from_procfs(path)
-    elif not path.exists():
-        raise UnusableInput(
-            f"{path} does not exist: pass a .dtb (e.g. a copy of /sys/firmware/fdt) or a copy of /proc/device-tree"
-        )
     else:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UnusableInput(f"{path} cannot be read ({exc.strerror}): check its permissions") from exc
+        data = inputs.read_file(path, inputs.DTB)
     return _validate(_load(data, str(path)), profile, expect or Expectation())

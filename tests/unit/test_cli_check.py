@@ -20,10 +20,11 @@ DATA = Path(__file__).parent / "data"
 DOM0_DTB = DATA / "qemu-virt-gicv3-dom0.dtb"
 ACPI_DOM0 = DATA / "acpi" / "dom0"
 ACPI_HOST = DATA / "acpi" / "host"
+HEALTHY_LOG = DATA / "logs" / "qemu-virt-healthy.log"
 
 
-def harness(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(HARNESS), *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+def harness(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(HARNESS), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
     for stream in (proc.stdout, proc.stderr):
         assert "Traceback" not in stream, f"harness {' '.join(map(str, args))} printed a traceback:\n{stream}"
@@ -60,7 +61,8 @@ def test_check_dtb_healthy_dom0():
     assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert proc.stdout.strip() == "no findings"
     json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
-    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, [])
+    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (
+        0, {"input": str(DOM0_DTB), "profile": "dom0", "xen_version": "4.17", "findings": []})
 
 
 @pytest.fixture
@@ -84,7 +86,10 @@ def test_check_dtb_wrong_compatible_order(swapped_compatible):
 def test_check_dtb_json(swapped_compatible):
     proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
     assert proc.returncode == 1
-    findings = json.loads(proc.stdout)
+    record = json.loads(proc.stdout)
+    assert {k: v for k, v in record.items() if k != "findings"} == {
+        "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17"}
+    findings = record["findings"]
     assert isinstance(findings, list) and findings
     for finding in findings:
         assert {"rule", "severity", "where", "expected", "found"} <= set(finding), finding
@@ -150,7 +155,10 @@ def test_check_acpi_wrong_vcpu_count():
     found = gicc_enabled((ACPI_DOM0 / "APIC").read_bytes())
     proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", found + 1, "--json")
     assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
-    count = [f for f in json.loads(proc.stdout) if f["rule"] == "acpi.madt.gicc-count"]
+    record = json.loads(proc.stdout)
+    assert {k: v for k, v in record.items() if k != "findings"} == {
+        "input": str(ACPI_DOM0), "host": str(ACPI_HOST), "vcpus": found + 1, "hypervisor_id": None}
+    count = [f for f in record["findings"] if f["rule"] == "acpi.madt.gicc-count"]
     assert count and count[0]["severity"] == "error", proc.stdout
     assert (count[0]["expected"], count[0]["found"]) == (str(found + 1), str(found)), count[0]
 
@@ -161,6 +169,51 @@ def test_check_acpi_directory_of_junk(tmp_path):
     proc = harness("check", "acpi", tmp_path)
     assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert str(tmp_path) in one_line_error(proc)
+
+
+# --- what a user brings: never a hang, never a traceback -----------------------------------------
+
+
+@pytest.mark.parametrize("verb", [("check", "dtb"), ("triage",)], ids=["check-dtb", "triage"])
+def test_a_fifo_is_refused_at_once(tmp_path, verb):
+    path = tmp_path / "dump.dtb"
+    os.mkfifo(path)  # nobody writes to it: reading it would wait forever
+    proc = harness(*verb, path, timeout=20)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert f"{path} is a FIFO, not a file" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("verb", [("check", "dtb"), ("triage",)], ids=["check-dtb", "triage"])
+def test_dev_zero_is_refused_at_once(verb):
+    proc = harness(*verb, "/dev/zero", timeout=20)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert "/dev/zero is a character device, not a file" in one_line_error(proc)
+
+
+def test_an_oversized_dtb_is_refused(tmp_path):
+    path = tmp_path / "x.dtb"
+    with path.open("wb") as fh:
+        fh.truncate(300 << 20)
+    proc = harness("check", "dtb", path, timeout=20)
+    assert proc.returncode == 2
+    assert f"{path} is 300 MiB, over the 16 MiB a DTB may be" in one_line_error(proc)
+
+
+def test_triage_with_an_invalid_prompt_regex_says_so():
+    proc = harness("triage", "--prompt", "(", HEALTHY_LOG)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    line = one_line_error(proc)
+    assert "--prompt '(' is not a regular expression (missing ), unterminated subpattern" in line, line
+
+
+def test_triage_of_a_healthy_log_and_of_an_empty_one(tmp_path):
+    proc = harness("triage", "--prompt", "dom0# ", "--json", HEALTHY_LOG)
+    assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert json.loads(proc.stdout)["verdict"] == "passed"
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b" \n\n")
+    proc = harness("triage", empty)
+    assert proc.returncode == 2 and f"{empty} is empty" in one_line_error(proc)
 
 
 # --- boot and targets ---------------------------------------------------------------------------

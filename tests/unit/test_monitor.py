@@ -9,6 +9,8 @@ from captured import DATA, HEALTHY_LOG, replay
 
 from harness.monitor import (
     EVIDENCE_WINDOW_S,
+    MAX_LINE_BYTES,
+    TRIAGE_KEEP_LINES,
     ConsoleMonitor,
     MachineExit,
     Verdict,
@@ -338,3 +340,63 @@ def test_wait_raises_a_failure_seen_before_the_awaited_milestone():
         wait_until(console, None, monitor, Deadlines(), condition, "dom0's shell")
     assert raised.value.failure.signature == "kernel-oops"
     assert "dom0:shell" in monitor.reached  # it was there, and still did not count
+
+
+# --- bounded work on any log ----------------------------------------------------------------
+
+
+def test_a_line_longer_than_the_bound_is_judged_in_pieces():
+    long = b"".join(b"%06d " % i for i in range(6000))  # 42000 bytes: two whole pieces and a rest
+    assert len(long) > 2 * MAX_LINE_BYTES
+    log = b"(XEN) Xen version 4.17.7\n" + long + b"\nafter\n"
+    for chunk in (7, 4096, len(log)):
+        monitor = ConsoleMonitor().replay(log, chunk)
+        pieces = [line for line in monitor.lines if line.number == 2]
+        assert [p.text.encode() for p in pieces] == [  # a Line's text loses trailing blanks
+            long[:MAX_LINE_BYTES].rstrip(), long[MAX_LINE_BYTES : 2 * MAX_LINE_BYTES].rstrip(),
+            long[2 * MAX_LINE_BYTES :].rstrip(),
+        ], f"chunk {chunk}"
+        assert monitor.lines[-1].text == "after" and monitor.lines[-1].number == 3
+
+
+def test_a_log_without_newlines_is_judged_in_pieces_as_it_arrives():
+    # about 1 MB of kernel noise that never ends its line, a panic starting the 61st piece, then more noise
+    noise = b"[    1.000000] some noise that never ends its line; " * 21_000
+    log = b"(XEN) Xen version 4.17.7 " + noise[: 60 * MAX_LINE_BYTES - 25] + b"Kernel panic - not syncing: x " + noise
+    monitor = ConsoleMonitor().replay(log, 4096)
+    assert monitor.line_count == len(log) // MAX_LINE_BYTES  # every whole piece judged, the rest still pending
+    assert len(monitor._partial) == len(log) % MAX_LINE_BYTES
+    assert {line.number for line in monitor.lines} == {1}  # all pieces of console line 1
+    assert "xen-banner" in monitor.reached
+    assert monitor.failure is not None and monitor.failure.signature == "kernel-panic"
+    assert monitor.failure.line.text.startswith("Kernel panic - not syncing: x [    1.000000] some noise")
+
+
+def test_a_prompt_is_never_found_in_the_middle_of_a_cut_line():
+    monitor = ConsoleMonitor(prompt=r"dom0# ")
+    monitor.feed(b"(XEN) Xen version 4.17.7\n" + b"x" * MAX_LINE_BYTES + b"dom0# ")
+    assert "dom0:shell" not in monitor.reached
+    monitor.feed(b"\ndom0# ")
+    assert "dom0:shell" in monitor.reached
+
+
+def test_triage_keeps_a_bounded_window_and_the_same_evidence():
+    failing = fault_log("impossible-dom0-mem")
+    log = failing + HEALTHY_LOG.read_bytes() * 8  # the failure, then a lot more log
+    full, verdict = triage(log, keep_lines=None)
+    bounded, bounded_verdict = triage(log)
+    assert (bounded_verdict, bounded.failure.signature) == (verdict, full.failure.signature) == (
+        Verdict.CRASHED, "xen-dom0-memory")
+    assert bounded.failure.evidence == full.failure.evidence and bounded.failure.detail == full.failure.detail
+    assert bounded.line_count == full.line_count == len(full.lines) > 5_000
+    assert len(bounded.lines) <= 2 * TRIAGE_KEEP_LINES
+    assert bounded.lines[-1] == full.lines[-1]
+    assert len(bounded._matches) <= len(full._matches) < 20  # later panics in the log add nothing to remember
+
+
+def test_triage_of_chunks_equals_triage_of_bytes():
+    log = fault_log("missing-dom0-kernel")
+    whole, verdict = triage(log)
+    chunked, chunked_verdict = triage(log[i : i + 1000] for i in range(0, len(log), 1000))
+    assert chunked_verdict is verdict and chunked.failure.to_dict() == whole.failure.to_dict()
+    assert chunked.reached == whole.reached

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import UnusableInput
-from harness.findings import Finding, Severity, failures
+from harness.findings import MAX_PER_RULE, Finding, Severity, failures
 from harness.validate.acpi import (
     DEFAULT_PROFILE,
     KNOWN_DEFECTS,
@@ -723,10 +723,10 @@ def test_load_tables_layout(tmp_path: Path) -> None:
 
 
 def test_load_tables_unusable(tmp_path: Path) -> None:
-    with pytest.raises(UnusableInput, match="not a directory"):
+    with pytest.raises(UnusableInput, match="nope does not exist"):
         load_tables(tmp_path / "nope")
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(UnusableInput, match="not a directory"):
+    with pytest.raises(UnusableInput, match="file is a regular file, not a directory"):
         load_tables(tmp_path / "file")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -735,6 +735,27 @@ def test_load_tables_unusable(tmp_path: Path) -> None:
         load_tables(empty)
     with pytest.raises(UnusableInput):
         check_path(write_dump(tmp_path / "g", guest_set()), tmp_path / "missing-host")
+
+
+# ---------------------------------------------------------------------------- bounded work
+
+
+def test_a_huge_xsdt_gives_bounded_findings_in_linear_work() -> None:
+    # a host XSDT of 40,000 entries and a guest one of 80,000 (640 KB, under a table's limit) that appends
+    # 20,000 zero entries and 20,000 new addresses: each appended entry was looked up in the host's list
+    host = host_set()
+    host_addrs = [*HOST_ADDRS.values(), *range(0x70000000, 0x70000000 + 8 * 39_996, 8)]
+    host["XSDT"] = xsdt(host_addrs)
+    guest = guest_set()
+    guest["XSDT"] = xsdt([*host_addrs, *[0] * 20_000, *range(0x90000000, 0x90000000 + 8 * 20_000, 8)])
+    findings = run(guest, host)
+    zero = only(findings, "acpi.xsdt.entry")
+    assert [f.where for f in zero] == [f"XSDT entry[{i}]" for i in range(40_000, 40_000 + MAX_PER_RULE)] + [
+        f"XSDT entry[{40_000 + MAX_PER_RULE}] ... XSDT entry[59999]"]
+    assert zero[-1].found == f"{20_000 - MAX_PER_RULE} more like them, not listed" and zero[-1].fails
+    count = failing(findings, "acpi.stao.xsdt")
+    assert (count.expected, count.found) == ("40001 (host 40000 + 1 new: STAO)", "80000")
+    assert len(findings) < 40
 
 
 # ---------------------------------------------------------------------------- rule tables

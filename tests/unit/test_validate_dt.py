@@ -9,6 +9,7 @@ defect it names.
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import UnusableInput
-from harness.findings import Finding, Severity, failures
+from harness.findings import MAX_PER_RULE, Finding, Severity, failures
 from harness.validate import dt
 from harness.validate.dt import (
     PROFILES,
@@ -59,16 +60,16 @@ def reg22(*pairs: tuple[int, int]) -> bytes:
     return b"".join(a.to_bytes(8, "big") + s.to_bytes(8, "big") for a, s in pairs)
 
 
-def edit(change: Callable[[libfdt.Fdt], object], blob: bytes = DOM0) -> bytes:
+def edit(change: Callable[[libfdt.Fdt], object], blob: bytes = DOM0, room: int = 65536) -> bytes:
     fdt = libfdt.Fdt(blob)
-    fdt.resize(len(blob) + 65536)
+    fdt.resize(len(blob) + room)
     change(fdt)
     fdt.pack()
     return bytes(fdt.as_bytearray())
 
 
 def setprop(path: str, name: str, value: bytes, blob: bytes = DOM0) -> bytes:
-    return edit(lambda f: f.setprop(f.path_offset(path), name, value), blob)
+    return edit(lambda f: f.setprop(f.path_offset(path), name, value), blob, len(value) + 65536)
 
 
 def delprop(path: str, name: str, blob: bytes = DOM0) -> bytes:
@@ -742,7 +743,7 @@ def test_procfs_non_ascii_name_is_refused(tmp_path):
 
 def test_procfs_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(UnusableInput, match="is not a directory"):
+    with pytest.raises(UnusableInput, match="f is a regular file, not a directory"):
         dtb_from_procfs(tmp_path / "f")
 
 
@@ -887,3 +888,105 @@ def test_many_overlaps_are_summarised_quickly():
     finding = only(run(fdt_blob, "dom0", EXPECT), "dt.ext.device")
     assert "(+397 more)" in finding.found
     assert time.monotonic() - start < 2.0
+
+
+# --- bounded work: many regions -------------------------------------------------------------
+
+
+def per_rule_totals(findings: list[Finding]) -> dict[str, int]:
+    """How many findings each rule had before capping: those listed plus the count in the last one."""
+    totals: dict[str, int] = {}
+    for f in findings:
+        more = re.fullmatch(r"(\d+) more like them, not listed", f.found)
+        totals[f.rule] = totals.get(f.rule, 0) + (int(more.group(1)) if more else 1)
+    return totals
+
+
+def test_twenty_thousand_copies_of_one_region_give_bounded_findings():
+    # the hostile blob: /hypervisor reg = the grant table + one region over /memory@60000000, 20,000 times
+    ext = (0x40400000, 0x20000000)
+    blob = set_hyp_reg((GRANT.start, GRANT.size), *[ext] * 20_000)
+    assert len(blob) > 320_000
+    found = run(blob)
+    overlap = [f for f in found if f.rule == "dt.ext.overlap"]
+    assert [f.where for f in overlap] == [f"/hypervisor reg[{i}]" for i in range(2, 2 + MAX_PER_RULE)] + [
+        f"/hypervisor reg[{2 + MAX_PER_RULE}] ... /hypervisor reg[20000]"
+    ]
+    assert overlap[0].found == "0x40400000-0x60400000 overlaps reg[1] 0x40400000-0x60400000"
+    assert overlap[-1].found == f"{19_999 - MAX_PER_RULE} more like them, not listed"
+    ram = [f for f in found if f.rule == "dt.ext.ram"]
+    assert len(ram) == MAX_PER_RULE + 1
+    assert ram[0].found == "0x40400000-0x60400000 overlaps /memory@60000000 reg[0] 0x60000000-0x80000000"
+    assert ram[-1].where == f"/hypervisor reg[{1 + MAX_PER_RULE}] ... /hypervisor reg[20000]"
+    assert ram[-1].found == f"{20_000 - MAX_PER_RULE} more like them, not listed" and ram[-1].severity is Severity.ERROR
+    assert per_rule_totals(found) == {"dt.ext.overlap": 19_999, "dt.ext.ram": 20_000}
+    # with what Xen logged: the mismatch is one finding whose text counts the regions, not lists them
+    mismatch = only(run(blob, "dom0", EXPECT), "dt.dom0.ext")
+    assert mismatch.found.endswith(", ... (20000 regions)") and len(mismatch.found) < 400
+
+
+def brute_force(regions: list[Region], occupied: list[Region]) -> tuple[set[int], int]:
+    """(indexes of extended regions that overlap another one, extended regions over an occupied range)."""
+    ext = range(1, len(regions))
+    clustered = {i for i in ext for j in ext if i != j and regions[i].overlaps(regions[j])}
+    return clustered, sum(any(regions[i].overlaps(o) for o in occupied) for i in ext)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sweep_finds_what_comparing_every_pair_finds(seed):
+    import random
+
+    rng = random.Random(seed)
+    ram = [Region(0x60000000, 0x20000000)]  # the captured DT's only bank, /memory@60000000
+    regions = [GRANT] + [
+        Region(0x40000000 + rng.randrange(0, 0x100) * 0x1000000, rng.randrange(1, 8) * 0x1000000) for _ in range(60)
+    ]
+    found = validate_dtb(set_hyp_reg(*((r.start, r.size) for r in regions)), "dom0")
+    clustered, over_ram = brute_force(regions, ram)
+    totals = per_rule_totals([f for f in found if f.rule in ("dt.ext.overlap", "dt.ext.ram")])
+    assert totals.get("dt.ext.ram", 0) == over_ram
+    # every region that overlaps another is in a reported pair, and no pair is reported twice
+    pairs = [(int(m.group(1)), int(m.group(2))) for f in validate_dtb_uncapped(regions)
+             if (m := re.search(r"reg\[(\d+)\] .* overlaps reg\[(\d+)\]", f"{f.where} {f.found}"))]
+    assert len(set(pairs)) == len(pairs)
+    assert {i for pair in pairs if pair[1] for i in pair} == clustered
+    assert {i for i, j in pairs if j == 0} == {i for i in range(1, len(regions)) if regions[i].overlaps(GRANT)}
+    assert totals.get("dt.ext.overlap", 0) == len(pairs)
+
+
+def validate_dtb_uncapped(regions: list[Region]) -> list[Finding]:
+    return list(dt._check_ext_shape("/hypervisor", regions))
+
+
+def test_range_map_gives_each_address_to_the_first_entry_that_holds_it():
+    import random
+
+    rng = random.Random(7)
+    fixed = [(0x800, 0x50000800, 0x1000), (0, 0x90000000, 0x10000), (0x1000, 0x70000000, 0x100), (0x20000, 1, 0)]
+    shuffled = [(rng.randrange(0, 0x100) * 0x100, rng.randrange(0, 1 << 40), rng.randrange(0, 0x40) * 0x100)
+                for _ in range(40)]
+    for table in (fixed, shuffled):
+        ranges = dt._RangeMap(table)
+        for addr in [*range(0, 0x11000, 0x80), 0x7FF, 0x17FF, 0x20000, 0x123456]:
+            first = next((parent + addr - child for child, parent, size in table if child <= addr < child + size), None)
+            assert ranges.translate(addr) == first, hex(addr)
+
+
+def test_thousands_of_bus_windows_and_devices_are_translated():
+    # /bus maps bus address i*0x1000 to CPU 0x50000000 + i*0x1000, one ranges entry per device
+    n = 2_000
+
+    def change(f: libfdt.Fdt) -> None:
+        bus = f.add_subnode(0, "bus")
+        f.setprop_u32(bus, "#address-cells", 1)
+        f.setprop_u32(bus, "#size-cells", 1)
+        f.setprop(bus, "ranges", b"".join(cells(i * 0x1000, 0, 0x50000000 + i * 0x1000, 0x1000) for i in range(n)))
+        for i in reversed(range(n)):
+            dev = f.add_subnode(f.path_offset("/bus"), f"dev@{i * 0x1000:x}")
+            f.setprop(dev, "reg", cells(i * 0x1000 + 0x10, 0x10))
+
+    found = run(edit(change, room=64 * n + 65536), "dom0", EXPECT)
+    device, window = only(found, "dt.ext.device"), only(found, "dt.ext.bus-window")
+    assert device.found == (f"{EXT[0]} overlaps /bus/dev@0 reg[0] 0x50000010-0x50000020, /bus/dev@1000 reg[0] "
+                            f"0x50001010-0x50001020, /bus/dev@2000 reg[0] 0x50002010-0x50002020 (+{n - 3} more)")
+    assert window.found.endswith(f"/bus ranges[2] 0x50002000-0x50003000 (+{n - 3} more)")
