@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import time
 from collections.abc import Callable
 
 import libfdt
@@ -875,19 +874,17 @@ def test_random_property_values_never_crash(changes):
     survive(edit(change))
 
 
-def test_many_overlaps_are_summarised_quickly():
-    """A hostile-but-valid blob (many devices, long chains) is still validated quickly."""
+def test_many_overlaps_are_summarised():
+    """A hostile-but-valid blob (many devices, long chains): one finding names a few and counts the rest
+    (how fast is benchmarks/inputs.py's to say)."""
 
     def many(f: libfdt.Fdt) -> None:
         for i in range(400):
             off = f.add_subnode(0, f"dev@{i:x}")
             f.setprop(off, "reg", reg22((0x40400000 + i * 0x1000, 0x1000)))
 
-    fdt_blob = edit(many)
-    start = time.monotonic()
-    finding = only(run(fdt_blob, "dom0", EXPECT), "dt.ext.device")
+    finding = only(run(edit(many), "dom0", EXPECT), "dt.ext.device")
     assert "(+397 more)" in finding.found
-    assert time.monotonic() - start < 2.0
 
 
 # --- bounded work: many regions -------------------------------------------------------------
