@@ -278,6 +278,7 @@ class BootSession:
     def _check(self) -> list[Finding]:
         started = time.monotonic()
         monitor = self.strategy.monitor
+        self._guarded(self.strategy.dump_xen_ring)  # what Xen said before its serial console was up
         claims = self.result.claims = xenlog.parse(monitor.text("xen"))
         findings: list[Finding] = []
         is_32bit, acpi = self.spec.arch == "arm32", self.spec.can("acpi")

@@ -134,6 +134,10 @@ SERIAL_INPUT = re.compile(r"^\*\*\* Serial input to (DOM(\d+)|Xen)")
 XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
 DOMU_PREFIX = re.compile(r"^DOM(\d+):(?: |$)")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
+# Xen's 'w' debug key (xen/drivers/char/console.c dump_console_ring_key(), 4.17 and 4.20) prints this
+# line, then its whole console ring, which ends with the ring's own copy of it. The ring's lines
+# are history, not news: they are recorded as source "xen-ring" and reach no milestone or signature.
+RING_DUMP = re.compile(r"^'w' pressed -> dumping console ring buffer \(dmesg\)")
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ class ConsoleMonitor:
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
+        self.ring_dumps = 0  # Xen console ring dumps read to their end
+        self._in_ring_dump = False
         self.prompt = re.compile(prompt) if prompt else None
         self.milestones = milestones
         self.signatures = signatures
@@ -243,10 +249,15 @@ class ConsoleMonitor:
         self._finish_evidence()
 
     def _line(self, text: str) -> None:
+        if self._in_ring_dump:
+            self._ring_line(text)
+            return
         source, raw_body = self._attribute(text)
         body = raw_body.rstrip()
         line = Line(round(self.now(), 3), source, body, self._raw_lines)
         self.lines.append(line)
+        if source == "xen" and RING_DUMP.match(body):
+            self._in_ring_dump = True
         index = len(self.lines) - 1
         scope = source if source in ("xen", "firmware") else "guest"
         for milestone in self.milestones:
@@ -265,6 +276,15 @@ class ConsoleMonitor:
                 if self.failure is None:
                     self._failure_index, self._failure_at = index, self.clock()
                     self.failure = Failure(sig.verdict, self.stage, sig.name, sig.description, line)
+
+    def _ring_line(self, text: str) -> None:
+        """A line of Xen's console ring dump; the ring's copy of the 'w' line ends it."""
+        m = XEN_PREFIX.match(text)
+        body = (text[m.end():] if m else text).rstrip()
+        self.lines.append(Line(round(self.now(), 3), "xen-ring", body, self._raw_lines))
+        if RING_DUMP.match(body):
+            self._in_ring_dump = False
+            self.ring_dumps += 1
 
     def _attribute(self, text: str) -> tuple[str, str]:
         if m := XEN_PREFIX.match(text):

@@ -8,6 +8,10 @@ from harness.monitor import ConsoleMonitor
 
 DATA = Path(__file__).parent / "data"
 HEALTHY_LOG = DATA / "logs" / "qemu-virt-healthy.log"
+# A qemu-virt boot with --xen-args "sched=null no-such-param=1 dom0_max_vcpus=abc" (Debian's Xen 4.17.7):
+# Xen's boot up to its handover, then dom0's prompt, Xen's console ring dump (debug key 'w'), and the
+# input back at dom0. Cut from the boot's console.log at line boundaries; the bytes are as captured.
+COMPLAINTS_LOG = DATA / "logs" / "qemu-virt-xen-cmdline-complaints.log"
 
 
 def replay(log: bytes, chunk: int = 512, prompt: str = r"dom0# ") -> ConsoleMonitor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from captured import DATA, HEALTHY_LOG, replay
+from captured import COMPLAINTS_LOG, DATA, HEALTHY_LOG, replay
 
 from harness.monitor import (
     EVIDENCE_WINDOW_S,
@@ -295,3 +295,27 @@ def test_wait_raises_a_failure_seen_before_the_awaited_milestone():
         wait_until(console, None, monitor, Deadlines(), condition, "dom0's shell")
     assert raised.value.failure.signature == "kernel-oops"
     assert "dom0:shell" in monitor.reached  # it was there, and still did not count
+
+
+def test_xen_console_ring_dump_is_history_not_news():
+    """Lines Xen prints for debug key 'w' are recorded as "xen-ring": its old '*** Serial input to DOM0'
+    does not move the focus, its old banner reaches no milestone, and the dump's end is counted."""
+    monitor = replay(COMPLAINTS_LOG.read_bytes())
+    ring = monitor.text("xen-ring")
+    assert monitor.ring_dumps == 1
+    assert ring[-1] == "'w' pressed -> dumping console ring buffer (dmesg)"  # the ring's own copy ends it
+    assert 'parameter "no-such-param" unknown!' in ring  # printed before the serial console was up
+    assert 'parameter "no-such-param" unknown!' not in monitor.text("xen")
+    assert any(line.startswith("*** Serial input to DOM0") for line in ring)
+    assert monitor.focus == 0  # from the live line after the dump, not from the ring's
+    assert monitor.reached["xen-banner"].source == "xen"
+    assert monitor.failure is None
+
+
+def test_unfinished_ring_dump_keeps_its_lines_apart():
+    """A log cut in the middle of a dump: what was dumped so far is still ring history."""
+    data = COMPLAINTS_LOG.read_bytes()
+    cut = data[: data.index(b'(XEN) parameter "dom0_max_vcpus"')]
+    monitor = replay(cut)
+    assert monitor.ring_dumps == 0
+    assert monitor.text("xen-ring")[-1] == 'parameter "no-such-param" unknown!'
