@@ -25,6 +25,31 @@ KERNEL_XEN_ERRORS = (
     *(sig.pattern for sig in SIGNATURES if sig.verdict is Verdict.FAILED),
     re.compile(r"No extended regions are found"),
 )
+# Every rule id these checks report (`harness check rules` lists them beside the validators').
+RULES: dict[str, str] = {
+    "xen.banner": "Xen printed its 'Xen version X.Y' banner",
+    "xen.boot": "Xen booted on the firmware tables the target provides (Device Tree or ACPI)",
+    "xen.grant": "Xen printed dom0's grant table range",
+    "xen.event-ppi": "Xen allocated a PPI (INTID 16..31) for dom0's event channel interrupt",
+    "xen.extended": "Xen printed extended regions for a 64-bit device-tree dom0",
+    "xen.cmdline.unknown": "Xen knows every parameter on its command line ('parameter \"X\" unknown!')",
+    "xen.cmdline.invalid": "Xen accepts every value on its command line ('has invalid value', 'Bad console=')",
+    "xen.cmdline.fallback": "Xen did not fall back to a default for an option asked for ('Could not find scheduler')",
+    "dt.missing": "the guest has the flattened tree it booted with (/sys/firmware/fdt)",
+    "dt.procfs.match": "the kernel's live tree (/proc/device-tree) says what the flattened tree says",
+    "kernel.xen-found": "the guest kernel says 'Xen X.Y support found', X.Y the booted Xen",
+    "kernel.grant-layout": "the guest kernel uses the version 1 grant table layout",
+    "kernel.grant-init": "the guest kernel says 'Grant table initialized'",
+    "kernel.events-abi": "the guest kernel names its event channel ABI (FIFO-based or 2-level)",
+    "kernel.xen-error": "the guest kernel printed none of Linux's Xen discovery errors",
+    "irq.events.row": "the guest has a /proc/interrupts row named 'events'",
+    "irq.events.hwirq": "the events interrupt's hwirq is Xen's event PPI",
+    "irq.events.chip": "the events interrupt is on the target's interrupt controller",
+    "irq.events.trigger": "the events interrupt is level triggered",
+    "irq.events.count": "the events interrupt fires while dom0 runs",
+    "sys.hypervisor.type": "/sys/hypervisor/type is 'xen'",
+    "sys.hypervisor.version": "/sys/hypervisor says the booted Xen's X.Y",
+}
 EVENTS_ABI = re.compile(r"xen:events: Using (FIFO-based|2-level) ABI")
 XEN_FOUND = re.compile(r"Xen (\d+\.\d+) support found")
 
@@ -57,6 +82,15 @@ def check_xen_claims(
             _error("xen.extended", "Xen console", "'d0: extended region N: A->B' lines for a 64-bit dom0", "none")
         )
     return out
+
+
+def check_xen_cmdline(claims: XenClaims) -> list[Finding]:
+    """Each complaint of Xen's about its command line: the user asked for something Xen did not do."""
+    return [
+        _error(f"xen.cmdline.{c.kind}", "Xen command line", c.expected, c.found,
+               "Xen booted on without it: what was asked for is not what ran")
+        for c in claims.complaints
+    ]
 
 
 def expectation(claims: XenClaims, domid: int = 0, is_32bit: bool = False) -> dt.Expectation:

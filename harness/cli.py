@@ -146,9 +146,10 @@ def summary(result, spec) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     if args.kind == "rules":
+        from .checks import RULES as BOOT_RULES
         from .validate import acpi, dt
 
-        for rule, text in {**dt.RULES, **acpi.RULES}.items():
+        for rule, text in {**BOOT_RULES, **dt.RULES, **acpi.RULES}.items():
             print(f"{rule:28} {text}")
         return EXIT_GOOD
     try:
@@ -289,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     acpi.add_argument("--vcpus", type=int, help="dom0's vCPU count: enabled GICC entries expected")
     acpi.add_argument("--hypervisor-id", help="expected FADT hypervisor vendor id (default: report only)")
     acpi.add_argument("--json", action="store_true")
-    kinds.add_parser("rules", help="list every rule id of both validators, with what it checks")
+    kinds.add_parser("rules", help="list every rule id (a boot's checks, both validators), with what it checks")
     check.set_defaults(func=cmd_check)
 
     images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
