@@ -280,7 +280,7 @@ class BootSession:
         monitor = self.strategy.monitor
         self._guarded(self.strategy.dump_xen_ring)  # what Xen said before its serial console was up
         claims = self.result.claims = xenlog.parse(monitor.text("xen"), ring=monitor.text("xen-ring"))
-        findings: list[Finding] = checks.check_xen_cmdline(claims)
+        findings: list[Finding] = checks.check_xen_cmdline(claims, efi=self.spec.boot == "qemu-uefi")
         is_32bit, acpi = self.spec.arch == "arm32", self.spec.can("acpi")
         if self.spec.dom0:
             findings += checks.check_xen_claims(claims, is_32bit=is_32bit, acpi=acpi)

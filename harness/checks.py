@@ -16,7 +16,7 @@ from .findings import Finding, Severity
 from .guest import GuestView
 from .monitor import SIGNATURES, Verdict
 from .validate import dt
-from .xenlog import XenClaims
+from .xenlog import Complaint, XenClaims
 
 # Linux's own failure strings when it does not find what Xen should have given it
 # (arch/arm/xen/enlighten.c, drivers/xen): the console monitor's guest "failed" signatures, plus one
@@ -35,6 +35,7 @@ RULES: dict[str, str] = {
     "xen.cmdline.unknown": "Xen knows every parameter on its command line ('parameter \"X\" unknown!')",
     "xen.cmdline.invalid": "Xen accepts every value on its command line ('has invalid value', 'Bad console=')",
     "xen.cmdline.fallback": "Xen did not fall back to a default for an option asked for ('Could not find scheduler')",
+    "xen.cmdline.unread": "Xen's console ring still holds its 'Command line:' (else its complaints may be lost)",
     "dt.missing": "the guest has the flattened tree it booted with (/sys/firmware/fdt)",
     "dt.procfs.match": "the kernel's live tree (/proc/device-tree) says what the flattened tree says",
     "kernel.xen-found": "the guest kernel says 'Xen X.Y support found', X.Y the booted Xen",
@@ -84,13 +85,41 @@ def check_xen_claims(
     return out
 
 
-def check_xen_cmdline(claims: XenClaims) -> list[Finding]:
-    """Each complaint of Xen's about its command line: the user asked for something Xen did not do."""
-    return [
-        _error(f"xen.cmdline.{c.kind}", "Xen command line", c.expected, c.found,
-               "Xen booted on without it: what was asked for is not what ran")
-        for c in claims.complaints
-    ]
+# Xen before 4.19, started by UEFI on Arm, puts its image name in front of its own command line
+# (xen/arch/arm/efi/efi-boot.h efi_arch_handle_cmdline) and then parses that as a parameter.
+EFI_IMAGE_NAME_DEFECT = (
+    "Xen before 4.19 started by UEFI on Arm puts its image name first on its own command line "
+    "(xen/arch/arm/efi/efi-boot.h efi_arch_handle_cmdline), then parses it as a parameter. Known upstream "
+    "defect, harmless; Xen 4.19 dropped the name (commit b1185ce66c 'arm/efi: Simplify efi_arch_handle_cmdline()')"
+)
+
+
+def check_xen_cmdline(claims: XenClaims, *, efi: bool = False) -> list[Finding]:
+    """Each complaint of Xen's about its command line: the user asked for something Xen did not do.
+
+    `efi`: Xen was started by UEFI firmware (its image name may then head its command line)."""
+    out = []
+    if claims.ring_start is not None and claims.cmdline is None:
+        # The ring (conring_size=, 16 KiB by default) filled up with later lines, e.g. a domU's console.
+        out.append(Finding("xen.cmdline.unread", Severity.WARNING, "Xen console ring (debug key 'w')",
+                           "Xen's 'Command line: …' line, with what Xen said about it",
+                           f"a ring that begins later: {claims.ring_start!r}",
+                           "the ring wrapped: raise conring_size= on the target's Xen command line"))
+    for c in claims.complaints:
+        if efi and _is_efi_image_name(c, claims):
+            out.append(Finding(f"xen.cmdline.{c.kind}", Severity.KNOWN, "Xen command line", c.expected, c.found,
+                               EFI_IMAGE_NAME_DEFECT))
+        else:
+            out.append(_error(f"xen.cmdline.{c.kind}", "Xen command line", c.expected, c.found,
+                              "Xen booted on without it: what was asked for is not what ran"))
+    return out
+
+
+def _is_efi_image_name(complaint: Complaint, claims: XenClaims) -> bool:
+    words = (claims.cmdline or "").split()
+    version = tuple(int(n) for n in claims.version.split(".")) if claims.version else None
+    return (complaint.kind == "unknown" and bool(words) and complaint.parameter == words[0]
+            and version is not None and version < (4, 19))
 
 
 def expectation(claims: XenClaims, domid: int = 0, is_32bit: bool = False) -> dt.Expectation:

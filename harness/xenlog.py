@@ -52,12 +52,14 @@ class Complaint:
     """One thing Xen's command line asked for that Xen did not do, in Xen's own words."""
 
     kind: str  # "unknown", "invalid" or "fallback": the finding's rule is xen.cmdline.<kind>
-    line: str  # Xen's line(s), the evidence
+    parameter: str  # as Xen names it: "no-such-param", "dom0_max_vcpus", "sched", "console"
+    line: str  # Xen's line, the evidence
     expected: str  # what the command line asked for: "Xen accepts sched=null"
     found: str  # what Xen did: "Could not find scheduler: null (Xen used credit2)"
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "line": self.line, "expected": self.expected, "found": self.found}
+        return {"kind": self.kind, "parameter": self.parameter, "line": self.line, "expected": self.expected,
+                "found": self.found}
 
 
 @dataclass
@@ -70,6 +72,7 @@ class XenClaims:
     extended: dict[int, list[Region]] = field(default_factory=dict)  # domid -> regions
     no_extended_32bit: set[int] = field(default_factory=set)  # domains Xen said are 32-bit
     cmdline: str | None = None  # "Command line: …", when Xen's console ring was read
+    ring_start: str | None = None  # the first line of Xen's console ring dump, when one was read
     complaints: list[Complaint] = field(default_factory=list)  # what Xen did not do of its command line
 
     def to_dict(self) -> dict:
@@ -81,6 +84,7 @@ class XenClaims:
             "event_ppi": self.event_ppi,
             "extended": {f"d{d}": [str(r) for r in regions] for d, regions in self.extended.items()},
             "cmdline": self.cmdline,
+            "ring_start": self.ring_start,
             "complaints": [c.to_dict() for c in self.complaints],
         }
 
@@ -90,7 +94,7 @@ def parse(xen_lines: Iterable[str], ring: Iterable[str] = ()) -> XenClaims:
     `ring`, a dump of Xen's console ring (the same lines again, with those printed before the serial
     console was up)."""
     xen_lines, ring = list(xen_lines), list(ring)
-    claims = XenClaims(complaints=complaints([*ring, *xen_lines]))
+    claims = XenClaims(complaints=complaints([*ring, *xen_lines]), ring_start=ring[0] if ring else None)
     claims.cmdline = next((m.group(1) for text in [*ring, *xen_lines] if (m := COMMAND_LINE.match(text))), None)
     for text in xen_lines:
         if (m := VERSION.match(text)) and claims.version is None:
@@ -127,22 +131,23 @@ def complaints(xen_lines: Iterable[str]) -> list[Complaint]:
 def _complaint(text: str, after: list[str]) -> Complaint | None:
     line = text.strip()
     if m := CMDLINE_UNKNOWN.match(line):
-        return Complaint("unknown", line, f"Xen accepts {m.group(1)}", f"{line} (Xen ignored it)")
+        return Complaint("unknown", m.group(1), line, f"Xen accepts {m.group(1)}", f"{line} (Xen ignored it)")
     if m := CMDLINE_INVALID.match(line):
-        return Complaint("invalid", line, f"Xen accepts {m.group(1)}={m.group(2)}",
+        return Complaint("invalid", m.group(1), line, f"Xen accepts {m.group(1)}={m.group(2)}",
                          f"{line} (Xen rejected the value)")
     if m := SCHED_MISSING.match(line):
         used = next((u.group(2) for a in after if (u := SCHED_USED.match(a))), None)
-        return Complaint("fallback", line, f"Xen accepts sched={m.group(1)}",
+        return Complaint("fallback", "sched", line, f"Xen accepts sched={m.group(1)}",
                          f"{line} (Xen used {used or 'its default scheduler'})")
     if m := RATELIMIT.match(line):
         default = next((d.group(1) for a in after if (d := RATELIMIT_DEFAULT.match(a))), None)
-        return Complaint("fallback", line, f"Xen accepts sched_ratelimit_us (valid: {m.group(1)}..{m.group(2)})",
+        return Complaint("fallback", "sched_ratelimit_us", line,
+                         f"Xen accepts sched_ratelimit_us (valid: {m.group(1)}..{m.group(2)})",
                          f"{line} (Xen used {'the default ' + default if default else 'its default'})")
     if m := GRAN_FALLBACK.match(line):
-        return Complaint("fallback", line, "Xen accepts the sched-gran asked for",
+        return Complaint("fallback", "sched-gran", line, "Xen accepts the sched-gran asked for",
                          f"{line} (Xen used sched-gran={m.group(1)})")
     if m := BAD_CONSOLE.match(line):
-        return Complaint("invalid", line, f"Xen accepts console={m.group(1)}",
+        return Complaint("invalid", "console", line, f"Xen accepts console={m.group(1)}",
                          f"{line} (Xen ignored this console)")
     return None

@@ -107,7 +107,7 @@ def test_complaints_are_in_the_result_record(complaining):
     claims, _ = cmdline_findings(complaining)
     record = claims.to_dict()
     assert record["complaints"][0] == {
-        "kind": "unknown", "line": 'parameter "no-such-param" unknown!',
+        "kind": "unknown", "parameter": "no-such-param", "line": 'parameter "no-such-param" unknown!',
         "expected": "Xen accepts no-such-param", "found": 'parameter "no-such-param" unknown! (Xen ignored it)',
     }
     assert record["cmdline"] == claims.cmdline
@@ -127,3 +127,54 @@ def test_every_rule_the_checks_report_is_listed():
             and id(n) not in keys}
     used |= {f"xen.cmdline.{kind}" for kind in ("unknown", "invalid", "fallback")}  # built from Complaint.kind
     assert len(used) > 15 and used <= set(checks.RULES), sorted(used - set(checks.RULES))
+
+
+# The qemu-virt-acpi target (Xen 4.17.5 built from Debian's source, started by edk2): its console ring.
+EFI_BOOT = ["Xen version 4.17.5 (Debian 4.17.5+72-g01140da4e8-1 xen-arm-harness build) (harness@localhost)",
+            "Command line: xen dom0_mem=512M bootscrub=0 console=dtuart loglvl=all guest_loglvl=all",
+            'parameter "xen" unknown!']
+
+
+def test_xen_417_efi_image_name_is_a_known_defect_not_a_failure():
+    finding = only_cmdline(checks.check_xen_cmdline(xenlog.parse(EFI_BOOT), efi=True))
+    assert (finding.rule, finding.severity, finding.found) == (
+        "xen.cmdline.unknown", Severity.KNOWN, 'parameter "xen" unknown! (Xen ignored it)')
+    assert "b1185ce66c" in finding.note and not finding.fails
+
+
+@pytest.mark.parametrize("change", ["device-tree boot", "Xen 4.20", "another word", "a later word"])
+def test_the_known_defect_is_that_exact_case_only(change):
+    lines, efi = list(EFI_BOOT), True
+    if change == "device-tree boot":
+        efi = False
+    elif change == "Xen 4.20":
+        lines[0] = "Xen version 4.20.4 (Debian 4.20.4+63-g7abfd2bce2-0+deb13u1)"
+    elif change == "another word":
+        lines[2] = 'parameter "dom0_mem" unknown!'
+    else:  # the word is the user's, not Xen's image name
+        lines[1] = "Command line: dom0_mem=512M xen"
+    finding = only_cmdline(checks.check_xen_cmdline(xenlog.parse(lines), efi=efi))
+    assert finding.severity is Severity.ERROR and finding.fails
+
+
+def only_cmdline(findings):
+    assert len(findings) == 1, [str(f) for f in findings]
+    return findings[0]
+
+
+def test_a_wrapped_console_ring_is_said_to_be_unread():
+    """A qemu-dom0less boot with the default 16 KiB ring: domU1's console filled it, and Xen's
+    'Command line:' (with anything Xen said about it) was gone by the time it was dumped."""
+    ring = ["IVER16", "d1v0: vGICD: unhandled word write 0x000000ffffffff to ICACTIVER20",
+            "'w' pressed -> dumping console ring buffer (dmesg)"]
+    [finding] = checks.check_xen_cmdline(xenlog.parse(["Xen version 4.17.7"], ring=ring))
+    assert (finding.rule, finding.found) == ("xen.cmdline.unread", "a ring that begins later: 'IVER16'")
+    assert finding.fails and "conring_size=" in finding.note
+    # no ring read at all (a log without a dump): nothing to say
+    assert checks.check_xen_cmdline(xenlog.parse(["Xen version 4.17.7"])) == []
+
+
+def test_a_whole_ring_is_read(complaining):
+    claims, findings = cmdline_findings(complaining)
+    assert claims.ring_start == "Checking for initrd in /chosen"  # Xen's first line on Arm
+    assert "xen.cmdline.unread" not in {f.rule for f in findings}
