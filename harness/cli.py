@@ -188,18 +188,24 @@ def cmd_triage(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} is empty: give the path of a saved console log.")
     monitor, verdict = triage(data, prompt=args.prompt)
     failure = monitor.failure
+    findings = cmdline_findings(monitor)
+    if verdict is Verdict.PASSED and failures(findings):  # as `harness boot` would judge the same boot
+        verdict = Verdict.FAILED
     if args.json:
         print(json.dumps({
             "log": str(path),
             "verdict": str(verdict),
             "milestones": {k: line.number for k, line in monitor.reached.items()},
             "failure": failure.to_dict() if failure else None,
+            "findings": [f.to_dict() for f in findings],
         }, indent=2))
     else:
         print(f"{'milestone':34} {'log line':>8}")
         for key, line in monitor.reached.items():
             print(f"{milestone_title(key):34} {line.number:8}")
         print()
+        if findings:
+            print(render_table(findings) + "\n")
         if failure:
             print(f"verdict: {verdict} after stage '{failure.stage}': {failure.description}"
                   + (f" ({failure.detail})" if failure.detail else "") + f" [signature {failure.signature}]")
@@ -208,6 +214,15 @@ def cmd_triage(args: argparse.Namespace) -> int:
         else:
             print(f"verdict: {verdict}")
     return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
+
+
+def cmdline_findings(monitor) -> list:
+    """What Xen said of its command line in a saved log (and in a ring dump, if the log has one)."""
+    from . import checks, xenlog
+
+    claims = xenlog.parse(monitor.text("xen"), ring=monitor.text("xen-ring"))
+    firmware = monitor.reached.get("firmware")
+    return checks.check_xen_cmdline(claims, efi=firmware is not None and "U-Boot" not in firmware.text)
 
 
 # --- images and targets -------------------------------------------------------------------------
@@ -298,7 +313,8 @@ def parser() -> argparse.ArgumentParser:
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
     images.set_defaults(func=cmd_images)
 
-    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence")
+    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, and what "
+                                            "Xen said of its command line")
     tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
     tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
     tr.add_argument("--json", action="store_true")
