@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import targets
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
-from .findings import failures, render_table, to_json
+from .findings import Finding, failures, render_table, to_json
 from .monitor import BootFailure, Line, Verdict
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
@@ -216,7 +216,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
 
 
-def cmdline_findings(monitor) -> list:
+def cmdline_findings(monitor) -> list[Finding]:
     """What Xen said of its command line in a saved log (and in a ring dump, if the log has one)."""
     from . import checks, xenlog
 
@@ -313,8 +313,8 @@ def parser() -> argparse.ArgumentParser:
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
     images.set_defaults(func=cmd_images)
 
-    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, and what "
-                                            "Xen said of its command line")
+    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, "
+                                       "and what Xen said of its command line")
     tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
     tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
     tr.add_argument("--json", action="store_true")

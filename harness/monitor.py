@@ -135,8 +135,9 @@ XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
 DOMU_PREFIX = re.compile(r"^DOM(\d+):(?: |$)")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
 # Xen's 'w' debug key (xen/drivers/char/console.c dump_console_ring_key(), 4.17 and 4.20) prints this
-# line, then its whole console ring, which ends with the ring's own copy of it. The ring's lines
-# are history, not news: they are recorded as source "xen-ring" and reach no milestone or signature.
+# line, then its whole console ring, which ends with the ring's own copy of it, after the copies of
+# any earlier presses (the ring keeps them, unless it wrapped). The ring's lines are history, not
+# news: they are recorded as source "xen-ring" and reach no milestone or signature.
 RING_DUMP = re.compile(r"^'w' pressed -> dumping console ring buffer \(dmesg\)")
 
 
@@ -205,7 +206,8 @@ class ConsoleMonitor:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
         self.ring_dumps = 0  # Xen console ring dumps read to their end
-        self._in_ring_dump = False
+        self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
+        self._ring_copies = -1  # 'w' lines seen in the dump being read; -1: none is being read
         self.prompt = re.compile(prompt) if prompt else None
         self.milestones = milestones
         self.signatures = signatures
@@ -249,7 +251,7 @@ class ConsoleMonitor:
         self._finish_evidence()
 
     def _line(self, text: str) -> None:
-        if self._in_ring_dump:
+        if self._ring_copies >= 0:
             self._ring_line(text)
             return
         source, raw_body = self._attribute(text)
@@ -257,7 +259,8 @@ class ConsoleMonitor:
         line = Line(round(self.now(), 3), source, body, self._raw_lines)
         self.lines.append(line)
         if source == "xen" and RING_DUMP.match(body):
-            self._in_ring_dump = True
+            self._ring_presses += 1
+            self._ring_copies = 0
         index = len(self.lines) - 1
         scope = source if source in ("xen", "firmware") else "guest"
         for milestone in self.milestones:
@@ -278,13 +281,15 @@ class ConsoleMonitor:
                     self.failure = Failure(sig.verdict, self.stage, sig.name, sig.description, line)
 
     def _ring_line(self, text: str) -> None:
-        """A line of Xen's console ring dump; the ring's copy of the 'w' line ends it."""
+        """A line of Xen's console ring dump; the ring's copy of the latest 'w' line ends it."""
         m = XEN_PREFIX.match(text)
         body = (text[m.end():] if m else text).rstrip()
         self.lines.append(Line(round(self.now(), 3), "xen-ring", body, self._raw_lines))
         if RING_DUMP.match(body):
-            self._in_ring_dump = False
-            self.ring_dumps += 1
+            self._ring_copies += 1
+            if self._ring_copies == self._ring_presses:
+                self._ring_copies = -1
+                self.ring_dumps += 1
 
     def _attribute(self, text: str) -> tuple[str, str]:
         if m := XEN_PREFIX.match(text):

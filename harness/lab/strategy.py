@@ -115,7 +115,10 @@ class XenStrategy(Strategy):
 
         On Arm, Xen parses its command line before its serial console is up: what it said about it
         ("Command line: …", unknown or invalid parameters) is in the ring only. The monitor records
-        the dump's lines as source "xen-ring"."""
+        the dump's lines as source "xen-ring". Once a boot: a later dump ends only at the ring's copy
+        of its own 'w' line, which the monitor can count only while the ring keeps every earlier one."""
+        if self.monitor.ring_dumps:
+            return
         back = self.focused
         self._give_input(None, "Xen")
         dumps = self.monitor.ring_dumps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from captured import COMPLAINTS_LOG, DATA, HEALTHY_LOG, replay
+from captured import COMPLAINTS_LOG, DATA, HEALTHY_LOG, RING_TWICE_LOG, replay
 
 from harness.monitor import (
     EVIDENCE_WINDOW_S,
@@ -319,3 +319,15 @@ def test_unfinished_ring_dump_keeps_its_lines_apart():
     monitor = replay(cut)
     assert monitor.ring_dumps == 0
     assert monitor.text("xen-ring")[-1] == 'parameter "no-such-param" unknown!'
+
+
+def test_a_second_ring_dump_ends_at_its_own_w_line_not_the_first_dumps():
+    """The ring keeps the first press's 'w' line: the second dump ends only at its last one, and
+    Xen's live '*** Serial input to DOM0' after it still gives dom0 the focus."""
+    monitor = replay(RING_TWICE_LOG.read_bytes())
+    assert monitor.ring_dumps == 2 and monitor.focus == 0
+    live = monitor.text("xen")
+    assert live.count("'w' pressed -> dumping console ring buffer (dmesg)") == 2
+    assert live[-1].startswith("*** Serial input to DOM0")
+    ring = monitor.text("xen-ring")
+    assert ring.count("Checking for initrd in /chosen") == 2  # each dump is the whole ring
