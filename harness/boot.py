@@ -211,8 +211,9 @@ class BootSession:
     def _check(self) -> list[Finding]:
         started = time.monotonic()
         monitor = self.strategy.monitor
-        claims = self.result.claims = xenlog.parse(monitor.text("xen"))
-        findings: list[Finding] = []
+        self._guarded(self.strategy.dump_xen_ring)  # what Xen said before its serial console was up
+        claims = self.result.claims = xenlog.parse(monitor.text("xen"), ring=monitor.text("xen-ring"))
+        findings: list[Finding] = checks.check_xen_cmdline(claims, efi=self.spec.boot == "qemu-uefi")
         is_32bit, acpi = self.spec.arch == "arm32", self.spec.can("acpi")
         if self.spec.dom0:
             findings += checks.check_xen_claims(claims, is_32bit=is_32bit, acpi=acpi)

@@ -16,7 +16,7 @@ from .findings import Finding, Severity
 from .guest import GuestView
 from .monitor import SIGNATURES, Verdict
 from .validate import dt
-from .xenlog import XenClaims
+from .xenlog import Complaint, XenClaims
 
 # Linux's own failure strings when it does not find what Xen should have given it
 # (arch/arm/xen/enlighten.c, drivers/xen): the console monitor's guest "failed" signatures, plus one
@@ -25,6 +25,32 @@ KERNEL_XEN_ERRORS = (
     *(sig.pattern for sig in SIGNATURES if sig.verdict is Verdict.FAILED),
     re.compile(r"No extended regions are found"),
 )
+# Every rule id these checks report (`harness check rules` lists them beside the validators').
+RULES: dict[str, str] = {
+    "xen.banner": "Xen printed its 'Xen version X.Y' banner",
+    "xen.boot": "Xen booted on the firmware tables the target provides (Device Tree or ACPI)",
+    "xen.grant": "Xen printed dom0's grant table range",
+    "xen.event-ppi": "Xen allocated a PPI (INTID 16..31) for dom0's event channel interrupt",
+    "xen.extended": "Xen printed extended regions for a 64-bit device-tree dom0",
+    "xen.cmdline.unknown": "Xen knows every parameter on its command line ('parameter \"X\" unknown!')",
+    "xen.cmdline.invalid": "Xen accepts every value on its command line ('has invalid value', 'Bad console=')",
+    "xen.cmdline.fallback": "Xen did not fall back to a default for an option asked for ('Could not find scheduler')",
+    "xen.cmdline.unread": "Xen's console ring still holds its 'Command line:' (else its complaints may be lost)",
+    "dt.missing": "the guest has the flattened tree it booted with (/sys/firmware/fdt)",
+    "dt.procfs.match": "the kernel's live tree (/proc/device-tree) says what the flattened tree says",
+    "kernel.xen-found": "the guest kernel says 'Xen X.Y support found', X.Y the booted Xen",
+    "kernel.grant-layout": "the guest kernel uses the version 1 grant table layout",
+    "kernel.grant-init": "the guest kernel says 'Grant table initialized'",
+    "kernel.events-abi": "the guest kernel names its event channel ABI (FIFO-based or 2-level)",
+    "kernel.xen-error": "the guest kernel printed none of Linux's Xen discovery errors",
+    "irq.events.row": "the guest has a /proc/interrupts row named 'events'",
+    "irq.events.hwirq": "the events interrupt's hwirq is Xen's event PPI",
+    "irq.events.chip": "the events interrupt is on the target's interrupt controller",
+    "irq.events.trigger": "the events interrupt is level triggered",
+    "irq.events.count": "the events interrupt fires while dom0 runs",
+    "sys.hypervisor.type": "/sys/hypervisor/type is 'xen'",
+    "sys.hypervisor.version": "/sys/hypervisor says the booted Xen's X.Y",
+}
 EVENTS_ABI = re.compile(r"xen:events: Using (FIFO-based|2-level) ABI")
 XEN_FOUND = re.compile(r"Xen (\d+\.\d+) support found")
 
@@ -57,6 +83,43 @@ def check_xen_claims(
             _error("xen.extended", "Xen console", "'d0: extended region N: A->B' lines for a 64-bit dom0", "none")
         )
     return out
+
+
+# Xen before 4.19, started by UEFI on Arm, puts its image name in front of its own command line
+# (xen/arch/arm/efi/efi-boot.h efi_arch_handle_cmdline) and then parses that as a parameter.
+EFI_IMAGE_NAME_DEFECT = (
+    "Xen before 4.19 started by UEFI on Arm puts its image name first on its own command line "
+    "(xen/arch/arm/efi/efi-boot.h efi_arch_handle_cmdline), then parses it as a parameter. Known upstream "
+    "defect, harmless; Xen 4.19 dropped the name (commit b1185ce66c 'arm/efi: Simplify efi_arch_handle_cmdline()')"
+)
+
+
+def check_xen_cmdline(claims: XenClaims, *, efi: bool = False) -> list[Finding]:
+    """Each complaint of Xen's about its command line: the user asked for something Xen did not do.
+
+    `efi`: Xen was started by UEFI firmware (its image name may then head its command line)."""
+    out = []
+    if claims.ring_start is not None and claims.cmdline is None:
+        # The ring (conring_size=, 16 KiB by default) filled up with later lines, e.g. a domU's console.
+        out.append(Finding("xen.cmdline.unread", Severity.WARNING, "Xen console ring (debug key 'w')",
+                           "Xen's 'Command line: …' line, with what Xen said about it",
+                           f"a ring that begins later: {claims.ring_start!r}",
+                           "the ring wrapped: raise conring_size= on the target's Xen command line"))
+    for c in claims.complaints:
+        if efi and _is_efi_image_name(c, claims):
+            out.append(Finding(f"xen.cmdline.{c.kind}", Severity.KNOWN, "Xen command line", c.expected, c.found,
+                               EFI_IMAGE_NAME_DEFECT))
+        else:
+            out.append(_error(f"xen.cmdline.{c.kind}", "Xen command line", c.expected, c.found,
+                              "Xen booted on without it: what was asked for is not what ran"))
+    return out
+
+
+def _is_efi_image_name(complaint: Complaint, claims: XenClaims) -> bool:
+    words = (claims.cmdline or "").split()
+    version = tuple(int(n) for n in claims.version.split(".")) if claims.version else None
+    return (complaint.kind == "unknown" and bool(words) and complaint.parameter == words[0]
+            and version is not None and version < (4, 19))
 
 
 def expectation(claims: XenClaims, domid: int = 0, is_32bit: bool = False) -> dt.Expectation:

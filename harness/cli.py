@@ -22,7 +22,7 @@ from pathlib import Path
 from . import artifacts, data, inputs, targets
 from .artifacts import run_dir_name, writable_dir
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
-from .findings import failures, render_table
+from .findings import Finding, failures, render_table
 from .monitor import BootFailure, Line, Verdict
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
@@ -136,9 +136,10 @@ def summary(result, spec) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     if args.kind == "rules":
+        from .checks import RULES as BOOT_RULES
         from .validate import acpi, dt
 
-        for rule, text in {**dt.RULES, **acpi.RULES}.items():
+        for rule, text in {**BOOT_RULES, **dt.RULES, **acpi.RULES}.items():
             print(f"{rule:28} {text}")
         return EXIT_GOOD
     try:
@@ -202,18 +203,24 @@ def cmd_triage(args: argparse.Namespace) -> int:
     if not printed:
         raise UsageError(f"{path} is empty: give the path of a saved console log.")
     failure = monitor.failure
+    findings = cmdline_findings(monitor)
+    if verdict is Verdict.PASSED and failures(findings):  # as `harness boot` would judge the same boot
+        verdict = Verdict.FAILED
     if args.json:
         print(json.dumps({
             "log": str(path),
             "verdict": str(verdict),
             "milestones": {k: line.number for k, line in monitor.reached.items()},
             "failure": failure.to_dict() if failure else None,
+            "findings": [f.to_dict() for f in findings],
         }, indent=2))
     else:
         print(f"{'milestone':34} {'log line':>8}")
         for key, line in monitor.reached.items():
             print(f"{milestone_title(key):34} {line.number:8}")
         print()
+        if findings:
+            print(render_table(findings) + "\n")
         if failure:
             print(f"verdict: {verdict} after stage '{failure.stage}': {failure.description}"
                   + (f" ({failure.detail})" if failure.detail else "") + f" [signature {failure.signature}]")
@@ -222,6 +229,15 @@ def cmd_triage(args: argparse.Namespace) -> int:
         else:
             print(f"verdict: {verdict}")
     return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
+
+
+def cmdline_findings(monitor) -> list[Finding]:
+    """What Xen said of its command line in a saved log (and in a ring dump, if the log has one)."""
+    from . import checks, xenlog
+
+    claims = xenlog.parse(monitor.text("xen"), ring=monitor.text("xen-ring"))
+    firmware = monitor.reached.get("firmware")
+    return checks.check_xen_cmdline(claims, efi=firmware is not None and "U-Boot" not in firmware.text)
 
 
 # --- images and targets -------------------------------------------------------------------------
@@ -305,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
     acpi.add_argument("--vcpus", type=int, help="dom0's vCPU count: enabled GICC entries expected")
     acpi.add_argument("--hypervisor-id", help="expected FADT hypervisor vendor id (default: report only)")
     acpi.add_argument("--json", action="store_true")
-    kinds.add_parser("rules", help="list every rule id of both validators, with what it checks")
+    kinds.add_parser("rules", help="list every rule id (a boot's checks, both validators), with what it checks")
     check.set_defaults(func=cmd_check)
 
     images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
@@ -313,7 +329,8 @@ def parser() -> argparse.ArgumentParser:
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
     images.set_defaults(func=cmd_images)
 
-    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence")
+    tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, "
+                                       "and what Xen said of its command line")
     tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
     tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
     tr.add_argument("--json", action="store_true")

@@ -136,6 +136,11 @@ SERIAL_INPUT = re.compile(r"^\*\*\* Serial input to (DOM(\d+)|Xen)")
 XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
 DOMU_PREFIX = re.compile(r"^DOM(\d+):(?: |$)")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
+# Xen's 'w' debug key (xen/drivers/char/console.c dump_console_ring_key(), 4.17 and 4.20) prints this
+# line, then its whole console ring, which ends with the ring's own copy of it, after the copies of
+# any earlier presses (the ring keeps them, unless it wrapped). The ring's lines are history, not
+# news: they are recorded as source "xen-ring" and reach no milestone or signature.
+RING_DUMP = re.compile(r"^'w' pressed -> dumping console ring buffer \(dmesg\)")
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,7 @@ class MachineExit:
 
 
 EVIDENCE_BEFORE = 6
+XEN_LINES_KEPT = 20_000
 EVIDENCE_AFTER = 8
 EVIDENCE_WINDOW_S = 1.0  # how long to keep listening after a failure line for the lines that explain it
 MAX_LINE_BYTES = 16 * 1024  # printk lines are under 1 KiB: a longer one (noise, no newline) is cut
@@ -255,6 +261,9 @@ class ConsoleMonitor:
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
+        self.ring_dumps = 0  # Xen console ring dumps read to their end
+        self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
+        self._ring_copies = -1  # 'w' lines seen in the dump being read; -1: none is being read
         self.prompt = re.compile(prompt) if prompt else None
         self.milestones = milestones
         self.signatures = signatures
@@ -265,6 +274,9 @@ class ConsoleMonitor:
         # last ones and a failure's evidence (triage of a log of any size). Indexes count every Line seen.
         self.keep_lines = keep_lines
         self.lines: list[Line] = []
+        # With keep_lines, what Xen itself printed is also kept apart (its claims and complaints are read
+        # from it after the log), up to XEN_LINES_KEPT lines per source: a boot prints a few hundred.
+        self._xen_text: dict[str, list[str]] = {"xen": [], "xen-ring": []}
         self.line_count = 0
         self._dropped = 0  # Lines dropped from the front of self.lines
         self.reached: dict[str, Line] = {}
@@ -339,10 +351,17 @@ class ConsoleMonitor:
             self._line(piece if not SERIAL_INPUT.match(piece) else f"(XEN) {piece}", number)
 
     def _line(self, text: str, number: int) -> None:
+        if self._ring_copies >= 0:
+            self._ring_line(text, number)
+            return
         source, raw_body = self._attribute(text)
         body = raw_body.rstrip()
         line = Line(round(self.now(), 3), source, body, number)
         self.lines.append(line)
+        self._keep_xen_text(line)
+        if source == "xen" and RING_DUMP.match(body):
+            self._ring_presses += 1
+            self._ring_copies = 0
         index = self.line_count
         self.line_count += 1
         scope = source if source in ("xen", "firmware") else "guest"
@@ -363,6 +382,20 @@ class ConsoleMonitor:
                 if self.failure is None:
                     self._failure_index, self._failure_at = index, self.clock()
                     self.failure = Failure(sig.verdict, self.stage, sig.name, sig.description, line)
+
+    def _ring_line(self, text: str, number: int) -> None:
+        """A line of Xen's console ring dump; the ring's copy of the latest 'w' line ends it."""
+        m = XEN_PREFIX.match(text)
+        body = (text[m.end():] if m else text).rstrip()
+        line = Line(round(self.now(), 3), "xen-ring", body, number)
+        self.lines.append(line)
+        self._keep_xen_text(line)
+        self.line_count += 1
+        if RING_DUMP.match(body):
+            self._ring_copies += 1
+            if self._ring_copies == self._ring_presses:
+                self._ring_copies = -1
+                self.ring_dumps += 1
 
     def _attribute(self, text: str) -> tuple[str, str]:
         if m := XEN_PREFIX.match(text):
@@ -509,8 +542,16 @@ class ConsoleMonitor:
             self.feed(data[start : start + chunk])
         return self
 
+    def _keep_xen_text(self, line: Line) -> None:
+        kept = self._xen_text.get(line.source) if self.keep_lines is not None else None
+        if kept is not None and len(kept) < XEN_LINES_KEPT:
+            kept.append(line.text)
+
     def text(self, source: str | None = None) -> list[str]:
-        """The lines (without prefixes) one source printed, or all of them."""
+        """The lines (without prefixes) one source printed, or all of them (with keep_lines: the lines kept,
+        but all of Xen's own, up to XEN_LINES_KEPT)."""
+        if self.keep_lines is not None and source in self._xen_text:
+            return list(self._xen_text[source])
         return [line.text for line in self.lines if source is None or line.source == source]
 
 

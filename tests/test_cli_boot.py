@@ -52,6 +52,17 @@ def test_a_bad_boot_exits_1_with_its_timeline(target_spec: TargetSpec, tmp_path:
     assert "Failed to allocate requested dom0 memory" in run.stdout  # the evidence
 
 
+def test_a_scheduler_xen_does_not_have_fails_the_boot(target_spec: TargetSpec, tmp_path: Path) -> None:
+    """Xen falls back to its default scheduler and boots on: the boot is FAILED, in Xen's own words.
+
+    (Debian's Xen has no null scheduler either; a name no Xen has keeps this true of any --xen build.)"""
+    run = harness("--target", str(target_spec.path), "--xen-args", "sched=nosuch", artifacts=tmp_path / "run")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "xen.cmdline.fallback" in run.stdout and "Xen accepts sched=nosuch" in run.stdout, run.stdout
+    assert "Could not find scheduler: nosuch (Xen used " in run.stdout, run.stdout  # Xen's line, and what it did
+    assert "verdict: FAILED (1 failing finding)" in run.stdout, run.stdout
+
+
 def test_a_lab_failure_exits_128(target_spec: TargetSpec, tmp_path: Path) -> None:
     """128 stops git bisect run instead of blaming the commit."""
     run = harness("--target", str(target_spec.path), "--fault", "qemu-rejects-option", artifacts=tmp_path / "run")

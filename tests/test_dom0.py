@@ -42,6 +42,13 @@ def test_xen_says_what_it_gave_dom0(booted: BootSession) -> None:
     assert_clean(claims, "Xen's console", booted)
 
 
+def test_xen_did_what_its_command_line_asked(booted: BootSession) -> None:
+    """Xen complained of nothing on the target's own command line (read from its console ring too)."""
+    result = probed(booted)
+    assert result.claims.ring_start, "Xen's console ring was not read"
+    assert_clean([f for f in result.findings if f.rule.startswith("xen.cmdline.")], "Xen's command line", booted)
+
+
 @pytest.mark.requires("device-tree")
 def test_dom0_device_tree_matches_xen(booted: BootSession) -> None:
     """dom0's /hypervisor node follows the binding and says exactly what Xen printed."""

@@ -31,6 +31,7 @@ class Status(enum.Enum):
 
 
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
+DUMP_RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/char/console.c)
 
 
 @target_factory.reg_driver
@@ -88,23 +89,43 @@ class XenStrategy(Strategy):
         self.status = status
 
     def focus(self, guest: GuestSpec):
-        """Give `guest` Xen's serial input and its shell; returns its active ShellDriver.
+        """Give `guest` Xen's serial input and its shell; returns its active ShellDriver."""
+        self._give_input(guest.domid, f"{guest.name} (DOM{guest.domid})")
+        if self.focused != guest:
+            self._take_shell(guest)
+        return self.shell(guest.name)
+
+    def _give_input(self, domid: int | None, name: str) -> None:
+        """Move Xen's serial input to domain `domid` (None: Xen itself).
 
         Xen passes its input on with Ctrl-a three times, round Xen -> DOM0 -> DOM1 … -> Xen, and says
         where it went ("*** Serial input to DOM1"); the monitor follows those lines.
         """
         for _ in range(len(self.guests) + 2):
-            if self.monitor.focus == guest.domid:
-                break
+            if self.monitor.focus == domid:
+                return
             seen = len(self.monitor.lines)
             self.console.write(SWITCH_INPUT)
             self.wait_until(functools.partial(self._input_moved, seen), "Xen's '*** Serial input to …' line")
-        else:
-            self.monitor.hang(f"Xen never gave its serial input to {guest.name} (DOM{guest.domid})", "input-switch")
-            raise BootFailure(self.monitor.conclude())
-        if self.focused != guest:
-            self._take_shell(guest)
-        return self.shell(guest.name)
+        self.monitor.hang(f"Xen never gave its serial input to {name}", "input-switch")
+        raise BootFailure(self.monitor.conclude())
+
+    def dump_xen_ring(self) -> None:
+        """Have Xen print its console ring (debug key 'w'), then give the input back to the focused guest.
+
+        On Arm, Xen parses its command line before its serial console is up: what it said about it
+        ("Command line: …", unknown or invalid parameters) is in the ring only. The monitor records
+        the dump's lines as source "xen-ring". Once a boot: a later dump ends only at the ring's copy
+        of its own 'w' line, which the monitor can count only while the ring keeps every earlier one."""
+        if self.monitor.ring_dumps:
+            return
+        back = self.focused
+        self._give_input(None, "Xen")
+        dumps = self.monitor.ring_dumps
+        self.console.write(DUMP_RING_KEY)
+        self.wait_until(lambda: self.monitor.ring_dumps > dumps, "Xen's console ring dump ('w')")
+        if back is not None:
+            self._give_input(back.domid, f"{back.name} (DOM{back.domid})")
 
     def _input_moved(self, after: int) -> bool:
         return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self.monitor.lines[after:])

@@ -238,3 +238,26 @@ def test_targets_lists_qemu_virt():
     row = next((ln for ln in lines if ln.split()[0] == "qemu-virt"), None)
     assert row is not None, proc.stdout
     assert spec.description in row and f"[{', '.join(sorted(spec.capabilities))}]" in row, row
+
+
+def test_check_rules_lists_the_boot_checks_too():
+    proc = harness("check", "rules")
+    assert proc.returncode == 0
+    listed = {line.split()[0] for line in proc.stdout.splitlines()}
+    assert {"xen.cmdline.unknown", "xen.cmdline.invalid", "xen.cmdline.fallback", "xen.grant",
+            "dt.compatible.order", "acpi.rsdp.checksum.v1"} <= listed
+
+
+def test_triage_reports_xens_complaints_about_its_command_line():
+    """A saved log in which Xen ignored part of its command line is judged as `harness boot` judges it."""
+    log = DATA / "logs" / "qemu-virt-xen-cmdline-complaints.log"
+    proc = harness("triage", log)
+    assert proc.returncode == 1, proc.stdout
+    assert "Could not find scheduler: null (Xen used credit2)" in proc.stdout
+    assert 'parameter "no-such-param" unknown!' in proc.stdout and proc.stdout.rstrip().endswith("verdict: failed")
+    record = json.loads(harness("triage", "--json", log).stdout)
+    assert record["verdict"] == "failed"
+    assert [f["rule"] for f in record["findings"]] == [
+        "xen.cmdline.unknown", "xen.cmdline.invalid", "xen.cmdline.fallback"]
+    healthy = harness("triage", DATA / "logs" / "qemu-virt-healthy.log")
+    assert healthy.returncode == 0 and "xen.cmdline" not in healthy.stdout

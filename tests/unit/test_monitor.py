@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from captured import DATA, HEALTHY_LOG, replay
+from captured import COMPLAINTS_LOG, DATA, HEALTHY_LOG, RING_TWICE_LOG, replay
 
 from harness.monitor import (
     EVIDENCE_WINDOW_S,
@@ -400,3 +400,39 @@ def test_triage_of_chunks_equals_triage_of_bytes():
     chunked, chunked_verdict = triage(log[i : i + 1000] for i in range(0, len(log), 1000))
     assert chunked_verdict is verdict and chunked.failure.to_dict() == whole.failure.to_dict()
     assert chunked.reached == whole.reached
+
+
+def test_xen_console_ring_dump_is_history_not_news():
+    """Lines Xen prints for debug key 'w' are recorded as "xen-ring": its old '*** Serial input to DOM0'
+    does not move the focus, its old banner reaches no milestone, and the dump's end is counted."""
+    monitor = replay(COMPLAINTS_LOG.read_bytes())
+    ring = monitor.text("xen-ring")
+    assert monitor.ring_dumps == 1
+    assert ring[-1] == "'w' pressed -> dumping console ring buffer (dmesg)"  # the ring's own copy ends it
+    assert 'parameter "no-such-param" unknown!' in ring  # printed before the serial console was up
+    assert 'parameter "no-such-param" unknown!' not in monitor.text("xen")
+    assert any(line.startswith("*** Serial input to DOM0") for line in ring)
+    assert monitor.focus == 0  # from the live line after the dump, not from the ring's
+    assert monitor.reached["xen-banner"].source == "xen"
+    assert monitor.failure is None
+
+
+def test_unfinished_ring_dump_keeps_its_lines_apart():
+    """A log cut in the middle of a dump: what was dumped so far is still ring history."""
+    data = COMPLAINTS_LOG.read_bytes()
+    cut = data[: data.index(b'(XEN) parameter "dom0_max_vcpus"')]
+    monitor = replay(cut)
+    assert monitor.ring_dumps == 0
+    assert monitor.text("xen-ring")[-1] == 'parameter "no-such-param" unknown!'
+
+
+def test_a_second_ring_dump_ends_at_its_own_w_line_not_the_first_dumps():
+    """The ring keeps the first press's 'w' line: the second dump ends only at its last one, and
+    Xen's live '*** Serial input to DOM0' after it still gives dom0 the focus."""
+    monitor = replay(RING_TWICE_LOG.read_bytes())
+    assert monitor.ring_dumps == 2 and monitor.focus == 0
+    live = monitor.text("xen")
+    assert live.count("'w' pressed -> dumping console ring buffer (dmesg)") == 2
+    assert live[-1].startswith("*** Serial input to DOM0")
+    ring = monitor.text("xen-ring")
+    assert ring.count("Checking for initrd in /chosen") == 2  # each dump is the whole ring
