@@ -151,7 +151,8 @@ def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines:
     qemu.on()
     monitor.start()
     try:
-        wait_until(qemu, qemu, monitor, deadlines, lambda: "dom0:shell" in monitor.reached, "Linux's shell")
+        wait_until(qemu, qemu, monitor, deadlines, lambda: "dom0:shell" in monitor.reached, "Linux's shell",
+                   machine=qemu)
         qemu.write(b"\n")  # a fresh prompt for the ShellDriver
         target.activate(shell)
         machine = GuestShell(shell, "the machine's Linux", monitor)

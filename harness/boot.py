@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import labgrid
 
-from . import acpidump, checks, guest, xenlog
-from .bootdtb import Domain, Module, build_boot_dtb, layout, packed
+from . import acpidump, checks, guest, inputs, xenlog
 from .errors import HarnessError, UsageError
 from .findings import Finding
 from .images import Artifact, Images
@@ -26,8 +24,9 @@ from .initramfs import initramfs
 from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
+from .plan import QEMU_METHODS, BootPlan, make_plan
 from .result import BootResult
-from .targets import Deadlines, GuestSpec, TargetSpec, check_guests
+from .targets import Deadlines, TargetSpec, check_guests
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
 
@@ -94,15 +93,16 @@ class BootSession:
                 self.host_acpi = acpidump.host_tables(self.spec, arts["kernel"], arts["initrd"], self.images.cache)
             self.env = labgrid.Environment(config_file=str(self.spec.path))
             target = self.env.get_target("main")
-            self._plan(target)
+            plan = self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
             self.strategy.guests = list(self.spec.guests)
             self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
             self.strategy.on_milestone = self._milestone
-            qemu = target.get_driver("XenQEMUDriver", activate=False)
+            if plan.uboot is not None:
+                self._stage(target, plan)
             self._console_log = (self.artifacts / "console.log").open("wb")  # noqa: SIM115 (closed in close())
             log_file = self._console_log
-            qemu.listeners.append(lambda data: (log_file.write(data), log_file.flush()))
+            self.strategy.console.listeners.append(lambda data: (log_file.write(data), log_file.flush()))
             self.strategy.transition(Status.shell)
         except BootFailure as exc:
             self.result.record_failure(exc.failure)
@@ -127,67 +127,49 @@ class BootSession:
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
         return arts
 
-    def _plan(self, target) -> None:
-        """What QEMU loads and how: the target's boot method, with this boot's tweaks."""
-        qemu = target.get_driver("XenQEMUDriver", activate=False)
-        tweaks = self.tweaks
-        qemu.boot_args = " ".join(filter(None, [qemu.boot_args, tweaks.xen_args]))
-        if tweaks.edit_qemu_args:
-            qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
-        qemu.stderr_path = self.artifacts / "qemu.stderr"
-        self.result.cmdlines = {"xen": qemu.boot_args or "", **{g.name: g.cmdline for g in self.spec.guests}}
-        if self.spec.boot == "qemu-loader":
-            self._plan_loader(qemu)
-        elif self.spec.boot == "qemu-uefi":
-            self._plan_uefi(qemu)
-        else:
-            raise UsageError(f"{self.spec.path.name}: boot method {self.spec.boot!r} is not known: "
-                             "use qemu-loader or qemu-uefi.")
+    def _plan(self, target) -> BootPlan:
+        """The target's boot method, with this boot's tweaks, made into a plan and applied to the lab."""
+        spec, tweaks = self.spec, self.tweaks
+        xen_cmdline = " ".join(filter(None, [spec.xen_cmdline, tweaks.xen_args]))
+        self.result.cmdlines = {"xen": xen_cmdline, **{g.name: g.cmdline for g in spec.guests}}
+        qemu = target.get_driver("XenQEMUDriver", activate=False) if spec.boot in QEMU_METHODS else None
+        machine_dtb = None
+        if qemu is not None:
+            if tweaks.edit_qemu_args:
+                qemu.extra_args = tweaks.edit_qemu_args(qemu.extra_args)
+            qemu.stderr_path = self.artifacts / "qemu.stderr"
+            if spec.boot == "qemu-loader":
+                machine_dtb = qemu.dump_machine_dtb(self.artifacts / "machine.dtb")
+        elif spec.board is not None:
+            machine_dtb = self._board_dtb()
+        plan = make_plan(spec, self.result.images, xen_cmdline, self.artifacts, machine_dtb, tweaks.omit_modules)
+        plan.materialize(self.artifacts)
+        if qemu is not None:
+            qemu.boot_args = xen_cmdline
+            qemu.loader_args = list(plan.qemu_args)
+            if plan.kernel:
+                self.env.config.data.setdefault("images", {}).update(
+                    {"xen": str(plan.kernel), "boot-dtb": str(self.artifacts / plan.dtb)})
+        return plan
 
-    def _plan_uefi(self, qemu) -> None:
-        """UEFI firmware starts Xen from an ESP (QEMU's virtual FAT); Xen reads its config beside itself."""
-        if self.spec.domus:
-            raise UsageError(f"{self.spec.path.name}: the qemu-uefi boot method starts dom0 only, not domUs.")
-        arts = self.result.images
-        boot = self.artifacts / "esp" / "EFI" / "BOOT"
-        boot.mkdir(parents=True, exist_ok=True)
-        # Links, not copies: QEMU's vvfat follows them, and artifacts stay small.
-        for name, art in (("BOOTAA64.EFI", "xen"), ("Image", "kernel"), ("initrd.gz", "initrd")):
-            (boot / name).unlink(missing_ok=True)
-            (boot / name).symlink_to(arts[art].path)
-        # Xen's EFI loader reads <its own name>.cfg (docs/misc/efi.pandoc).
-        (boot / "BOOTAA64.cfg").write_text(
-            "[global]\ndefault=xen\n\n[xen]\n"
-            f"options={qemu.boot_args or ''}\nkernel=Image {self.spec.dom0.cmdline}\nramdisk=initrd.gz\n"
-        )
-        qemu.extra_args = f"{qemu.extra_args} -drive if=virtio,format=raw,readonly=on,file=fat:{boot.parent.parent}"
+    def _board_dtb(self) -> bytes:
+        """The board's own device tree: the file the target names (relative to the target YAML)."""
+        if not self.spec.board.dtb:
+            raise UsageError(f"{self.spec.path.name}: the board names no DTB: set board: dtb: to its file.")
+        path = (self.spec.path.parent / self.spec.board.dtb).resolve()
+        try:
+            return inputs.read_file(path, inputs.DTB)
+        except HarnessError as exc:
+            raise UsageError(f"{self.spec.path.name}: the board's DTB: {exc}") from None
 
-    def _plan_loader(self, qemu) -> None:
-        """The machine's DT + /chosen modules, blobs loaded by QEMU's generic loader."""
-        tweaks = self.tweaks
-        arts = self.result.images
-        machine_path = self.artifacts / "machine.dtb"
-        machine = packed(qemu.dump_machine_dtb(machine_path))
-        machine_path.write_bytes(machine)
-        kernel, initrd = arts["kernel"].path, arts["initrd"].path
-        wanted, domains = [], []
-        for g in self.spec.guests:
-            parent = "/chosen" if g.domid == 0 else f"/chosen/{g.name}"
-            guest_modules = [Module("kernel", str(kernel), kernel.stat().st_size, g.cmdline, parent),
-                             Module("ramdisk", str(initrd), initrd.stat().st_size, None, parent)]
-            if g.domid == 0:
-                guest_modules = [m for m in guest_modules if m.kind not in tweaks.omit_modules]
-            else:
-                domains.append(Domain(g.name, dom0less_properties(g)))
-            wanted += guest_modules
-        modules = layout(machine, arts["xen"].path.read_bytes(), wanted)
-        boot_dtb = self.artifacts / "boot.dtb"
-        boot_dtb.write_bytes(build_boot_dtb(machine, qemu.boot_args or "", modules, domains))
-        _decompile(boot_dtb)
-        self.env.config.data.setdefault("images", {}).update({"xen": str(arts["xen"].path), "boot-dtb": str(boot_dtb)})
-        qemu.loader_args = [
-            arg for m in modules for arg in ("-device", f"loader,file={m.path},addr={m.addr:#x},force-raw=on")
-        ]
+    def _stage(self, target, plan: BootPlan) -> None:
+        """Put the plan's files on the lab's TFTP server and give U-Boot's script to the strategy."""
+        tftp = target.get_driver("TFTPProviderDriver")
+        paths = {load.path: load.path if load.path.is_absolute() else self.artifacts / load.path
+                 for load in plan.uboot.loads}
+        staged = {name: tftp.stage(str(path)) for name, path in paths.items()}
+        (self.artifacts / "boot.cmd").write_text(plan.uboot.render(staged))
+        self.strategy.uboot_script = (plan.uboot.commands(staged), plan.uboot.boot)
 
     def _milestone(self, key: str, line: Line) -> None:
         self.result.milestones[key] = line.t
@@ -235,8 +217,7 @@ class BootSession:
         tables, host = self.artifacts / "dom0-acpi", self.artifacts / "host-acpi"
         self._guarded(lambda: acpidump.capture(self.shell("dom0"), tables, self.result.views["dom0"].dmesg))
         shutil.copytree(self.host_acpi, host, dirs_exist_ok=True)
-        qemu = self.strategy.power
-        vcpus = checks.dom0_vcpus(qemu.boot_args or "", qemu.extra_args or "")
+        vcpus = checks.dom0_vcpus(self.result.cmdlines["xen"], self.spec.cpus)
         return acpi.validate_tables(acpi.load_tables(tables), acpi.load_tables(host), acpi.Profile(vcpus=vcpus))
 
     def _probe(self, name: str) -> guest.GuestView:
@@ -291,25 +272,3 @@ def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:
     if tweaks.enhanced is not None:
         spec = replace(spec, domus=tuple(replace(d, enhanced=tweaks.enhanced) for d in spec.domus))
     return spec
-
-
-def dom0less_properties(g: GuestSpec) -> dict:
-    """A dom0less domU's /chosen node (Xen's docs/misc/arm/device-tree/booting.txt)."""
-    props: dict = {
-        "compatible": "xen,domain",
-        "#address-cells": 2,
-        "#size-cells": 2,
-        "memory": [0, g.memory_kb],
-        "cpus": g.cpus,
-        "vpl011": g.vpl011,
-    }
-    if g.enhanced is not None:
-        props["xen,enhanced"] = g.enhanced
-    return props
-
-
-def _decompile(dtb: Path) -> None:
-    """boot.dts beside boot.dtb, for people; dtc is optional."""
-    if shutil.which("dtc"):
-        subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", "-o", str(dtb.with_suffix(".dts")), str(dtb)],
-                       check=False, capture_output=True, timeout=60)

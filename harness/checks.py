@@ -264,10 +264,8 @@ def check_guest(
     ]
 
 
-def dom0_vcpus(xen_args: str, qemu_args: str) -> int | None:
-    """How many vCPUs Xen gives dom0: dom0_max_vcpus= if set, else one per physical CPU (QEMU's -smp)."""
-    if m := re.search(r"(?:^|\s)dom0_max_vcpus=(?:\d+-)?(\d+)", xen_args):
-        return int(m.group(1))
-    if m := re.search(r"(?:^|\s)-smp\s+(?:cpus=)?(\d+)", qemu_args):
-        return int(m.group(1))
-    return None
+def dom0_vcpus(xen_cmdline: str, cpus: int) -> int:
+    """How many vCPUs Xen gives dom0: dom0_max_vcpus= if set (the last one wins), else one per CPU."""
+    if found := re.findall(r"(?:^|\s)dom0_max_vcpus=(?:\d+-)?(\d+)", xen_cmdline):
+        return int(found[-1])
+    return cpus

@@ -35,7 +35,8 @@ class Milestone:
     key: str  # "xen-banner"; guest milestones are recorded as "<guest>:<key>", e.g. "dom0:kernel"
     title: str
     pattern: re.Pattern[str]
-    scope: str = "xen"  # whose lines it is matched on: "xen", "firmware", or "guest" (once per guest)
+    scope: str = "xen"  # whose lines it is matched on: "xen", "firmware", "guest" (once per guest), or
+    # "harness" (none: the harness records it with `ConsoleMonitor.mark`)
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,20 @@ class Signature:
     description: str
     specificity: int = 1  # among signatures seen together, the most specific names the failure
     guest: bool | None = None  # True: guest lines only, False: Xen lines only, None: any
+    after: str | None = None  # active only once this milestone was reached
 
 
 def _re(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+NEVER = _re(r"(?!)")  # a milestone the harness records itself (`ConsoleMonitor.mark`)
+
 MILESTONES: tuple[Milestone, ...] = (
     Milestone("firmware", "firmware", _re(r"UEFI firmware|EDK II|^U-Boot \d{4}\.\d+"), "firmware"),
+    # A board's U-Boot: what the harness itself saw happen there (no console line of its own to match).
+    Milestone("uboot-prompt", "U-Boot prompt", NEVER, "harness"),
+    Milestone("uboot-loaded", "images loaded and checked", NEVER, "harness"),
     Milestone("xen-banner", "Xen banner", _re(r"^Xen version (\S+)")),
     Milestone("dom0-loading", "dom0 loading", _re(r"^\*\*\* LOADING DOMAIN 0 \*\*\*")),
     Milestone("domU-loading", "domU loading", _re(r"^\*\*\* LOADING DOMU cpus=")),
@@ -104,6 +111,21 @@ SIGNATURES: tuple[Signature, ...] = (
               "the guest could not request Xen's event channel interrupt", 3, True),
     Signature("gnttab-unmapped", Verdict.FAILED, _re(r"gnttab share frames .* is not mapped"),
               "the guest could not map its grant frames", 3, True),
+    # A board's U-Boot, before it starts Xen. The harness checked Xen's image and every file's CRC32
+    # before booting, so what U-Boot refuses here is the lab's or the boot plan's doing, not the build's.
+    Signature("uboot-tftp-error", Verdict.INFRASTRUCTURE,
+              _re(r"TFTP error: |Retry count exceeded; starting again|TFTP server died|ARP Retry count exceeded"),
+              "U-Boot could not fetch a file from the lab's TFTP server", 2),
+    Signature("uboot-bad-image", Verdict.INFRASTRUCTURE,
+              _re(r"Bad Linux ARM64 Image magic|Wrong Image Format|Bad Linux ARM zImage magic|zImage: Bad magic"),
+              "U-Boot found no bootable image where the boot plan put Xen", 2),
+    Signature("uboot-bad-fdt", Verdict.INFRASTRUCTURE,
+              _re(r"FDT_ERR_\w+|Did not find a cmdline Flattened Device Tree|Could not find a valid device tree"),
+              "U-Boot could not use the boot DTB", 2),
+    # Firmware starting again in the middle of a boot: the board reset. Had Xen or a guest asked for
+    # it, that request was seen (and named) first.
+    Signature("board-reset", Verdict.INFRASTRUCTURE, _re(r"^U-Boot \d{4}\.\d{2}|^UEFI firmware \(version"),
+              "the board reset: its firmware started again in the middle of the boot", 1, after="xen-banner"),
 )
 
 # QEMU's own complaints on stderr: the lab's problem (a target YAML, a boot plan), never the guest's.
@@ -376,6 +398,8 @@ class ConsoleMonitor:
         for sig in self.signatures:
             if sig.guest is not None and sig.guest != (source != "xen"):
                 continue
+            if sig.after is not None and sig.after not in self.reached:
+                continue
             if sig.pattern.search(body):
                 if self.failure is None or index <= self._failure_index + EVIDENCE_AFTER:  # the rest name nothing
                     self._matches.append((sig, index))
@@ -412,6 +436,10 @@ class ConsoleMonitor:
             return f"dom{d.group(1)}", text[d.end():]
         # Unprefixed lines are dom0's console (hvc0), or before Xen's banner the firmware's.
         return ("dom0" if "xen-banner" in self.reached else "firmware"), text
+
+    def mark(self, key: str) -> None:
+        """Record milestone `key` as reached now (one the harness saw happen, not a console line)."""
+        self._reach(key, Line(round(self.now(), 3), "harness", key, self._raw_lines))
 
     def _reach(self, key: str, line: Line) -> None:
         if key in self.reached:
@@ -495,9 +523,14 @@ class ConsoleMonitor:
     def hang(self, description: str, signature: str = "silence") -> Failure:
         """Record (and return) a hang at the current stage: silence, no progress by a deadline, a guest
         that stops answering."""
+        return self.fail(Verdict.HUNG, signature, description)
+
+    def fail(self, verdict: Verdict, signature: str, description: str, detail: str = "") -> Failure:
+        """Record (and return) a failure the harness found itself (a command's answer, a deadline), with
+        the last console lines as its evidence; the first failure recorded stands."""
         if self.failure is None:
-            self.failure = Failure(Verdict.HUNG, self.stage, signature, description, None,
-                                   self.lines[-EVIDENCE_BEFORE:])
+            self.failure = Failure(verdict, self.stage, signature, description, None,
+                                   self.lines[-EVIDENCE_BEFORE:], detail)
         return self.failure
 
     def exited(self, end: MachineExit) -> Failure:

@@ -9,6 +9,7 @@ never target names) and its deadlines.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -109,6 +110,20 @@ class Deadlines:
         return cls(stages=stages, **{k: float(v) for k, v in data.items()})
 
 
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """How a board boots through its U-Boot (boot method uboot-tftp): what the lab's YAML cannot say."""
+
+    dtb: str | None = None  # the board's own DTB file; None: its virtual lab dumps the machine's
+    setup: tuple[str, ...] = ()  # U-Boot commands before loading (network); {serverip} is the lab's TFTP server
+    firmware_reserve: int = 2 * MiB  # RAM the firmware keeps at the bottom (QEMU puts its DTB there)
+    uboot_reserve: int = 64 * MiB  # RAM at the top, where U-Boot relocated itself and copies the DTB
+    virtual: str | None = None  # a virtual board the harness runs in its own lab (harness/lab/vlab.py)
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """The `harness:` section of a target YAML."""
@@ -124,6 +139,9 @@ class TargetSpec:
     deadlines: dict = field(default_factory=dict)
     description: str = ""
     xen_build: dict[str, str] | None = None  # boot Xen built from source with these Kconfig items
+    xen_cmdline: str = ""  # Xen's command line (a boot's --xen-args are appended)
+    cpus: int = 1  # the machine's CPUs: QEMU's -smp, or the board's
+    board: BoardSpec | None = None  # uboot-tftp only
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -162,6 +180,33 @@ def check_guests(spec: TargetSpec) -> None:
             raise UsageError(f"{where}: {domu.name} needs memory (KiB), e.g. memory: 262144.")
 
 
+def qemu_smp(data: dict) -> int | None:
+    """The -smp of the target's QEMU driver, if it has one."""
+    for name, config in _drivers(data):
+        args = (config or {}).get("extra_args", "") if name == "XenQEMUDriver" else ""
+        if m := re.search(r"-smp\s+(?:cpus=)?(\d+)", args):
+            return int(m.group(1))
+    return None
+
+
+def _drivers(data: dict) -> list[tuple[str, dict]]:
+    """(driver class, its config) of the main target: labgrid takes a mapping or a list of one-key mappings."""
+    drivers = ((data.get("targets") or {}).get("main") or {}).get("drivers") or {}
+    items = drivers.items() if isinstance(drivers, dict) else (kv for d in drivers for kv in d.items())
+    return list(items)
+
+
+def _board(data: dict | None) -> BoardSpec | None:
+    if data is None:
+        return None
+    known = {"dtb", "setup", "firmware_reserve", "uboot_reserve", "virtual"}
+    if unknown := set(data) - known:
+        raise ValueError(f"unknown board setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    sizes = {k: int(str(data[k]), 0) for k in ("firmware_reserve", "uboot_reserve") if k in data}
+    return BoardSpec(dtb=data.get("dtb"), setup=tuple(str(c) for c in data.get("setup", ())),
+                     virtual=data.get("virtual"), **sizes)
+
+
 def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
     """The target `name` (from targets/), or the one in the YAML file `name` (named after the file)."""
     path = target_path(name, directory)
@@ -190,6 +235,9 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
             deadlines=section.get("deadlines", {}),
             description=section.get("description", ""),
             xen_build={k: str(v) for k, v in section["xen_build"].items()} if section.get("xen_build") else None,
+            xen_cmdline=" ".join(str(section.get("xen_cmdline", "")).split()),
+            cpus=int(section.get("cpus") or qemu_smp(data) or 1),
+            board=_board(section.get("board")),
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc

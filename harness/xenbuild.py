@@ -26,10 +26,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from .bootdtb import ARM64_IMAGE_MAGIC
 from .cache import Cache, full_disk_reported, sha256_bytes
 from .errors import InfrastructureError, UsageError
 from .images import LOCK, RELOCK_COMMAND, Artifact, Images, LockedSource, load_source_lock
+from .plan.dtb import ARM64_IMAGE_MAGIC
 
 log = logging.getLogger(__name__)
 

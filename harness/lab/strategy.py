@@ -1,24 +1,33 @@
-"""XenStrategy: the visible state machine off → xen → shell, with a deadline on every wait.
+"""XenStrategy: the visible state machine off → [uboot →] xen → shell, with a deadline on every wait.
 
 labgrid owns power, console and state; the console monitor says what the console shows. While the
 strategy waits for a milestone it reads the console itself (so the monitor sees every line as it
 arrives) and gives up as soon as the monitor names a failure, when the console has been silent for
-the current stage's deadline, or when QEMU exits.
+the current stage's deadline, or when the machine stops.
+
+It binds protocols, not QEMU: any power driver (QEMU's, a PDU's, a person's), a console that is a
+`ConsoleTap` (QEMU's socket, or `XenSerialDriver` on a board's UART), and optionally U-Boot (boards:
+the boot plan's script loads and checks every file, then starts Xen) and a machine that can say how
+it stopped (QEMU's exit report).
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import re
 
 import attr
 import pexpect
+from labgrid.driver.shelldriver import ShellDriver
 from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
-from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit
+from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
+from ..plan.uboot import UBootCommand
 from ..targets import Deadlines, GuestSpec
+from .console import ConsoleTap
 
 POLL_S = 0.2
 
@@ -26,8 +35,9 @@ POLL_S = 0.2
 class Status(enum.Enum):
     unknown = 0
     off = 1
-    xen = 2  # Xen has handed over to its guests
-    shell = 3  # the console guest's shell answers
+    uboot = 2  # U-Boot's prompt answers and every file of the boot plan is loaded and checked
+    xen = 3  # Xen has handed over to its guests
+    shell = 4  # the console guest's shell answers
 
 
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
@@ -37,13 +47,18 @@ DUMP_RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/cha
 @target_factory.reg_driver
 @attr.s(eq=False)
 class XenStrategy(Strategy):
-    """off -> xen -> shell. The console guest's shell first; `focus` moves Xen's serial input to another.
+    """off -> [uboot ->] xen -> shell. The console guest's shell first; `focus` moves Xen's serial input.
 
     Each guest has a ShellDriver named after it (`dom0`, `domU1`, …) in the target YAML; the first
     of `guests` is the one Xen gives the console to at the end of its boot.
     """
 
-    bindings = {"power": "PowerProtocol", "console": "ConsoleProtocol"}
+    bindings = {
+        "power": "PowerProtocol",
+        "console": "ConsoleProtocol",  # a ConsoleTap
+        "uboot": {"UBootDriver", None},  # a board's firmware: the boot plan's script runs at its prompt
+        "machine": {"XenQEMUDriver", None},  # says how the machine stopped
+    }
 
     status = attr.ib(default=Status.unknown)
 
@@ -54,12 +69,18 @@ class XenStrategy(Strategy):
         self.monitor: ConsoleMonitor | None = None
         self.on_milestone = None  # progress callback handed to each boot's monitor
         self.focused: GuestSpec | None = None
+        # U-Boot's part of the boot plan (the harness sets it): the commands that load and check every
+        # file, and the command that starts Xen.
+        self.uboot_script: tuple[list[UBootCommand], str] | None = None
+        if not isinstance(self.console, ConsoleTap):
+            raise StrategyError(f"XenStrategy needs a console that is a ConsoleTap (XenQEMUDriver or "
+                                f"XenSerialDriver), not {type(self.console).__name__}: fix the target YAML.")
 
     def shell(self, name: str):
         return self.target.get_driver("ShellDriver", name=name, activate=False)
 
     def _shells(self) -> list:
-        return [d for d in self.target.drivers if type(d).__name__ == "ShellDriver"]
+        return [d for d in self.target.drivers if isinstance(d, ShellDriver)]
 
     @step(args=["status"])
     def transition(self, status, *, step):  # noqa: ARG002 (labgrid's step decorator passes it)
@@ -70,15 +91,26 @@ class XenStrategy(Strategy):
         if status == self.status:
             return
         if status == Status.off:
-            for shell in self._shells():
-                self.target.deactivate(shell)
+            for driver in [*self._shells(), *([self.uboot] if self.uboot else [])]:
+                self.target.deactivate(driver)
             self.target.activate(self.power)
             self.power.off()
             self.focused = None
-        elif status == Status.xen:
+        elif status == Status.uboot:
+            if self.uboot is None or self.uboot_script is None:
+                raise StrategyError("this target has no U-Boot, or the harness gave it no boot plan.")
             self.transition(Status.off)
-            self.status = Status.unknown  # powered on, not yet anywhere: off() must still stop it
+            self.status = Status.unknown
             self._power_on()
+            self._uboot_load()
+        elif status == Status.xen:
+            if self.uboot is not None:
+                self.transition(Status.uboot)
+                self.console.sendline(self.uboot_script[1])
+            else:
+                self.transition(Status.off)
+                self.status = Status.unknown  # powered on, not yet anywhere: off() must still stop it
+                self._power_on()
             self.wait_for("xen-handover")
         elif status == Status.shell:
             if self.status != Status.xen:
@@ -142,28 +174,67 @@ class XenStrategy(Strategy):
         try:
             self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:  # the guest died or froze after its prompt
-            if isinstance(exc, pexpect.EOF) or not self.power.running():
+            if isinstance(exc, pexpect.EOF) or (self.machine is not None and not self.machine.running()):
                 raise BootFailure(self.machine_stopped()) from None
             self.monitor.hang(f"{guest.name}'s shell did not answer after its prompt", "shell-unanswered")
             raise BootFailure(self.monitor.conclude()) from None
         self.focused = guest
 
     def _power_on(self) -> None:
-        self.target.activate(self.console)
+        self.target.activate(self.console)  # before power: a board's first words are its firmware's
         prompts = "|".join(f"(?:{shell.prompt})" for shell in self._shells())
         if self.monitor is not None:  # one monitor per boot
-            self.power.listeners.remove(self.monitor.feed)
+            self.console.listeners.remove(self.monitor.feed)
         self.monitor = monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone)
-        self.power.listeners.append(monitor.feed)
+        self.console.listeners.append(monitor.feed)
         # Once the monitor has named a failure, whoever is reading the console (a ShellDriver
         # waiting out its command timeout) gets EOF at once instead.
-        self.power.abort = lambda: monitor.failure is not None and monitor.settled()
+        self.console.abort = lambda: monitor.failure is not None and monitor.settled()
+        self.target.activate(self.power)
         self.power.on()
         self.monitor.start()
 
+    def _uboot_load(self) -> None:
+        """At U-Boot's prompt, run the boot plan's script: every file fetched and checked by its CRC32.
+
+        Whatever goes wrong here is the lab's (a board that never reaches U-Boot, a TFTP server that
+        does not answer or serves other bytes), never the build's: the image was checked before."""
+        commands, _ = self.uboot_script
+        try:
+            self.target.activate(self.uboot)  # stops autoboot, waits for the prompt
+        except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+            if self.monitor.failure is None:
+                self.monitor.fail(Verdict.INFRASTRUCTURE, "uboot-no-prompt",
+                                  "the board never gave U-Boot's prompt", str(exc).splitlines()[0])
+            raise BootFailure(self.monitor.conclude()) from None
+        self.monitor.mark("uboot-prompt")
+        timeout = self.deadlines.silence_at("firmware")
+        for command in commands:
+            try:
+                out, _, status = self.uboot.run(command.text, timeout=int(timeout))
+            except (pexpect.TIMEOUT, pexpect.EOF, ValueError) as exc:
+                if self.monitor.failure is None:
+                    self.monitor.fail(Verdict.INFRASTRUCTURE, "uboot-command",
+                                      f"U-Boot did not finish `{command.text}`", type(exc).__name__)
+                raise BootFailure(self.monitor.conclude()) from None
+            if self.monitor.failure is not None:  # a signature of U-Boot's own (TFTP error, …)
+                raise BootFailure(self.monitor.conclude())
+            if status != 0:
+                self.monitor.fail(Verdict.INFRASTRUCTURE, "uboot-command", f"U-Boot's `{command.text}` failed",
+                                  " | ".join(out[-3:]) or f"status {status}")
+                raise BootFailure(self.monitor.conclude())
+            if command.check is not None and (found := crc_printed(out)) != command.check.crc32:
+                self.monitor.fail(
+                    Verdict.INFRASTRUCTURE, "uboot-crc-mismatch",
+                    f"the board received other bytes for {command.check.name} than the lab sent",
+                    f"expected CRC32 {command.check.crc32:08x}, found {found if found is None else f'{found:08x}'}")
+                raise BootFailure(self.monitor.conclude())
+        self.monitor.mark("uboot-loaded")
+        self.status = Status.uboot
+
     def machine_stopped(self) -> Failure:
         """The machine stopped under us: reap it and record whose doing that was."""
-        return machine_stopped(self.power, self.monitor)
+        return machine_stopped(self.power, self.monitor, self.machine)
 
     def wait_for(self, key: str) -> None:
         """Read the console until the monitor reaches milestone `key`."""
@@ -172,19 +243,27 @@ class XenStrategy(Strategy):
     def wait_until(self, condition, what: str):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         booting = self.status != Status.shell
-        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what, booting)
+        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what, booting,
+                          self.machine)
 
 
-def machine_stopped(power, monitor: ConsoleMonitor) -> Failure:
+CRC = re.compile(r"==> ([0-9a-fA-F]{8})\s*$")
+
+
+def crc_printed(out: list[str]) -> int | None:
+    """The CRC32 U-Boot's `crc32` printed ("crc32 for 40400000 ... 404f0007 ==> 10f35054")."""
+    return next((int(m.group(1), 16) for line in out if (m := CRC.search(line))), None)
+
+
+def machine_stopped(power, monitor: ConsoleMonitor, machine=None) -> Failure:
     """Reap the stopped machine (its power driver learns how it ended) and record the verdict."""
     power.off()
-    report = power.exit_report() if hasattr(power, "exit_report") else MachineExit()
-    monitor.exited(report)
+    monitor.exited(machine.exit_report() if machine is not None else MachineExit())
     return monitor.conclude()
 
 
 def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str,
-               booting: bool = True):
+               booting: bool = True, machine=None):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
     Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
@@ -205,7 +284,7 @@ def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, co
         except pexpect.TIMEOUT:
             pass
         except pexpect.EOF:
-            raise BootFailure(machine_stopped(power, monitor)) from None
+            raise BootFailure(machine_stopped(power, monitor, machine)) from None
         silence = monitor.clock() - max(monitor.last_output, started)
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")

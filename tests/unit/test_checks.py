@@ -189,7 +189,7 @@ def test_parse_interrupts_finds_events_row_by_name():
 def test_memory_regions_agree_with_the_boot_plans_reading(dom0_dtb):
     from captured import DATA
 
-    from harness.bootdtb import memory_bank
+    from harness.plan.dtb import memory_bank
     from harness.validate.dt import memory_regions
 
     host = (DATA / "qemu-virt-gicv3-host.dtb").read_bytes()
@@ -221,15 +221,15 @@ def test_event_irq_on_another_chip(view):
     assert failures(checks.check_event_irq(view, 16, "GICv3")) == []
 
 
-@pytest.mark.parametrize(("xen_args", "qemu_args", "vcpus"), [
-    ("dom0_mem=512M", "-machine virtualization=on -smp 2 -no-reboot", 2),
-    ("dom0_mem=512M dom0_max_vcpus=1", "-smp 2", 1),
-    ("dom0_max_vcpus=1-3", "-smp 4", 3),
-    ("", "-smp cpus=4", 4),
-    ("", "", None),
+@pytest.mark.parametrize(("xen_cmdline", "cpus", "vcpus"), [
+    ("dom0_mem=512M", 2, 2),
+    ("dom0_mem=512M dom0_max_vcpus=1", 2, 1),
+    ("dom0_max_vcpus=1-3", 4, 3),
+    ("dom0_max_vcpus=4 dom0_max_vcpus=1", 4, 1),
+    ("", 4, 4),
 ])
-def test_dom0_vcpus(xen_args, qemu_args, vcpus):
-    assert checks.dom0_vcpus(xen_args, qemu_args) == vcpus
+def test_dom0_vcpus(xen_cmdline, cpus, vcpus):
+    assert checks.dom0_vcpus(xen_cmdline, cpus) == vcpus
 
 
 @pytest.fixture

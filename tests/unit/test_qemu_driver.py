@@ -24,9 +24,9 @@ import pexpect
 import pytest
 
 import harness.lab  # noqa: F401  (registers XenQEMUDriver with labgrid)
-from harness.bootdtb import MiB, memory_bank
 from harness.errors import InfrastructureError
 from harness.lab.qemu import XenQEMUDriver
+from harness.plan.dtb import MiB, memory_bank
 
 QEMU = shutil.which("qemu-system-aarch64") or "qemu-system-aarch64"
 MACHINE_ARGS = "-machine virtualization=on,gic-version=3 -smp 2 -no-reboot -nic none"
@@ -269,3 +269,16 @@ def test_qemu_dies_with_the_process_that_started_it(tmp_path, mode):
             child.wait()
         if qemu_pid and is_qemu(qemu_pid):
             os.kill(qemu_pid, signal.SIGKILL)
+
+
+def test_labgrid_is_the_release_this_driver_was_written_against():
+    """XenQEMUDriver replaces methods of labgrid's QEMUDriver and uses its internals (see its module)."""
+    import labgrid
+
+    from harness.lab.qemu import LABGRID_WRITTEN_FOR
+
+    installed = ".".join(labgrid.__version__.split(".")[:2])
+    assert installed == LABGRID_WRITTEN_FOR, (
+        f"labgrid {labgrid.__version__} is installed, but harness/lab/qemu.py was written against labgrid "
+        f"{LABGRID_WRITTEN_FOR}'s QEMUDriver internals: check each method and attribute its docstring names "
+        "against the new QEMUDriver, then update LABGRID_WRITTEN_FOR.")

@@ -174,3 +174,20 @@ def test_a_target_given_as_a_file_is_named_after_it(tmp_path):
     assert (spec.name, spec.path) == ("lab-board", board)
     with pytest.raises(UsageError, match=r"target file \S+/nope.yaml does not exist"):
         targets.load_spec(str(tmp_path / "nope.yaml"))
+
+
+def test_xen_cmdline_cpus_and_board_come_from_the_harness_section(tmp_path):
+    spec = targets.load_spec("qemu-virt")
+    assert spec.xen_cmdline.startswith("dom0_mem=512M ") and "\n" not in spec.xen_cmdline
+    assert spec.cpus == 2  # QEMU's -smp
+    data = {**REAL, "harness": {**REAL["harness"], "boot": "uboot-tftp", "cpus": 4,
+                                "board": {"dtb": "zcu102.dtb", "setup": ["dhcp"], "uboot_reserve": "0x4000000"}}}
+    board = tmp_path / "b.yaml"
+    board.write_text(yaml.safe_dump(data))
+    spec = targets.load_spec(str(board))
+    assert spec.cpus == 4 and spec.board == targets.BoardSpec(dtb="zcu102.dtb", setup=("dhcp",),
+                                                              uboot_reserve=0x4000000)
+    data["harness"]["board"]["colour"] = "red"
+    board.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match="unknown board setting"):
+        targets.load_spec(str(board))

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import libfdt
 
-from .errors import UnusableInput, UsageError
+from ..errors import UnusableInput, UsageError
+from ..images import Artifact
+from ..targets import GuestSpec, TargetSpec
 
 MiB = 1 << 20
 ALIGN = 2 * MiB
@@ -74,25 +76,33 @@ def memory_bank(machine_dtb: bytes) -> tuple[int, int]:
     raise UsageError("the machine's device tree has no /memory node: check the target's QEMU options.")
 
 
+def xen_image(xen: bytes) -> tuple[str, int]:
+    """("arm64", bytes it occupies once loaded) for an arm64 Image, ("arm32", …) for a zImage, from its
+    header; anything else cannot be booted."""
+    if xen[56:60] == ARM64_IMAGE_MAGIC:
+        image_size = struct.unpack_from("<Q", xen, 16)[0]
+        return "arm64", max(image_size, len(xen))
+    if len(xen) >= 0x30 and struct.unpack_from("<I", xen, 0x24)[0] == ZIMAGE_MAGIC:
+        zstart, zend = struct.unpack_from("<II", xen, 0x28)
+        return "arm32", max(zend - zstart, len(xen))
+    raise UnusableInput(
+        "the Xen image is neither an arm64 Image nor an arm32 zImage (no header magic): "
+        "pass the `xen` file from your build, not xen-syms."
+    )
+
+
 def xen_footprint(xen: bytes, ram_base: int) -> tuple[int, int]:
     """[start, end) QEMU's direct kernel boot loads Xen into, from the image header."""
-    if xen[56:60] == ARM64_IMAGE_MAGIC:
+    kind, size = xen_image(xen)
+    if kind == "arm64":
         # hw/arm/boot.c load_aarch64_image: text_offset counts only when image_size is set, and an
         # offset inside QEMU's own boot stub at the bottom of RAM is moved up by 2 MiB.
         text_offset, image_size = struct.unpack_from("<QQ", xen, 8)
         offset = ARM64_DEFAULT_OFFSET if image_size == 0 else text_offset
         if image_size and offset < QEMU_BOOTLOADER_MAX:
             offset += 2 * MiB
-        start = ram_base + offset
-        return start, start + max(image_size, len(xen))
-    if len(xen) >= 0x30 and struct.unpack_from("<I", xen, 0x24)[0] == ZIMAGE_MAGIC:
-        zstart, zend = struct.unpack_from("<II", xen, 0x28)
-        start = ram_base + ZIMAGE_LOAD_OFFSET
-        return start, start + max(zend - zstart, len(xen))
-    raise UnusableInput(
-        "the Xen image is neither an arm64 Image nor an arm32 zImage (no header magic): "
-        "pass the `xen` file from your build, not xen-syms."
-    )
+        return ram_base + offset, ram_base + offset + size
+    return ram_base + ZIMAGE_LOAD_OFFSET, ram_base + ZIMAGE_LOAD_OFFSET + size
 
 
 def place(modules: list[Module], ram: tuple[int, int], reserved: list[tuple[int, int]]) -> list[Module]:
@@ -110,8 +120,8 @@ def place(modules: list[Module], ram: tuple[int, int], reserved: list[tuple[int,
             addr = max(addr, align_up(end))
         if addr + module.size > base + size:
             raise UsageError(
-                f"{module.path} ({module.size} bytes) does not fit in the guest RAM "
-                f"{base:#x}+{size:#x} beside the other blobs: give the target more memory."
+                f"{module.path} ({module.size} bytes) does not fit in the RAM {base:#x}+{size:#x} beside the "
+                "other blobs and what the firmware keeps: give the target more memory."
             )
         taken = sorted([*taken, (addr, addr + module.size)])
         placed.append(Module(module.kind, module.path, module.size, module.bootargs, module.parent, addr))
@@ -172,3 +182,36 @@ def _setprop(fdt: libfdt.Fdt, node: int, name: str, value: int | str | bool | li
         fdt.setprop_u32(node, name, value)
     else:
         fdt.setprop(node, name, struct.pack(f">{len(value)}I", *value))
+
+
+def xen_modules(spec: TargetSpec, images: dict[str, Artifact],
+                omit: frozenset[str] = frozenset()) -> tuple[list[Module], list[Domain]]:
+    """Every guest's kernel and ramdisk as Xen boot modules (dom0's under /chosen, a dom0less domU's
+    under /chosen/<name>), without addresses yet; and the dom0less domains' own nodes."""
+    kernel, initrd = images["kernel"].path, images["initrd"].path
+    modules, domains = [], []
+    for g in spec.guests:
+        parent = "/chosen" if g.domid == 0 else f"/chosen/{g.name}"
+        guest = [Module("kernel", str(kernel), kernel.stat().st_size, g.cmdline, parent),
+                 Module("ramdisk", str(initrd), initrd.stat().st_size, None, parent)]
+        if g.domid == 0:
+            guest = [m for m in guest if m.kind not in omit]
+        else:
+            domains.append(Domain(g.name, dom0less_properties(g)))
+        modules += guest
+    return modules, domains
+
+
+def dom0less_properties(g: GuestSpec) -> dict:
+    """A dom0less domU's /chosen node (Xen's docs/misc/arm/device-tree/booting.txt)."""
+    props: dict = {
+        "compatible": "xen,domain",
+        "#address-cells": 2,
+        "#size-cells": 2,
+        "memory": [0, g.memory_kb],
+        "cpus": g.cpus,
+        "vpl011": g.vpl011,
+    }
+    if g.enhanced is not None:
+        props["xen,enhanced"] = g.enhanced
+    return props

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.bootdtb import (
+from harness.errors import UnusableInput, UsageError
+from harness.images import Images, load_lock
+from harness.plan.dtb import (
     ALIGN,
     Domain,
     MiB,
@@ -29,8 +31,6 @@ from harness.bootdtb import (
     qemu_dtb_window,
     xen_footprint,
 )
-from harness.errors import UnusableInput, UsageError
-from harness.images import Images, load_lock
 
 DATA = Path(__file__).parent / "data"
 HOST_DTB = DATA / "qemu-virt-gicv3-host.dtb"

@@ -1,0 +1,74 @@
+"""What the harness needs of any console, QEMU's socket or a board's serial port: `ConsoleTap`.
+
+- every byte read goes to each listener (the console log, the console monitor), whoever reads;
+- once the boot has failed (`abort()` is true) a reader gets EOF at once instead of waiting out its
+  timeout (a ShellDriver in the middle of a command);
+- input is paced by its echo: Xen buffers only 128 bytes of serial input for dom0 (SERIAL_RX_SIZE in
+  xen/drivers/char/console.c) and 32 for a dom0less domU's vPL011 (SBSA_UART_FIFO_SIZE), and drops
+  the rest while the guest is slow to read, which truncated commands under load. Each chunk waits
+  for the guest's echo (or a short deadline) before the next is sent; what arrives meanwhile is kept
+  for the next read.
+
+A driver mixes it in and implements `_receive_raw(limit, timeout)` and `_send_raw(data)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pexpect
+
+# Bytes per write: half a domU's 32-byte vPL011 FIFO, so that the few bytes of Xen's "(XEN) " prefix
+# counted in an echo can never let two chunks overflow it.
+ECHO_CHUNK = 16
+ECHO_WAIT_S = 3.0  # longest wait for a chunk's echo; a guest busy running a command does not echo
+READ_LIMIT = 65536
+
+
+class ConsoleTap:
+    def _init_tap(self) -> None:
+        self.listeners: list[Callable[[bytes], None]] = []  # every console byte read goes to each
+        self.abort: Callable[[], bool] | None = None  # true once the boot has failed: reads get EOF
+        self._pending = bytearray()  # output read while waiting for an echo, returned by the next _read
+
+    def _receive_raw(self, limit: int, timeout: float) -> bytes:
+        """Up to `limit` bytes within `timeout`: raise pexpect.TIMEOUT when none come, EOF when closed."""
+        raise NotImplementedError
+
+    def _send_raw(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _read(self, size: int = 1, timeout: float = 10, max_size: int | None = None) -> bytes:
+        if self.abort and self.abort():
+            raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
+        limit = min(max_size, READ_LIMIT) if max_size else READ_LIMIT
+        if self._pending:
+            data = bytes(self._pending[:limit])
+            del self._pending[:limit]
+            return data
+        return self._tapped(self._receive_raw(limit, timeout))
+
+    def _tapped(self, data: bytes) -> bytes:
+        for listener in self.listeners:
+            listener(data)
+        return data
+
+    def _write(self, data: bytes) -> int:
+        for start in range(0, len(data), ECHO_CHUNK):
+            chunk = data[start : start + ECHO_CHUNK]
+            self._send_raw(chunk)
+            self._await_echo(len(chunk))
+        return len(data)
+
+    def _await_echo(self, count: int) -> None:
+        """Wait until the console printed `count` more bytes (the echo), keeping them for _read."""
+        deadline = time.monotonic() + ECHO_WAIT_S
+        received = 0
+        while received < count and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                data = self._tapped(self._receive_raw(READ_LIMIT, remaining))
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                return  # the next _read reports a closed console
+            self._pending += data
+            received += len(data)
