@@ -18,7 +18,6 @@ import io
 import logging
 import re
 import struct
-import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +28,9 @@ from .cache import Cache, sha256_bytes, sha256_file
 from .errors import InfrastructureError, UsageError
 from .guest import GuestShell, ProbeError
 from .images import Artifact
-from .lab.qemu import _not_installed
-from .lab.strategy import wait_until
-from .monitor import BootFailure, ConsoleMonitor
-from .targets import Deadlines, TargetSpec
+from .lab.strategy import Status
+from .monitor import BootFailure
+from .targets import Deadlines, GuestSpec, TargetSpec
 from .validate.acpi import TABLE_NAME
 
 log = logging.getLogger(__name__)
@@ -118,12 +116,7 @@ def host_tables(
         if not firmware.is_file():
             raise InfrastructureError(f"{firmware}, the target's firmware, is missing: install Debian's "
                                       "qemu-efi-aarch64 (./run does it).")
-        binary = qemu.machine_args()[0]
-        try:
-            version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60).stdout
-        except FileNotFoundError:
-            raise _not_installed(binary) from None
-        inputs = [CAPTURE_VERSION, version.splitlines()[0] if version else "", *qemu.machine_args()[1:],
+        inputs = [CAPTURE_VERSION, qemu.qemu_version(), *qemu.machine_args()[1:],
                   sha256_file(firmware), kernel.sha256, initrd.sha256]
         key = sha256_bytes("\0".join(inputs).encode())[:16]
         deadlines = Deadlines.from_config(spec.deadlines)
@@ -138,29 +131,25 @@ def host_tables(
 
 
 def _capture_host(env, kernel: Artifact, initrd: Artifact, out: Path, deadlines: Deadlines) -> None:
-    """Boot Linux alone on the target's machine and capture its tables into the directory `out`."""
+    """Boot Linux alone on the target's machine (its own strategy, without Xen) and capture its tables
+    into the directory `out`."""
     target = env.get_target("main")
     qemu = target.get_driver("XenQEMUDriver", activate=False)
-    shell = target.get_driver("ShellDriver", name="dom0", activate=False)
     env.config.data.setdefault("images", {})["host-kernel"] = str(kernel.path)
     qemu.kernel, qemu.dtb, qemu.boot_args = "host-kernel", None, HOST_CMDLINE
     qemu.loader_args = ["-initrd", str(initrd.path)]
-    monitor = ConsoleMonitor(prompt=shell.prompt)
-    qemu.listeners.append(monitor.feed)
-    target.activate(qemu)
-    qemu.on()
-    monitor.start()
+    strategy = target.get_driver("XenStrategy")
+    strategy.hypervisor = False
+    strategy.guests = [GuestSpec("dom0", 0, HOST_CMDLINE)]  # Linux plays dom0's part: its shell driver and prompt
+    strategy.deadlines = deadlines
     try:
-        wait_until(qemu, qemu, monitor, deadlines, lambda: "dom0:shell" in monitor.reached, "Linux's shell",
-                   machine=qemu)
-        qemu.write(b"\n")  # a fresh prompt for the ShellDriver
-        target.activate(shell)
-        machine = GuestShell(shell, "the machine's Linux", monitor)
+        strategy.transition(Status.shell)
+        machine = GuestShell(strategy.shell("dom0"), "the machine's Linux", strategy.monitor)
         names = capture(machine, out, machine.run("dmesg", timeout=60))
     except (BootFailure, ProbeError) as exc:
         raise InfrastructureError(f"reading the machine's own ACPI tables failed: {exc}") from None
     finally:
-        qemu.off()
+        strategy.transition(Status.off)
     if not names:
         raise InfrastructureError("the machine's Linux showed no ACPI tables: check that the target's firmware "
                                   "gives ACPI (an edk2 build such as Debian's qemu-efi-aarch64).")

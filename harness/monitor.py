@@ -280,6 +280,7 @@ class ConsoleMonitor:
         clock: Callable[[], float] = time.monotonic,
         on_milestone: Callable[[str, Line], None] | None = None,
         keep_lines: int | None = None,
+        hypervisor: bool = True,
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
@@ -295,6 +296,7 @@ class ConsoleMonitor:
         # Every Line (a live boot reads them back: Xen's claims, focus switches), or with keep_lines only the
         # last ones and a failure's evidence (triage of a log of any size). Indexes count every Line seen.
         self.keep_lines = keep_lines
+        self.hypervisor = hypervisor  # False: Linux alone on the machine, whose console lines are dom0's
         self.lines: list[Line] = []
         # With keep_lines, what Xen itself printed is also kept apart (its claims and complaints are read
         # from it after the log), up to XEN_LINES_KEPT lines per source: a boot prints a few hundred.
@@ -435,7 +437,7 @@ class ConsoleMonitor:
         if d := GUEST_DEBUG.match(text):
             return f"dom{d.group(1)}", text[d.end():]
         # Unprefixed lines are dom0's console (hvc0), or before Xen's banner the firmware's.
-        return ("dom0" if "xen-banner" in self.reached else "firmware"), text
+        return ("dom0" if "xen-banner" in self.reached or not self.hypervisor else "firmware"), text
 
     def mark(self, key: str) -> None:
         """Record milestone `key` as reached now (one the harness saw happen, not a console line)."""

@@ -108,6 +108,15 @@ class XenQEMUDriver(ConsoleTap, QEMUDriver):
 
     # --- command line -----------------------------------------------------------------------
 
+    def qemu_version(self) -> str:
+        """QEMU's version line, e.g. "qemu-system-aarch64 7.2.22"."""
+        qemu = self.target.env.config.get_tool(self.qemu_bin)
+        try:
+            self.get_qemu_version(qemu)
+        except FileNotFoundError:
+            raise _not_installed(qemu) from None
+        return self.version_line
+
     def get_qemu_version(self, qemu_bin):
         """labgrid's, keeping QEMU's own version line for the result record."""
         version = super().get_qemu_version(qemu_bin)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+from collections.abc import Callable
 
 import attr
 import pexpect
@@ -72,6 +73,7 @@ class XenStrategy(Strategy):
         # U-Boot's part of the boot plan (the harness sets it): the commands that load and check every
         # file, and the command that starts Xen.
         self.uboot_script: tuple[list[UBootCommand], str] | None = None
+        self.hypervisor = True  # False: the machine boots Linux alone (the console guest is all there is)
         if not isinstance(self.console, ConsoleTap):
             raise StrategyError(f"XenStrategy needs a console that is a ConsoleTap (XenQEMUDriver or "
                                 f"XenSerialDriver), not {type(self.console).__name__}: fix the target YAML.")
@@ -112,6 +114,11 @@ class XenStrategy(Strategy):
                 self.status = Status.unknown  # powered on, not yet anywhere: off() must still stop it
                 self._power_on()
             self.wait_for("xen-handover")
+        elif status == Status.shell and not self.hypervisor:
+            self.transition(Status.off)
+            self.status = Status.unknown
+            self._power_on()
+            self._take_shell(self.guests[0])
         elif status == Status.shell:
             if self.status != Status.xen:
                 self.transition(Status.xen)
@@ -185,7 +192,8 @@ class XenStrategy(Strategy):
         prompts = "|".join(f"(?:{shell.prompt})" for shell in self._shells())
         if self.monitor is not None:  # one monitor per boot
             self.console.listeners.remove(self.monitor.feed)
-        self.monitor = monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone)
+        self.monitor = monitor = ConsoleMonitor(prompt=prompts or None, on_milestone=self.on_milestone,
+                                                hypervisor=self.hypervisor)
         self.console.listeners.append(monitor.feed)
         # Once the monitor has named a failure, whoever is reading the console (a ShellDriver
         # waiting out its command timeout) gets EOF at once instead.
@@ -233,8 +241,10 @@ class XenStrategy(Strategy):
         self.status = Status.uboot
 
     def machine_stopped(self) -> Failure:
-        """The machine stopped under us: reap it and record whose doing that was."""
-        return machine_stopped(self.power, self.monitor, self.machine)
+        """The machine stopped under us: reap it (its driver learns how it ended) and record whose doing it was."""
+        self.power.off()
+        self.monitor.exited(self.machine.exit_report() if self.machine is not None else MachineExit())
+        return self.monitor.conclude()
 
     def wait_for(self, key: str) -> None:
         """Read the console until the monitor reaches milestone `key`."""
@@ -243,33 +253,17 @@ class XenStrategy(Strategy):
     def wait_until(self, condition, what: str):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         booting = self.status != Status.shell
-        return wait_until(self.console, self.power, self.monitor, self.deadlines, condition, what, booting,
-                          self.machine)
+        return wait_until(self.console, self.monitor, self.deadlines, condition, what, booting, self.machine_stopped)
 
 
-CRC = re.compile(r"==> ([0-9a-fA-F]{8})\s*$")
-
-
-def crc_printed(out: list[str]) -> int | None:
-    """The CRC32 U-Boot's `crc32` printed ("crc32 for 40400000 ... 404f0007 ==> 10f35054")."""
-    return next((int(m.group(1), 16) for line in out if (m := CRC.search(line))), None)
-
-
-def machine_stopped(power, monitor: ConsoleMonitor, machine=None) -> Failure:
-    """Reap the stopped machine (its power driver learns how it ended) and record the verdict."""
-    power.off()
-    monitor.exited(machine.exit_report() if machine is not None else MachineExit())
-    return monitor.conclude()
-
-
-def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str,
-               booting: bool = True, machine=None):
+def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str, booting: bool = True,
+               stopped: Callable[[], Failure] | None = None):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
     Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
     when the condition came true meanwhile), when the console is silent past the current stage's
-    deadline, when QEMU exits, or past the boot deadline: counted from power-on while `booting`,
-    else from this call.
+    deadline, when the console closes (`stopped()` says how the machine stopped), or past the boot
+    deadline: counted from power-on while `booting`, else from this call.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
@@ -284,7 +278,7 @@ def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, co
         except pexpect.TIMEOUT:
             pass
         except pexpect.EOF:
-            raise BootFailure(machine_stopped(power, monitor, machine)) from None
+            raise BootFailure(stopped() if stopped else monitor.exited(MachineExit())) from None
         silence = monitor.clock() - max(monitor.last_output, started)
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")
@@ -292,3 +286,11 @@ def wait_until(console, power, monitor: ConsoleMonitor, deadlines: Deadlines, co
         if monitor.now() - deadline_base > deadlines.boot:
             monitor.hang(f"no {what} within the deadline of {deadlines.boot:.0f} s")
             raise BootFailure(monitor.conclude())
+
+
+CRC = re.compile(r"==> ([0-9a-fA-F]{8})\s*$")
+
+
+def crc_printed(out: list[str]) -> int | None:
+    """The CRC32 U-Boot's `crc32` printed ("crc32 for 40400000 ... 404f0007 ==> 10f35054")."""
+    return next((int(m.group(1), 16) for line in out if (m := CRC.search(line))), None)

@@ -337,7 +337,7 @@ def test_wait_raises_a_failure_seen_before_the_awaited_milestone():
         def condition():
             now[0] += 0.5  # time passes between reads
             return "dom0:shell" in monitor.reached
-        wait_until(console, None, monitor, Deadlines(), condition, "dom0's shell")
+        wait_until(console, monitor, Deadlines(), condition, "dom0's shell")
     assert raised.value.failure.signature == "kernel-oops"
     assert "dom0:shell" in monitor.reached  # it was there, and still did not count
 
