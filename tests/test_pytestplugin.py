@@ -126,7 +126,7 @@ def test_junit_carries_each_boots_facts_and_the_sessions_artifacts_from_xdist_wo
 
 def test_a_second_boot_of_a_target_is_an_error_not_a_silent_reboot(tmp_path: Path) -> None:
     claim_boot(tmp_path / "qemu-virt")
-    with pytest.raises(HarnessError, match=r"qemu-virt was already booted in this session by main"):
+    with pytest.raises(HarnessError, match=r"qemu-virt was already booted in this session by \S+ \(pid \d+\)"):
         claim_boot(tmp_path / "qemu-virt")
 
 

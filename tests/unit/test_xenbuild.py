@@ -1,5 +1,5 @@
 """harness.xenbuild's pure parts and source pinning: build keys, a missing compiler, pins that left the
-archive. The real builds are in tests/test_xenbuild.py (they take minutes, not seconds).
+archive. The real builds are in tests/test_build_xen.py (they take minutes, not seconds).
 """
 
 from __future__ import annotations
