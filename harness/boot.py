@@ -25,6 +25,7 @@ from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
+from .plan.uboot import UBootScript
 from .result import BootResult
 from .targets import Deadlines, TargetSpec, check_guests
 from .validate import acpi
@@ -54,6 +55,9 @@ class Tweaks:
     deadlines: dict = field(default_factory=dict)  # merged over the target's deadlines
     without_dom0: bool = False  # a dom0less target's domUs alone
     enhanced: str | None = None  # replaces every domU's xen,enhanced
+    # a fault in a board's lab path: given U-Boot's script and where each file was staged (host file ->
+    # the file the TFTP server serves), damage the staging or return an edited script
+    edit_uboot: Callable[[UBootScript, dict[Path, Path]], UBootScript] | None = None
 
 
 class BootSession:
@@ -78,6 +82,8 @@ class BootSession:
         self.env: labgrid.Environment | None = None
         self.strategy = None
         self.host_acpi: Path | None = None  # the machine's own ACPI tables (acpi targets)
+        self.vlab = None  # the virtual lab a virtual board runs in (harness/lab/vlab.py)
+        self.lab_vars: dict[str, str] = {}  # what the lab says of itself: {serverip} in a board's setup
         self._console_log = None
         self.closed = False
 
@@ -92,6 +98,8 @@ class BootSession:
             if self.spec.can("acpi"):  # the machine's own tables, to compare dom0's with: before Xen's boot
                 self.host_acpi = acpidump.host_tables(self.spec, arts["kernel"], arts["initrd"], self.images.cache)
             self.env = labgrid.Environment(config_file=str(self.spec.path))
+            if self.spec.board is not None and self.spec.board.virtual:
+                self._start_virtual_lab()
             target = self.env.get_target("main")
             plan = self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
@@ -152,8 +160,21 @@ class BootSession:
                     {"xen": str(plan.kernel), "boot-dtb": str(self.artifacts / plan.dtb)})
         return plan
 
+    def _start_virtual_lab(self) -> None:
+        """Run the virtual board in a lab of the harness's own, and give labgrid that lab's resources."""
+        from .lab.vlab import VirtualLab
+
+        name = self.spec.board.virtual
+        self.vlab = VirtualLab([name])
+        self.vlab.start()
+        self.env.config.data["targets"]["main"]["resources"] = self.vlab.resources(name)
+        self.lab_vars["serverip"] = self.vlab.tftp_address
+
     def _board_dtb(self) -> bytes:
-        """The board's own device tree: the file the target names (relative to the target YAML)."""
+        """The board's own device tree: its virtual lab's dump, or the file the target names (relative to
+        the target YAML)."""
+        if self.vlab is not None:
+            return self.vlab.dump_dtb(self.spec.board.virtual, self.artifacts / "machine.dtb")
         if not self.spec.board.dtb:
             raise UsageError(f"{self.spec.path.name}: the board names no DTB: set board: dtb: to its file.")
         path = (self.spec.path.parent / self.spec.board.dtb).resolve()
@@ -168,8 +189,16 @@ class BootSession:
         paths = {load.path: load.path if load.path.is_absolute() else self.artifacts / load.path
                  for load in plan.uboot.loads}
         staged = {name: tftp.stage(str(path)) for name, path in paths.items()}
-        (self.artifacts / "boot.cmd").write_text(plan.uboot.render(staged))
-        self.strategy.uboot_script = (plan.uboot.commands(staged), plan.uboot.boot)
+        try:
+            script = replace(plan.uboot, setup=tuple(c.format_map(self.lab_vars) for c in plan.uboot.setup))
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"{self.spec.path.name}: the board's setup names {exc}, which this lab does not "
+                             f"provide (it has: {', '.join(self.lab_vars) or 'nothing'}): fix board: setup:.") from None
+        if self.tweaks.edit_uboot is not None:
+            served = {name: Path(tftp.provider.internal) / path.name for name, path in paths.items()}
+            script = self.tweaks.edit_uboot(script, served)
+        (self.artifacts / "boot.cmd").write_text(script.render(staged))
+        self.strategy.uboot_script = (script.commands(staged), script.boot)
 
     def _milestone(self, key: str, line: Line) -> None:
         self.result.milestones[key] = line.t
@@ -250,11 +279,13 @@ class BootSession:
         if monitor is not None and monitor.failure is not None:
             self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
         try:
-            if self.strategy is not None and (self.strategy.status != Status.unknown or self.strategy.power.status):
+            if self.strategy is not None:  # a board is left powered by labgrid: off, whatever happened
                 self.strategy.transition(Status.off)
         finally:
             if self.env is not None:
                 self.env.cleanup()
+            if self.vlab is not None:
+                self.vlab.close()
             if self._console_log is not None:
                 self._console_log.close()
             self.result.decide()

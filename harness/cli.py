@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("labgrid").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:  # labgrid's ManagedFile logs under its own repr
+            handler.addFilter(lambda record: not record.name.startswith("ManagedFile("))
     try:
         return args.func(args)
     except UsageError as exc:

@@ -7,10 +7,12 @@ shortened deadlines, so that they take seconds; every other boot keeps the targe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .boot import Tweaks
 from .monitor import Verdict
+from .plan.uboot import UBootScript
 
 SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
 
@@ -51,4 +53,38 @@ FAULTS = (
           Verdict.INFRASTRUCTURE, "power-on", "qemu-rom-overlap"),
 )
 
-BY_NAME = {f.name: f for f in FAULTS}
+
+
+def _corrupt_xen(script: UBootScript, served: dict[Path, Path]) -> UBootScript:
+    """The lab serves Xen with one byte flipped (a bad disk, a stale copy): the board's crc32 must see it."""
+    path = served[script.loads[0].path]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.unlink()
+    path.write_bytes(bytes(data))
+    return script
+
+
+def _lose_kernel(script: UBootScript, served: dict[Path, Path]) -> UBootScript:
+    """The lab's TFTP server has no dom0 kernel: U-Boot's fetch fails."""
+    served[next(load.path for load in script.loads if load.name == "dom0 kernel")].unlink()
+    return script
+
+
+def _boot_elsewhere(script: UBootScript, served: dict[Path, Path]) -> UBootScript:  # noqa: ARG001
+    """booti/bootz 2 MiB past Xen: an address where no image is (a lab's hand-written boot command)."""
+    xen = script.loads[0].addr
+    return replace(script, boot=script.boot.replace(f"{xen:#x}", f"{xen + (2 << 20):#x}", 1))
+
+
+# Faults in a board's lab path (targets with the `uboot` capability): each is the lab's, never the build's.
+UBOOT_FAULTS = (
+    Fault("tftp-file-corrupted", Tweaks(edit_uboot=_corrupt_xen),
+          Verdict.INFRASTRUCTURE, "uboot-prompt", "uboot-crc-mismatch"),
+    Fault("tftp-file-missing", Tweaks(edit_uboot=_lose_kernel),
+          Verdict.INFRASTRUCTURE, "uboot-prompt", "uboot-tftp-error", "TFTP error"),
+    Fault("boot-address-wrong", Tweaks(edit_uboot=_boot_elsewhere),
+          Verdict.INFRASTRUCTURE, "uboot-loaded", "uboot-bad-image"),
+)
+
+BY_NAME = {f.name: f for f in (*FAULTS, *UBOOT_FAULTS)}

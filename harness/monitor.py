@@ -235,6 +235,7 @@ class MachineExit:
     status: int | None = None  # the exit status (negative: killed by that signal), None when unknown
     stderr: str = ""  # what QEMU printed on stderr
     shutdown_reason: str | None = None  # QEMU's own report (QMP SHUTDOWN: guest-shutdown, host-signal, …)
+    seen: str = ""  # how the harness noticed, when nothing else says: "its power went off", …
 
     @property
     def signal(self) -> str | None:
@@ -257,7 +258,7 @@ class MachineExit:
             parts.append(f"QEMU's shutdown reason {self.shutdown_reason}")
         if m := QEMU_TERMINATED.search(self.stderr):
             parts.append(m.group(0))
-        return ", ".join(parts) or "the console closed"
+        return ", ".join(parts) or self.seen or "the machine stopped"
 
 
 EVIDENCE_BEFORE = 6

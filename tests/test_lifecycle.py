@@ -1,4 +1,5 @@
-"""No QEMU outlives the session: SIGKILL a pytest run mid-boot, plain or with xdist, and look for QEMU."""
+"""No QEMU (nor a virtual lab's in.tftpd) outlives the session: SIGKILL a pytest run mid-boot, plain or
+with xdist, and look for them; a machine killed or a board that loses its power is the lab's fault."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from harness.artifacts import SESSION_ENV as SESSION_ARTIFACTS_ENV
 from harness.targets import TargetSpec
 
-pytestmark = [pytest.mark.boot, pytest.mark.requires("qemu")]
+pytestmark = [pytest.mark.boot]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+LAB_PROCESSES = ("qemu-system", "in.tftpd")
+
+
 @pytest.mark.parametrize("xdist", [[], ["-n", "1"]], ids=["plain", "xdist"])
 def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_spec: TargetSpec, tmp_path: Path) -> None:
     run = subprocess.Popen(
@@ -69,19 +73,21 @@ def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_spec: TargetSpec,
             qemu = {p: c for p, c in children(run.pid).items() if "qemu-system" in c}
             time.sleep(0.1)
         assert qemu, "QEMU never started under the pytest run"
+        lab = {p: c for p, c in children(run.pid).items() if any(name in c for name in LAB_PROCESSES)}
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while any(alive(p) for p in qemu) and time.monotonic() < deadline:
+        while any(alive(p) for p in lab) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = {p: c for p, c in qemu.items() if alive(p)}
-        assert not left, f"QEMU outlived the killed pytest run: {left}"
+        left = {p: c for p, c in lab.items() if alive(p)}
+        assert not left, f"the lab outlived the killed pytest run: {left}"
     finally:  # whatever happened above, leave nothing of that run behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
 
 
+@pytest.mark.requires("qemu")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_machine_killed_mid_boot_is_the_labs_fault(sig: signal.Signals, target_spec: TargetSpec,
                                                      tmp_path: Path) -> None:
@@ -109,3 +115,28 @@ def test_a_machine_killed_mid_boot_is_the_labs_fault(sig: signal.Signals, target
     assert run.returncode == 128, out
     assert f"killed by {sig.name} (signal {int(sig)})" in out, out
     assert "verdict: INFRASTRUCTURE-ERROR" in out, out
+
+
+@pytest.mark.requires("virtual-board")
+def test_a_board_that_loses_its_power_is_the_labs_fault(target_spec: TargetSpec, tmp_path: Path) -> None:
+    """A board's console never closes: the harness asks the PDU when the console goes quiet, and a board
+    found off is an infrastructure error within seconds, not a hang at the silence deadline."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "boot", "--target", str(target_spec.path), "--artifacts", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        console, deadline = tmp_path / "console.log", time.monotonic() + 180
+        while run.poll() is None and time.monotonic() < deadline and not (
+                console.is_file() and b"Xen version" in console.read_bytes()):
+            time.sleep(0.1)
+        qemu = [p for p, c in children(run.pid).items() if "qemu-system" in c]
+        assert qemu and run.poll() is None, "the board's QEMU never started Xen under `harness boot`"
+        os.kill(qemu[0], signal.SIGKILL)  # the outlet's state follows: the board is off
+        out, _ = run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    assert run.returncode == 128, out
+    assert "without the guests or Xen asking it to stop (its power went off)" in out, out

@@ -31,6 +31,7 @@ from ..targets import Deadlines, GuestSpec
 from .console import ConsoleTap
 
 POLL_S = 0.2
+POWER_CHECK_S = 3.0  # console silence after which a board's power state is asked (a PDU is slow)
 
 
 class Status(enum.Enum):
@@ -216,12 +217,14 @@ class XenStrategy(Strategy):
                                   "the board never gave U-Boot's prompt", str(exc).splitlines()[0])
             raise BootFailure(self.monitor.conclude()) from None
         self.monitor.mark("uboot-prompt")
-        timeout = self.deadlines.silence_at("firmware")
+        deadline = self.deadlines.silence_at("firmware")
         for command in commands:
             try:
-                out, _, status = self.uboot.run(command.text, timeout=int(timeout))
+                out, _, status = self.uboot.run(command.text, timeout=int(deadline))
             except (pexpect.TIMEOUT, pexpect.EOF, ValueError) as exc:
-                if self.monitor.failure is None:
+                if self.monitor.failure is None and self.machine is None and not self._powered():
+                    self.monitor.exited(MachineExit(seen="its power went off"))
+                elif self.monitor.failure is None:
                     self.monitor.fail(Verdict.INFRASTRUCTURE, "uboot-command",
                                       f"U-Boot did not finish `{command.text}`", type(exc).__name__)
                 raise BootFailure(self.monitor.conclude()) from None
@@ -243,7 +246,8 @@ class XenStrategy(Strategy):
     def machine_stopped(self) -> Failure:
         """The machine stopped under us: reap it (its driver learns how it ended) and record whose doing it was."""
         self.power.off()
-        self.monitor.exited(self.machine.exit_report() if self.machine is not None else MachineExit())
+        self.monitor.exited(self.machine.exit_report() if self.machine is not None
+                            else MachineExit(seen="its console closed"))
         return self.monitor.conclude()
 
     def wait_for(self, key: str) -> None:
@@ -253,20 +257,31 @@ class XenStrategy(Strategy):
     def wait_until(self, condition, what: str):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         booting = self.status != Status.shell
-        return wait_until(self.console, self.monitor, self.deadlines, condition, what, booting, self.machine_stopped)
+        powered = self._powered if self.machine is None else None  # a machine that exits closes its console
+        return wait_until(self.console, self.monitor, self.deadlines, condition, what, booting, self.machine_stopped,
+                          powered)
+
+    def _powered(self) -> bool:
+        """What the power driver says of the board now (a PDU's outlet state); True when it cannot say."""
+        try:
+            return bool(self.power.get())
+        except Exception:  # noqa: BLE001 (a power driver that cannot read its state: ManualPowerDriver, …)
+            return True
 
 
 def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str, booting: bool = True,
-               stopped: Callable[[], Failure] | None = None):
+               stopped: Callable[[], Failure] | None = None, powered: Callable[[], bool] | None = None):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
     Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
     when the condition came true meanwhile), when the console is silent past the current stage's
-    deadline, when the console closes (`stopped()` says how the machine stopped), or past the boot
-    deadline: counted from power-on while `booting`, else from this call.
+    deadline, when the console closes (`stopped()` says how the machine stopped), when the board lost
+    its power (`powered()`, asked every POWER_CHECK_S of silence: a board's console never closes), or
+    past the boot deadline: counted from power-on while `booting`, else from this call.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
+    checked = started
     while True:
         if monitor.failure:
             if monitor.settled():
@@ -278,8 +293,14 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
         except pexpect.TIMEOUT:
             pass
         except pexpect.EOF:
-            raise BootFailure(stopped() if stopped else monitor.exited(MachineExit())) from None
+            failure = stopped() if stopped else monitor.exited(MachineExit(seen="its console closed"))
+            raise BootFailure(failure) from None
         silence = monitor.clock() - max(monitor.last_output, started)
+        if powered and not monitor.failure and min(silence, monitor.clock() - checked) > POWER_CHECK_S:
+            checked = monitor.clock()
+            if not powered():
+                monitor.exited(MachineExit(seen="its power went off"))
+                raise BootFailure(monitor.conclude())
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")
             raise BootFailure(monitor.conclude())
