@@ -1,5 +1,5 @@
 """The virtual lab's parts that need no boot: real in.tftpd, real sockets, labgrid's own resources and
-simplerest backend, QEMU only to dump a DT or to fail at start. U-Boot boots are in tests/test_vlab.py."""
+simplerest backend, QEMU only to dump a DT or to fail at start. U-Boot boots are in tests/test_vboards.py."""
 
 from __future__ import annotations
 

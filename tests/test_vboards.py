@@ -2,7 +2,7 @@
 through labgrid's own NetworkPowerDriver, SerialDriver and TFTPProviderDriver on the lab's resources.
 
 U-Boot reaches its prompt in under a second; each test takes a few seconds. Serialise with other boots:
-`flock /tmp/harness-boots.lock pytest tests/test_vlab.py`.
+`flock /tmp/harness-boots.lock pytest tests/test_vboards.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from harness.lab.vlab import BOARDS, VirtualLab, sweep_stale_state
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_ADDRESS = 0x40400000  # 4 MiB into RAM on both boards: above the DT QEMU puts at the start of RAM
 RAM_BASE = 0x40000000  # where QEMU's virt hands its DT to the firmware (-bios)
+BANNER = b"\r\n\r\nU-Boot 20"  # U-Boot's very first bytes: none may be lost at power-on
 RANDOM_PROPERTIES = ("rng-seed", "kaslr-seed")  # in /chosen, new at every QEMU start
 PROMPT = r"\n=> "  # at a line start: crc32 prints "==> "
 
@@ -155,7 +156,7 @@ def test_a_board_powers_on_into_u_boot_and_fetches_a_staged_file_by_tftp(lab, bo
 
     power.on()
     banner = interrupt_autoboot(console)
-    assert banner.lstrip().startswith(b"U-Boot 20"), f"the console did not start with U-Boot's banner: {banner[:80]!r}"
+    assert banner.startswith(BANNER), f"the console did not start with U-Boot's banner: {banner[:80]!r}"
     assert power.get() is True
 
     payload = tmp_path / "payload.bin"
@@ -193,7 +194,7 @@ def test_a_board_powers_on_into_u_boot_and_fetches_a_staged_file_by_tftp(lab, bo
 
     power.cycle()
     banner = interrupt_autoboot(console)
-    assert banner.lstrip().startswith(b"U-Boot 20"), f"no fresh banner after the power cycle: {banner[:80]!r}"
+    assert banner.startswith(BANNER), f"no fresh banner after the power cycle: {banner[:80]!r}"
 
     console.sendline("reset")  # -no-reboot: a board that resets is a board that is off, never silently
     deadline = time.monotonic() + 10
@@ -214,7 +215,7 @@ def test_a_board_whose_qemu_died_is_off_and_powers_on_again(lab, board_env):
         time.sleep(0.05)
     assert power.get() is False, "the PDU says a board whose QEMU was killed is on"
     power.on()
-    assert interrupt_autoboot(console).lstrip().startswith(b"U-Boot 20")
+    assert interrupt_autoboot(console).startswith(BANNER)
 
 
 # --- a lab of its own, killed -------------------------------------------------------------------
