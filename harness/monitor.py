@@ -117,7 +117,7 @@ SIGNATURES: tuple[Signature, ...] = (
               _re(r"TFTP error: |Retry count exceeded; starting again|TFTP server died|ARP Retry count exceeded"),
               "U-Boot could not fetch a file from the lab's TFTP server", 2),
     Signature("uboot-bad-image", Verdict.INFRASTRUCTURE,
-              _re(r"Bad Linux ARM64 Image magic|Wrong Image Format|Bad Linux ARM zImage magic|zImage: Bad magic"),
+              _re(r"Bad Linux ARM64 Image magic|Wrong Image Format|Bad Linux ARM zImage magic|(?i:zimage: bad magic)"),
               "U-Boot found no bootable image where the boot plan put Xen", 2),
     Signature("uboot-bad-fdt", Verdict.INFRASTRUCTURE,
               _re(r"FDT_ERR_\w+|Did not find a cmdline Flattened Device Tree|Could not find a valid device tree"),

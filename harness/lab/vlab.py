@@ -592,7 +592,8 @@ class _Machine:
     process: subprocess.Popen | None = None
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        process = self.process  # the launcher may reset it meanwhile (a PDU request asks from its own thread)
+        return process is not None and process.poll() is None
 
 
 def _abstract_listener(name: str) -> socket.socket:
@@ -826,8 +827,8 @@ class VirtualLab:
         return self._machine(name).running()
 
     def qemu_pid(self, name: str) -> int | None:
-        machine = self._machine(name)
-        return machine.process.pid if machine.running() else None
+        process = self._machine(name).process
+        return process.pid if process is not None and process.poll() is None else None
 
     def _machine(self, name: str) -> _Machine:
         if name not in self._machines:
@@ -880,7 +881,8 @@ class VirtualLab:
     def _stop(self, machine: _Machine) -> None:
         """Power off: the serial goes quiet at once, then QEMU gets SIGTERM and, past a deadline, SIGKILL."""
         if self._hub is not None:
-            self._hub.detach(machine.board.name)
+            with contextlib.suppress(InfrastructureError):  # a broken bridge must not keep QEMU running
+                self._hub.detach(machine.board.name)
         if machine.process is None:
             return
         if machine.process.poll() is None:

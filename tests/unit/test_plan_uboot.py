@@ -127,6 +127,7 @@ def test_the_crc_uboot_printed(out, crc):
     (b"Retry count exceeded; starting again", "uboot-tftp-error"),
     (b"Bad Linux ARM64 Image magic!", "uboot-bad-image"),
     (b"Wrong Image Format for bootm command", "uboot-bad-image"),
+    (b"zimage: Bad magic!", "uboot-bad-image"),  # U-Boot 2023.01's bootz, as a board prints it
     (b"ERROR: Did not find a cmdline Flattened Device Tree", "uboot-bad-fdt"),
     (b"libfdt fdt_check_header(): FDT_ERR_BADMAGIC", "uboot-bad-fdt"),
 ])

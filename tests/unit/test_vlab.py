@@ -1,5 +1,5 @@
 """The virtual lab's parts that need no boot: real in.tftpd, real sockets, labgrid's own resources and
-simplerest backend, QEMU only to dump a DT or to fail at start. U-Boot boots are in tests/test_vlab.py."""
+simplerest backend, QEMU only to dump a DT or to fail at start. U-Boot boots are in tests/test_vboards.py."""
 
 from __future__ import annotations
 
@@ -302,3 +302,13 @@ def test_a_lab_leaves_no_child_and_no_file_when_closed():
         assert len(children()) > len(before), "the lab started no in.tftpd"
     assert children() == before, f"left behind: {children()}"
     assert not state.exists(), f"{state} is still there"
+
+
+def test_a_lab_configuration_with_an_unknown_key_is_one_sentence(tmp_path):
+    config = tmp_path / "lab.yaml"
+    config.write_text("boards: [vboard-a15]\nserial_port: 5000\n")
+    proc = subprocess.run([sys.executable, "-m", "harness.lab.vlab", "--config", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, ""), (proc.returncode, proc.stdout)
+    assert proc.stderr == (f"harness: {config} must be a mapping with `boards` and optionally pdu_port, serial_ports, "
+                           "tftp_address.\n"), proc.stderr
