@@ -21,6 +21,8 @@ from .errors import HarnessError, UsageError
 from .findings import Finding
 from .images import Artifact, Images
 from .initramfs import initramfs
+from .lab import places
+from .lab.places import remote_place
 from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
@@ -71,6 +73,8 @@ class BootSession:
         images: Images | None = None,
         on_milestone: Callable[[str, Line], None] | None = None,
         tweaks: Tweaks | None = None,
+        place: str | None = None,
+        coordinator: str | None = None,
     ) -> None:
         self.tweaks = tweaks or Tweaks()
         self.spec = spec = _tweaked(spec, self.tweaks)
@@ -83,6 +87,9 @@ class BootSession:
         self.strategy = None
         self.host_acpi: Path | None = None  # the machine's own ACPI tables (acpi targets)
         self.vlab = None  # the virtual lab a virtual board runs in (harness/lab/vlab.py)
+        self.place = place  # a farm's place to boot on instead of the target's own resources
+        self.coordinator = coordinator  # the farm's coordinator (else labgrid's LG_COORDINATOR)
+        self.acquired: str | None = None
         self.lab_vars: dict[str, str] = {}  # what the lab says of itself: {serverip} in a board's setup
         self._console_log = None
         self.closed = False
@@ -98,13 +105,12 @@ class BootSession:
             if self.spec.can("acpi"):  # the machine's own tables, to compare dom0's with: before Xen's boot
                 self.host_acpi = acpidump.host_tables(self.spec, arts["kernel"], arts["initrd"], self.images.cache)
             self.env = labgrid.Environment(config_file=str(self.spec.path))
-            if self.spec.board is not None and self.spec.board.virtual:
-                self._start_virtual_lab()
+            self._choose_resources()
             target = self.env.get_target("main")
             plan = self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
             self.strategy.guests = list(self.spec.guests)
-            self.strategy.deadlines = Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
+            self.strategy.deadlines = self.strategy_deadlines()
             self.strategy.on_milestone = self._milestone
             if plan.uboot is not None:
                 self._stage(target, plan)
@@ -160,6 +166,23 @@ class BootSession:
                     {"xen": str(plan.kernel), "boot-dtb": str(self.artifacts / plan.dtb)})
         return plan
 
+    def _choose_resources(self) -> None:
+        """The target's own resources; a farm's place instead (--place, or a RemotePlace in the YAML), acquired
+        for this boot; or, for a virtual board, the resources of a lab the harness runs itself."""
+        main = self.env.config.data["targets"]["main"]
+        if self.coordinator:
+            self.env.config.set_option("coordinator_address", self.coordinator)
+        if self.place:
+            main["resources"] = {"RemotePlace": {"name": self.place}}
+        if place := remote_place(main.get("resources")):
+            places.acquire(place, self.coordinator, self.strategy_deadlines().place)
+            self.acquired = place
+        elif self.spec.board is not None and self.spec.board.virtual:
+            self._start_virtual_lab()
+
+    def strategy_deadlines(self) -> Deadlines:
+        return Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
+
     def _start_virtual_lab(self) -> None:
         """Run the virtual board in a lab of the harness's own, and give labgrid that lab's resources."""
         from .lab.vlab import VirtualLab
@@ -173,8 +196,10 @@ class BootSession:
     def _board_dtb(self) -> bytes:
         """The board's own device tree: its virtual lab's dump, or the file the target names (relative to
         the target YAML)."""
-        if self.vlab is not None:
-            return self.vlab.dump_dtb(self.spec.board.virtual, self.artifacts / "machine.dtb")
+        if self.spec.board.virtual:  # its DT is its QEMU's (the same options on a farm's copy of the board)
+            from .lab.vlab import Board, dump_dtb
+
+            return dump_dtb(Board.from_spec(self.spec.board.virtual), self.artifacts / "machine.dtb")
         if not self.spec.board.dtb:
             raise UsageError(f"{self.spec.path.name}: the board names no DTB: set board: dtb: to its file.")
         path = (self.spec.path.parent / self.spec.board.dtb).resolve()
@@ -189,6 +214,8 @@ class BootSession:
         paths = {load.path: load.path if load.path.is_absolute() else self.artifacts / load.path
                  for load in plan.uboot.loads}
         staged = {name: tftp.stage(str(path)) for name, path in paths.items()}
+        if "serverip" not in self.lab_vars and tftp.provider.host not in ("localhost", "127.0.0.1"):
+            self.lab_vars["serverip"] = tftp.provider.host  # a farm's TFTP server is its exporter's host
         try:
             script = replace(plan.uboot, setup=tuple(c.format_map(self.lab_vars) for c in plan.uboot.setup))
         except (KeyError, ValueError) as exc:
@@ -286,6 +313,8 @@ class BootSession:
                 self.env.cleanup()
             if self.vlab is not None:
                 self.vlab.close()
+            if self.acquired is not None:
+                places.release(self.acquired, self.coordinator)
             if self._console_log is not None:
                 self._console_log.close()
             self.result.decide()

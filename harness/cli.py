@@ -56,7 +56,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     print(f"harness: artifacts in {run_dir}", file=out, flush=True)
     session = BootSession(
         spec, run_dir, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
-        on_milestone=progress, tweaks=changes,
+        on_milestone=progress, tweaks=changes, place=args.place, coordinator=args.lg_coordinator,
     )
     try:
         session.boot()
@@ -311,6 +311,10 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--fault", metavar="NAME",
                       help="inject a real fault (harness/faults.py) to see how a bad boot is reported")
     boot.add_argument("--artifacts", help="directory for this run's artifacts (default: artifacts/<time>-<target>)")
+    boot.add_argument("--place", help="boot on this place of a labgrid farm (acquired for the boot), instead of "
+                                      "the target's own resources")
+    boot.add_argument("--lg-coordinator", metavar="HOST:PORT",
+                      help="the farm's labgrid coordinator (default: $LG_COORDINATOR)")
     boot.add_argument("--json", action="store_true", help="print result.json on stdout, progress on stderr")
     boot.set_defaults(func=cmd_boot)
 
@@ -356,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("labgrid").setLevel(logging.WARNING)
-        for handler in logging.getLogger().handlers:  # labgrid's ManagedFile logs under its own repr
-            handler.addFilter(lambda record: not record.name.startswith("ManagedFile("))
+        for handler in logging.getLogger().handlers:  # labgrid's file and SSH helpers log under their own repr
+            handler.addFilter(lambda record: not record.name.startswith(("ManagedFile(", "SSHConnection(")))
     try:
         return args.func(args)
     except UsageError as exc:

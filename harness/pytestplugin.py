@@ -65,6 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # An xdist worker dies with its controller, and its QEMU with it (parent-death signals chain).
         die_with_parent()
     config.addinivalue_line("markers", "boot: boots a real target (QEMU or board); runs once per --target")
+    config.addinivalue_line("markers", "farm: boots through a labgrid farm (its coordinator and exporter on loopback)")
     config.addinivalue_line("markers", "requires(capability): run only on targets that have this capability")
     try:
         specs = [targets.load_spec(name) for name in targets.expand(chosen_targets(config))]

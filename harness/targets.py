@@ -92,6 +92,7 @@ class Deadlines:
     """Seconds. Defaults hold on a loaded 2-core host without KVM; a target YAML may override them."""
 
     boot: float = 600.0  # power-on to the console guest's shell prompt, whatever happens
+    place: float = 300.0  # how long to wait for a farm's place that someone else holds
     silence: float = 60.0  # no console output at all, at any stage not listed below
     stages: dict[str, float] = field(default_factory=lambda: {"power-on": 30.0, "firmware": 180.0})
 
@@ -103,9 +104,10 @@ class Deadlines:
     def from_config(cls, data: dict | None) -> Deadlines:
         data = dict(data or {})
         stages = {**cls().stages, **{k: float(v) for k, v in data.pop("stages", {}).items()}}
-        if unknown := set(data) - {"boot", "silence"}:
+        if unknown := set(data) - {"boot", "silence", "place"}:
             raise UsageError(
-                f"unknown deadline(s) {', '.join(sorted(unknown))}: use boot, silence, or stages: {{STAGE: SECONDS}}."
+                f"unknown deadline(s) {', '.join(sorted(unknown))}: "
+                "use boot, silence, place, or stages: {STAGE: SECONDS}."
             )
         return cls(stages=stages, **{k: float(v) for k, v in data.items()})
 

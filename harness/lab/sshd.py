@@ -54,9 +54,9 @@ class _Auth(paramiko.ServerInterface):
 class LabSSHServer:
     """`with LabSSHServer(workdir) as sshd:` … `sshd.client_env()` for the processes that ssh to it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
         self.workdir = workdir
-        self.host = "127.0.0.1"
+        self.host = host  # any 127.x.y.z: a lab host's own address
         self.port = 0
         self._host_key = paramiko.ECDSAKey.generate()
         self._client_key = paramiko.ECDSAKey.generate()
@@ -104,7 +104,8 @@ class LabSSHServer:
         known.write_text(f"[{self.host}]:{self.port} {self._host_key.get_name()} {self._host_key.get_base64()}\n")
         config = self.workdir / "ssh_config"
         config.write_text(
-            f"Host {self.host} localhost\n  HostName {self.host}\n  Port {self.port}\n  User {_user()}\n"
+            f"Host {self.host}{' localhost' if self.host == '127.0.0.1' else ''}\n"
+            f"  HostName {self.host}\n  Port {self.port}\n  User {_user()}\n"
             f"  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
             "  StrictHostKeyChecking yes\n  PasswordAuthentication no\n  BatchMode yes\n"
         )
