@@ -247,9 +247,15 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .images import Images, StaleLock, load_lock, load_source_lock
 
     images = Images()
+    if args.profile and args.action != "lock":
+        raise UsageError("--profile goes with `images lock` only: the other actions cover every profile.")
     if args.action == "lock":
-        images.lock()
-        print(f"harness: wrote {images.lock_path}")
+        if args.profile:
+            images.lock_profiles(args.profile)
+            print(f"harness: pinned {', '.join(args.profile)} into {images.lock_path}; every other pin is unchanged")
+        else:
+            images.lock()
+            print(f"harness: wrote {images.lock_path}")
         return EXIT_GOOD
     if args.action == "refresh":
         # CI's explicit re-pin: only when a pinned package has left the archive, and said loudly.
@@ -327,6 +333,8 @@ def parser() -> argparse.ArgumentParser:
     images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
     images.add_argument("action", choices=["list", "fetch", "lock", "refresh"],
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
+    images.add_argument("--profile", action="append",
+                        help="with lock: pin only this profile (repeatable) and leave every other pin as it is")
     images.set_defaults(func=cmd_images)
 
     tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, "

@@ -194,28 +194,12 @@ class Images:
     def lock(self, manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
         """Resolve every manifest package to the archive's newest version and rewrite the lock."""
         manifest = manifest or load_manifest()
-        profiles: dict[str, dict[str, LockedArtifact]] = {}
-        for profile, spec in manifest["profiles"].items():
-            apt = PrivateApt(self.cache, spec["architecture"], manifest["archive"])
-            apt.update()
-            profiles[profile] = {}
-            for name, art in spec["artifacts"].items():
-                package = apt.follow(art["package"]) if art.get("follow_depends") else art["package"]
-                version, url, size, sha = apt.resolve(package)
-                stub = LockedArtifact(name, package, version, url, sha, size, art["file"], "")
-                member, data = extract(self.fetch_deb(stub), art["file"])
-                profiles[profile][name] = LockedArtifact(
-                    name, package, version, url, sha, size, member.removeprefix("./"), sha256_bytes(data)
-                )
-                log.info("%s/%s: %s %s", profile, name, package, version)
+        profiles = {profile: self._lock_profile(manifest, profile) for profile in manifest["profiles"]}
         sources = self.lock_sources(manifest)
         document = {
             "comment": f"Written by `{RELOCK_COMMAND}` from images/manifest.yaml; do not edit by hand.",
             "locked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "profiles": {
-                p: {n: {k: v for k, v in asdict(a).items() if k != "name"} for n, a in arts.items()}
-                for p, arts in profiles.items()
-            },
+            "profiles": {p: profile_document(arts) for p, arts in profiles.items()},
         }
         if sources:
             document["sources"] = {
@@ -223,6 +207,40 @@ class Images:
             }
         self.lock_path.write_text(json.dumps(document, indent=2) + "\n")
         return profiles
+
+    def lock_profiles(self, names: list[str], manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
+        """Pin only the profiles `names` and merge them into the lock: every other pin, the sources and
+        the `locked` time of the last full re-lock stay byte-identical (a new profile re-pins nothing else)."""
+        manifest = manifest or load_manifest()
+        if unknown := [n for n in names if n not in manifest["profiles"]]:
+            raise UsageError(
+                f"image profile {', '.join(unknown)} is not in images/manifest.yaml "
+                f"(it has: {', '.join(manifest['profiles'])}): add it there first."
+            )
+        if not self.lock_path.is_file():
+            raise UsageError(f"{self.lock_path} is missing: run `{RELOCK_COMMAND}` to pin every profile.")
+        profiles = {name: self._lock_profile(manifest, name) for name in names}
+        document = json.loads(self.lock_path.read_text())  # read after resolving: the freshest lock
+        for name, arts in profiles.items():
+            document["profiles"][name] = profile_document(arts)  # a re-locked profile keeps its place
+        self.lock_path.write_text(json.dumps(document, indent=2) + "\n")
+        return profiles
+
+    def _lock_profile(self, manifest: dict, profile: str) -> dict[str, LockedArtifact]:
+        spec = manifest["profiles"][profile]
+        apt = PrivateApt(self.cache, spec["architecture"], manifest["archive"])
+        apt.update()
+        locked: dict[str, LockedArtifact] = {}
+        for name, art in spec["artifacts"].items():
+            package = apt.follow(art["package"]) if art.get("follow_depends") else art["package"]
+            version, url, size, sha = apt.resolve(package)
+            stub = LockedArtifact(name, package, version, url, sha, size, art["file"], "")
+            member, data = extract(self.fetch_deb(stub), art["file"])
+            locked[name] = LockedArtifact(
+                name, package, version, url, sha, size, member.removeprefix("./"), sha256_bytes(data)
+            )
+            log.info("%s/%s: %s %s", profile, name, package, version)
+        return locked
 
     def lock_sources(self, manifest: dict | None = None) -> dict[str, LockedSource]:
         """Resolve the manifest's `sources` to exact files, and fetch them once to prove the pool serves them."""
@@ -245,6 +263,11 @@ class Images:
                 ) from exc
             log.info("source %s: %s %s (%s)", name, spec["package"], version, spec["suite"])
         return sources
+
+
+def profile_document(artifacts: dict[str, LockedArtifact]) -> dict[str, dict]:
+    """A profile's pins as lock.json writes them (the artifact's name is its key)."""
+    return {n: {k: v for k, v in asdict(a).items() if k != "name"} for n, a in artifacts.items()}
 
 
 def user_artifact(name: str, path: Path) -> Artifact:

@@ -18,6 +18,7 @@ from tinyfs import python_on_tmpfs
 from harness.cache import Cache, manifest_path, sha256_bytes, sha256_file
 from harness.errors import InfrastructureError, UnusableInput, UsageError
 from harness.images import (
+    LOCK,
     RELOCK_COMMAND,
     Images,
     LockedArtifact,
@@ -324,3 +325,45 @@ def test_unknown_profile_lists_the_profiles(tmp_path):
 def test_missing_lock_file_says_how_to_make_it(tmp_path):
     with pytest.raises(UsageError, match=r"lock\.json is missing: run `\./run images lock`"):
         Images(Cache(tmp_path), lock_path=tmp_path / "lock.json").artifacts(PROFILE)
+
+
+def test_locking_one_profile_adds_it_and_leaves_every_other_pin_byte_identical(tmp_path):
+    """`./run images lock --profile host-amd64` against the real archive (the amd64 index, a 42 KB .deb):
+    the lock without that profile is the project's lock, byte for byte, `locked` time and sources included."""
+    project = json.loads(LOCK.read_text())
+    del project["profiles"]["host-amd64"]
+    before = json.dumps(project, indent=2) + "\n"
+    lock_path = tmp_path / "lock.json"
+    lock_path.write_text(before)
+    Images(Cache(tmp_path / "cache"), lock_path).lock_profiles(["host-amd64"])
+    after = json.loads(lock_path.read_text())
+    tftpd = after["profiles"].pop("host-amd64")["tftpd"]
+    assert json.dumps(after, indent=2) + "\n" == before, "locking one profile changed another pin"
+    assert list(json.loads(lock_path.read_text())["profiles"])[-1] == "host-amd64", "a new profile goes last"
+    assert (tftpd["package"], tftpd["file"]) == ("tftpd-hpa", "usr/sbin/in.tftpd"), tftpd
+
+
+def test_locking_a_profile_the_manifest_lacks_names_the_ones_it_has(tmp_path):
+    lock_path = tmp_path / "lock.json"
+    lock_path.write_text(LOCK.read_text())
+    with pytest.raises(UsageError) as info:
+        Images(Cache(tmp_path / "cache"), lock_path).lock_profiles(["host-riscv64"])
+    message = str(info.value)
+    assert message.startswith("image profile host-riscv64 is not in images/manifest.yaml (it has: debian12-arm64, ")
+    assert message.endswith("add it there first."), message
+    assert lock_path.read_text() == LOCK.read_text(), "a refused lock request wrote the lock"
+
+
+def test_locking_one_profile_without_a_lock_says_to_lock_everything(tmp_path):
+    with pytest.raises(UsageError, match=r"lock\.json is missing: run `\./run images lock` to pin every profile\."):
+        Images(Cache(tmp_path), lock_path=tmp_path / "lock.json").lock_profiles(["host-amd64"])
+
+
+def test_profile_goes_with_images_lock_only():
+    from test_cli_check import harness, one_line_error
+
+    proc = harness("images", "fetch", "--profile", "host-amd64")
+    assert proc.returncode == 2, proc.returncode
+    assert one_line_error(proc) == (
+        "harness: --profile goes with `images lock` only: the other actions cover every profile."
+    )
