@@ -4,9 +4,10 @@ corrupted or cut short is the lab's fault, found before anything boots), then st
 (arm64 Image) or `bootz` (arm32 zImage) and the boot DTB.
 
 Addresses are chosen here, 2 MiB aligned, inside the board's first RAM bank, clear of each other, of
-what the firmware keeps at the bottom of RAM (QEMU's own DTB on a virtual board) and of the top of RAM
-where U-Boot relocated itself. `UBootScript` is the whole conversation, rendered as boot.cmd so that a
-person can replay it at the `=>` prompt.
+what the firmware keeps at the bottom of RAM (QEMU's own DTB on a virtual board), of the top of RAM
+where U-Boot relocated itself, and of what the board's DTB reserves (/memreserve/, /reserved-memory).
+`UBootScript` is the whole conversation, rendered as boot.cmd so that a person can replay it at the
+`=>` prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..images import Artifact
 from ..targets import TargetSpec
+from ..validate.dt import reserved_regions
 from .base import BootPlan
 from .dtb import Module, build_boot_dtb, memory_bank, packed, place, xen_image, xen_modules
 
@@ -88,7 +90,8 @@ def uboot_tftp_plan(spec: TargetSpec, images: dict[str, Artifact], xen_cmdline: 
         raise UsageError(f"{spec.path.name} is an {spec.arch} board, but the Xen image is {kind}: "
                          "give the Xen built for the board.")
     base, size = ram = memory_bank(machine)
-    reserved = [(base, base + board.firmware_reserve), (base + size - board.uboot_reserve, base + size)]
+    reserved = [(base, base + board.firmware_reserve), (base + size - board.uboot_reserve, base + size),
+                *((r.start, r.end) for r in reserved_regions(machine))]
     wanted, domains = xen_modules(spec, images, omit)
     own = [Module("xen", str(xen), xen_size), Module("dtb", "boot.dtb", len(machine) + DTB_ROOM)]
     placed = place([*own, *wanted], ram, reserved)
