@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import labgrid
 
 from . import acpidump, checks, guest, inputs, xenlog
-from .errors import HarnessError, UsageError
+from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding
 from .images import Artifact, Images
 from .initramfs import initramfs
@@ -25,8 +26,9 @@ from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
+from .plan.uboot import with_serverip
 from .result import BootResult
-from .targets import Deadlines, TargetSpec, check_guests
+from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
 
@@ -153,23 +155,18 @@ class BootSession:
         return plan
 
     def _board_dtb(self) -> bytes:
-        """The board's own device tree: the file the target names (relative to the target YAML)."""
-        if not self.spec.board.dtb:
-            raise UsageError(f"{self.spec.path.name}: the board names no DTB: set board: dtb: to its file.")
-        path = (self.spec.path.parent / self.spec.board.dtb).resolve()
-        try:
-            return inputs.read_file(path, inputs.DTB)
-        except HarnessError as exc:
-            raise UsageError(f"{self.spec.path.name}: the board's DTB: {exc}") from None
+        """The board's own device tree: a pinned image (this boot's, when of its profile) or the lab's file."""
+        return read_board_dtb(self.spec, self.images, self.result.images)
 
     def _stage(self, target, plan: BootPlan) -> None:
         """Put the plan's files on the lab's TFTP server and give U-Boot's script to the strategy."""
         tftp = target.get_driver("TFTPProviderDriver")
+        script = with_serverip(plan.uboot, lab_serverip(self.spec.board, tftp.provider.host), self.spec.path.name)
         paths = {load.path: load.path if load.path.is_absolute() else self.artifacts / load.path
-                 for load in plan.uboot.loads}
+                 for load in script.loads}
         staged = {name: tftp.stage(str(path)) for name, path in paths.items()}
-        (self.artifacts / "boot.cmd").write_text(plan.uboot.render(staged))
-        self.strategy.uboot_script = (plan.uboot.commands(staged), plan.uboot.boot)
+        (self.artifacts / "boot.cmd").write_text(script.render(staged))
+        self.strategy.uboot_script = (script.commands(staged), script.boot)
 
     def _milestone(self, key: str, line: Line) -> None:
         self.result.milestones[key] = line.t
@@ -260,6 +257,39 @@ class BootSession:
             self.result.decide()
             self.result.write()
         return self.result
+
+
+def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artifact]) -> bytes:
+    """The board's own device tree (BoardSpec.dtb): a pinned image artifact, taken from `fetched` (the
+    boot's own profile, already fetched) or fetched and verified; or the lab's file, relative to the YAML."""
+    board = spec.board
+    if board.dtb_image is not None:
+        profile, name = board.dtb_image
+        pinned = fetched.get(name) if profile == spec.images else None
+        path = (pinned or images.artifact(profile, name)).path
+    elif board.dtb:
+        path = (spec.path.parent / board.dtb).resolve()
+    else:
+        raise UsageError(f"{spec.path.name}: the board names no DTB: set board: dtb: to its file, "
+                         "or to image:ARTIFACT for a pinned one.")
+    try:
+        return inputs.read_file(path, inputs.DTB)
+    except HarnessError as exc:
+        raise UsageError(f"{spec.path.name}: the board's DTB: {exc}") from None
+
+
+def lab_serverip(board: BoardSpec, provider_host: str) -> str | None:
+    """The lab's TFTP server as the board reaches it: the board section's `serverip`, else the exporter
+    serving a RemoteTFTPProvider, resolved here; None for a local TFTPProvider (this host: the lab says)."""
+    if board.serverip:
+        return board.serverip
+    if provider_host == "localhost":  # labgrid's name for a local provider
+        return None
+    try:
+        return socket.gethostbyname(provider_host)
+    except OSError as exc:
+        raise InfrastructureError(f"the TFTP exporter's host {provider_host!r} does not resolve ({exc}): "
+                                  "fix the lab's DNS, or set board: serverip:.") from None
 
 
 def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:

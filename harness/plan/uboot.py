@@ -12,9 +12,10 @@ where U-Boot relocated itself, and of what the board's DTB reserves (/memreserve
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UsageError
@@ -26,6 +27,7 @@ from .dtb import Module, build_boot_dtb, memory_bank, packed, place, xen_image, 
 
 BOOT_COMMAND = {"arm64": "booti", "arm32": "bootz"}
 DTB_ROOM = 64 * 1024  # what Xen's /chosen nodes add to the board's DTB, and more
+SERVERIP = re.compile(r"(?<!\$)\{serverip\}")  # the lab's TFTP server; ${serverip} is U-Boot's own variable
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,17 @@ class UBootScript:
             lines.append(command.text + note)
         lines.append(self.boot)
         return "\n".join(lines) + "\n"
+
+
+def with_serverip(script: UBootScript, serverip: str | None, where: str) -> UBootScript:
+    """`script` with `{serverip}` in the board's setup replaced by the lab's TFTP server address."""
+    if not any(SERVERIP.search(command) for command in script.setup):
+        return script
+    if not serverip:
+        raise UsageError(f"{where}: the board's setup uses {{serverip}}, but the lab's TFTP server is this host "
+                         "(a local TFTPProvider), whose address on the board's network the harness cannot know: "
+                         "set board: serverip: to it.")
+    return replace(script, setup=tuple(SERVERIP.sub(serverip, command) for command in script.setup))
 
 
 def crc_of(path: Path) -> int:

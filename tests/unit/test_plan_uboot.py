@@ -12,12 +12,14 @@ import libfdt
 import pytest
 from test_plan_dtb import arm64_image, zimage
 
-from harness.errors import UnusableInput, UsageError
+from harness.boot import lab_serverip
+from harness.errors import InfrastructureError, UnusableInput, UsageError
 from harness.images import Artifact
 from harness.lab.strategy import crc_printed
 from harness.monitor import ConsoleMonitor, Verdict
 from harness.plan import make_plan
 from harness.plan.dtb import MiB, memory_bank
+from harness.plan.uboot import with_serverip
 from harness.targets import BoardSpec, GuestSpec, TargetSpec
 
 DATA = Path(__file__).parent / "data"
@@ -204,3 +206,44 @@ def test_nothing_lands_in_the_boards_reserved_memory_or_memreserve_entries(tmp_p
     for start, size in (memreserve, reserved):
         clash = [load.name for load in loads if load.addr < start + size and start < load.addr + load.size]
         assert not clash, f"{', '.join(clash)} placed in the board's reserved {start:#x}+{size:#x}"
+
+
+# --- {serverip}: the lab's TFTP server in the board's setup -------------------------------------------
+
+
+def test_serverip_in_the_boards_setup_becomes_the_labs_tftp_server(tmp_path, images):
+    spec = board_spec(tmp_path)
+    spec = replace(spec, board=replace(spec.board, setup=(
+        "setenv autoload no", "dhcp", "setenv serverip {serverip}", "echo ${serverip} {serverip}")))
+    script = with_serverip(make_plan(spec, images, "", tmp_path, BOARD_DTB).uboot, "192.0.2.1", "board.yaml")
+    assert script.setup == ("setenv autoload no", "dhcp", "setenv serverip 192.0.2.1",
+                            "echo ${serverip} 192.0.2.1")  # U-Boot's own ${serverip} is U-Boot's to expand
+    assert script.render({load.path: load.path.name for load in script.loads}).splitlines()[3] == \
+        "setenv serverip 192.0.2.1"
+
+
+def test_a_setup_without_serverip_needs_no_address_and_one_with_it_says_where_to_give_it(tmp_path, images):
+    plan = make_plan(board_spec(tmp_path), images, "", tmp_path, BOARD_DTB)
+    assert with_serverip(plan.uboot, None, "board.yaml") is plan.uboot  # "setenv serverip 127.0.0.9"
+    asks = replace(plan.uboot, setup=("dhcp", "setenv serverip {serverip}"))
+    with pytest.raises(UsageError) as info:
+        with_serverip(asks, None, "board.yaml")
+    assert str(info.value) == (
+        "board.yaml: the board's setup uses {serverip}, but the lab's TFTP server is this host "
+        "(a local TFTPProvider), whose address on the board's network the harness cannot know: "
+        "set board: serverip: to it.")
+
+
+@pytest.mark.parametrize(("serverip", "host", "expected"), [
+    ("192.0.2.1", "exporter-1", "192.0.2.1"),  # the board section's own wins
+    (None, "localhost", None),  # a local TFTPProvider: only the lab knows this host's address
+    (None, "127.0.0.7", "127.0.0.7"),  # a RemoteTFTPProvider: its exporter serves the files
+])
+def test_the_tftp_servers_address_comes_from_the_board_or_the_exporter(serverip, host, expected):
+    assert lab_serverip(BoardSpec(serverip=serverip), host) == expected
+
+
+def test_an_exporter_this_host_cannot_resolve_is_the_labs_fault():
+    with pytest.raises(InfrastructureError, match=r"^the TFTP exporter's host 'no-such-host.invalid' does not "
+                                                  r"resolve \(.*\): fix the lab's DNS, or set board: serverip:\.$"):
+        lab_serverip(BoardSpec(), "no-such-host.invalid")
