@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import labgrid
 
 from . import acpidump, checks, guest, inputs, xenlog
-from .errors import HarnessError, UsageError
+from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding
 from .images import Artifact, Images
 from .initramfs import initramfs
@@ -27,9 +28,9 @@ from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
-from .plan.uboot import UBootScript
+from .plan.uboot import UBootScript, with_serverip
 from .result import BootResult
-from .targets import Deadlines, TargetSpec, check_guests
+from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
 
@@ -90,7 +91,7 @@ class BootSession:
         self.place = place  # a farm's place to boot on instead of the target's own resources
         self.coordinator = coordinator  # the farm's coordinator (else labgrid's LG_COORDINATOR)
         self.acquired: str | None = None
-        self.lab_vars: dict[str, str] = {}  # what the lab says of itself: {serverip} in a board's setup
+        self.serverip: str | None = None  # the TFTP server of the harness's own virtual lab, as its board sees it
         self._console_log = None
         self.closed = False
 
@@ -191,36 +192,25 @@ class BootSession:
         self.vlab = VirtualLab([name])
         self.vlab.start()
         self.env.config.data["targets"]["main"]["resources"] = self.vlab.resources(name)
-        self.lab_vars["serverip"] = self.vlab.tftp_address
+        self.serverip = self.vlab.tftp_address
 
     def _board_dtb(self) -> bytes:
-        """The board's own device tree: its virtual lab's dump, or the file the target names (relative to
-        the target YAML)."""
-        if self.spec.board.virtual:  # its DT is its QEMU's (the same options on a farm's copy of the board)
+        """The board's own device tree: a virtual board's (its QEMU's, wherever the board runs: the same
+        options on a farm's copy), a pinned image (this boot's, when of its profile), or the lab's file."""
+        if self.spec.board.virtual:
             from .lab.vlab import Board, dump_dtb
 
             return dump_dtb(Board.from_spec(self.spec.board.virtual), self.artifacts / "machine.dtb")
-        if not self.spec.board.dtb:
-            raise UsageError(f"{self.spec.path.name}: the board names no DTB: set board: dtb: to its file.")
-        path = (self.spec.path.parent / self.spec.board.dtb).resolve()
-        try:
-            return inputs.read_file(path, inputs.DTB)
-        except HarnessError as exc:
-            raise UsageError(f"{self.spec.path.name}: the board's DTB: {exc}") from None
+        return read_board_dtb(self.spec, self.images, self.result.images)
 
     def _stage(self, target, plan: BootPlan) -> None:
         """Put the plan's files on the lab's TFTP server and give U-Boot's script to the strategy."""
         tftp = target.get_driver("TFTPProviderDriver")
+        serverip = self.serverip or lab_serverip(self.spec.board, tftp.provider.host)
+        script = with_serverip(plan.uboot, serverip, self.spec.path.name)
         paths = {load.path: load.path if load.path.is_absolute() else self.artifacts / load.path
-                 for load in plan.uboot.loads}
+                 for load in script.loads}
         staged = {name: tftp.stage(str(path)) for name, path in paths.items()}
-        if "serverip" not in self.lab_vars and tftp.provider.host not in ("localhost", "127.0.0.1"):
-            self.lab_vars["serverip"] = tftp.provider.host  # a farm's TFTP server is its exporter's host
-        try:
-            script = replace(plan.uboot, setup=tuple(c.format_map(self.lab_vars) for c in plan.uboot.setup))
-        except (KeyError, ValueError) as exc:
-            raise UsageError(f"{self.spec.path.name}: the board's setup names {exc}, which this lab does not "
-                             f"provide (it has: {', '.join(self.lab_vars) or 'nothing'}): fix board: setup:.") from None
         if self.tweaks.edit_uboot is not None:
             served = {name: Path(tftp.provider.internal) / path.name for name, path in paths.items()}
             script = self.tweaks.edit_uboot(script, served)
@@ -320,6 +310,39 @@ class BootSession:
             self.result.decide()
             self.result.write()
         return self.result
+
+
+def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artifact]) -> bytes:
+    """The board's own device tree (BoardSpec.dtb): a pinned image artifact, taken from `fetched` (the
+    boot's own profile, already fetched) or fetched and verified; or the lab's file, relative to the YAML."""
+    board = spec.board
+    if board.dtb_image is not None:
+        profile, name = board.dtb_image
+        pinned = fetched.get(name) if profile == spec.images else None
+        path = (pinned or images.artifact(profile, name)).path
+    elif board.dtb:
+        path = (spec.path.parent / board.dtb).resolve()
+    else:
+        raise UsageError(f"{spec.path.name}: the board names no DTB: set board: dtb: to its file, "
+                         "or to image:ARTIFACT for a pinned one.")
+    try:
+        return inputs.read_file(path, inputs.DTB)
+    except HarnessError as exc:
+        raise UsageError(f"{spec.path.name}: the board's DTB: {exc}") from None
+
+
+def lab_serverip(board: BoardSpec, provider_host: str) -> str | None:
+    """The lab's TFTP server as the board reaches it: the board section's `serverip`, else the exporter
+    serving a RemoteTFTPProvider, resolved here; None for a local TFTPProvider (this host: the lab says)."""
+    if board.serverip:
+        return board.serverip
+    if provider_host == "localhost":  # labgrid's name for a local provider
+        return None
+    try:
+        return socket.gethostbyname(provider_host)
+    except OSError as exc:
+        raise InfrastructureError(f"the TFTP exporter's host {provider_host!r} does not resolve ({exc}): "
+                                  "fix the lab's DNS, or set board: serverip:.") from None
 
 
 def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:

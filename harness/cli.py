@@ -302,7 +302,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     boot = sub.add_parser("boot", help="boot Xen + dom0 on a target and report what it verified")
-    boot.add_argument("--target", default="qemu-virt", help="a name from targets/ (default: qemu-virt)")
+    boot.add_argument("--target", default="qemu-virt",
+                      help="a name from targets/, or a target YAML's path, e.g. targets/boards/zcu102.yaml "
+                           "(default: qemu-virt)")
     boot.add_argument("--xen", type=Path, help="boot this Xen image instead of Debian's")
     boot.add_argument("--kernel", type=Path, help="boot this dom0 kernel Image instead of Debian's")
     boot.add_argument("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")

@@ -133,22 +133,37 @@ class Images:
     def artifacts(self, profile: str, overrides: dict[str, Path] | None = None) -> dict[str, Artifact]:
         """Every artifact of `profile`, fetched and verified; `overrides` replace locked ones by name."""
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        result: dict[str, Artifact] = {}
+        for name, entry in self._profile(profile).items():
+            if name in overrides:
+                result[name] = user_artifact(name, overrides.pop(name))
+            else:
+                result[name] = self._pinned(entry)
+        for name, path in overrides.items():  # artifacts the profile does not lock, e.g. an initrd
+            result[name] = user_artifact(name, path)
+        return result
+
+    def artifact(self, profile: str, name: str) -> Artifact:
+        """The one artifact `name` of `profile`, fetched and verified (e.g. a board's DTB)."""
+        locked = self._profile(profile)
+        if name not in locked:
+            raise UsageError(
+                f"image profile {profile!r} has no artifact {name!r} (it has: {', '.join(sorted(locked))}): "
+                f"add it to images/manifest.yaml and run `{RELOCK_COMMAND} --profile {profile}`."
+            )
+        return self._pinned(locked[name])
+
+    def _profile(self, profile: str) -> dict[str, LockedArtifact]:
         locked = load_lock(self.lock_path)
         if profile not in locked:
             raise UsageError(
                 f"image profile {profile!r} is not in {self.lock_path.name} "
                 f"(it has: {', '.join(sorted(locked))}): run `{RELOCK_COMMAND}`."
             )
-        result: dict[str, Artifact] = {}
-        for name, entry in locked[profile].items():
-            if name in overrides:
-                result[name] = user_artifact(name, overrides.pop(name))
-            else:
-                path = self.fetch(entry)
-                result[name] = Artifact(name, path, entry.file_sha256, f"debian {entry.package} {entry.version}")
-        for name, path in overrides.items():  # artifacts the profile does not lock, e.g. an initrd
-            result[name] = user_artifact(name, path)
-        return result
+        return locked[profile]
+
+    def _pinned(self, entry: LockedArtifact) -> Artifact:
+        return Artifact(entry.name, self.fetch(entry), entry.file_sha256, f"debian {entry.package} {entry.version}")
 
     def fetch(self, entry: LockedArtifact) -> Path:
         """The verified file `entry` names, extracted from its verified .deb when the cache lacks it."""

@@ -115,12 +115,33 @@ class Deadlines:
 MiB = 1 << 20
 
 
+PINNED_DTB = "image:"  # board: dtb: image:… names a pinned image artifact, not a file
+
+
 @dataclass(frozen=True)
 class BoardSpec:
-    """How a board boots through its U-Boot (boot method uboot-tftp): what the lab's YAML cannot say."""
+    """How a board boots through its U-Boot (boot method uboot-tftp): what the lab's YAML cannot say.
 
-    dtb: str | None = None  # the board's own DTB file; None: its virtual lab dumps the machine's
+    `dtb:` is the board's own device tree, which the boot plan adds Xen's /chosen nodes to:
+
+        dtb: zcu102.dtb               a file of the lab's, relative to the target YAML
+        dtb: image:dtb                the artifact `dtb` of the target's own image profile
+        dtb: image:board-zcu102/dtb   the artifact `dtb` of the image profile board-zcu102
+
+    A pinned DTB is fetched and checked against images/lock.json like every other image (a file whose
+    name starts with `image:` is written `./image:…`). Without `dtb:`, a virtual lab dumps its machine's.
+
+    `setup:` runs at U-Boot's prompt before any file is fetched (the board's network, as the lab wants
+    it). `{serverip}` in it becomes the address of the lab's TFTP server: `serverip:` when the board
+    section gives one, else the host of a RemoteTFTPProvider (the exporter holding the files), resolved
+    on this host. A local TFTPProvider serves from this host, whose address on the board's network only
+    the lab knows: give `serverip:`. `${serverip}` is U-Boot's own variable and is left alone.
+    """
+
+    dtb: str | None = None  # a file, relative to the target YAML (see above)
+    dtb_image: tuple[str, str] | None = None  # (image profile, artifact) of a pinned DTB
     setup: tuple[str, ...] = ()  # U-Boot commands before loading (network); {serverip} is the lab's TFTP server
+    serverip: str | None = None  # the TFTP server's address as the board reaches it, when the lab must say
     firmware_reserve: int = 2 * MiB  # RAM the firmware keeps at the bottom (QEMU puts its DTB there)
     uboot_reserve: int = 64 * MiB  # RAM at the top, where U-Boot relocated itself and copies the DTB
     virtual: str | None = None  # a virtual board the harness runs in its own lab (harness/lab/vlab.py)
@@ -198,15 +219,28 @@ def _drivers(data: dict) -> list[tuple[str, dict]]:
     return list(items)
 
 
-def _board(data: dict | None) -> BoardSpec | None:
+def _board(data: dict | None, profile: str) -> BoardSpec | None:
     if data is None:
         return None
-    known = {"dtb", "setup", "firmware_reserve", "uboot_reserve", "virtual"}
+    known = {"dtb", "setup", "serverip", "firmware_reserve", "uboot_reserve", "virtual"}
     if unknown := set(data) - known:
         raise ValueError(f"unknown board setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     sizes = {k: int(str(data[k]), 0) for k in ("firmware_reserve", "uboot_reserve") if k in data}
-    return BoardSpec(dtb=data.get("dtb"), setup=tuple(str(c) for c in data.get("setup", ())),
+    dtb, dtb_image = data.get("dtb"), None
+    if dtb is not None and str(dtb).startswith(PINNED_DTB):
+        dtb_image, dtb = _pinned_dtb(str(dtb), profile), None
+    return BoardSpec(dtb=dtb, dtb_image=dtb_image, setup=tuple(str(c) for c in data.get("setup", ())),
+                     serverip=str(data["serverip"]) if data.get("serverip") else None,
                      virtual=data.get("virtual"), **sizes)
+
+
+def _pinned_dtb(ref: str, profile: str) -> tuple[str, str]:
+    """`image:ARTIFACT` (of the target's own profile) or `image:PROFILE/ARTIFACT` -> (profile, artifact)."""
+    named, slash, artifact = ref.removeprefix(PINNED_DTB).rpartition("/")
+    if not artifact or (slash and not named):
+        what = "artifact" if not artifact else "profile"
+        raise ValueError(f"board dtb {ref!r} names no {what}: write image:ARTIFACT or image:PROFILE/ARTIFACT")
+    return (named or profile), artifact
 
 
 def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
@@ -239,7 +273,7 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
             xen_build={k: str(v) for k, v in section["xen_build"].items()} if section.get("xen_build") else None,
             xen_cmdline=" ".join(str(section.get("xen_cmdline", "")).split()),
             cpus=int(section.get("cpus") or qemu_smp(data) or 1),
-            board=_board(section.get("board")),
+            board=_board(section.get("board"), section["images"]),
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc

@@ -16,6 +16,7 @@ import libfdt
 from ..errors import UnusableInput, UsageError
 from ..images import Artifact
 from ..targets import GuestSpec, TargetSpec
+from ..validate.dt import memory_regions
 
 MiB = 1 << 20
 ALIGN = 2 * MiB
@@ -64,16 +65,13 @@ def packed(dtb: bytes) -> bytes:
 
 
 def memory_bank(machine_dtb: bytes) -> tuple[int, int]:
-    """(base, size) of the first RAM bank of the machine's DT."""
-    fdt = libfdt.Fdt(machine_dtb)
-    node = fdt.first_subnode(0)
-    while node >= 0:
-        if fdt.get_name(node).split("@")[0] == "memory":
-            reg = bytes(fdt.getprop(node, "reg"))
-            base, size = struct.unpack(">QQ", reg[:16])
-            return base, size
-        node = fdt.next_subnode(node, [libfdt.NOTFOUND])
-    raise UsageError("the machine's device tree has no /memory node: check the target's QEMU options.")
+    """(base, size) of the first RAM bank of the machine's DT, read with its root's #address-cells and
+    #size-cells (a 32-bit board's are often 1 and 1)."""
+    banks = memory_regions(machine_dtb)
+    if not banks:
+        raise UsageError("the machine's device tree has no /memory node: give the board's own DTB, "
+                         "or check the target's QEMU options.")
+    return banks[0].start, banks[0].size
 
 
 def xen_image(xen: bytes) -> tuple[str, int]:

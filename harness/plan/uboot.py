@@ -4,26 +4,30 @@ corrupted or cut short is the lab's fault, found before anything boots), then st
 (arm64 Image) or `bootz` (arm32 zImage) and the boot DTB.
 
 Addresses are chosen here, 2 MiB aligned, inside the board's first RAM bank, clear of each other, of
-what the firmware keeps at the bottom of RAM (QEMU's own DTB on a virtual board) and of the top of RAM
-where U-Boot relocated itself. `UBootScript` is the whole conversation, rendered as boot.cmd so that a
-person can replay it at the `=>` prompt.
+what the firmware keeps at the bottom of RAM (QEMU's own DTB on a virtual board), of the top of RAM
+where U-Boot relocated itself, and of what the board's DTB reserves (/memreserve/, /reserved-memory).
+`UBootScript` is the whole conversation, rendered as boot.cmd so that a person can replay it at the
+`=>` prompt.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UsageError
 from ..images import Artifact
 from ..targets import TargetSpec
+from ..validate.dt import reserved_regions
 from .base import BootPlan
 from .dtb import Module, build_boot_dtb, memory_bank, packed, place, xen_image, xen_modules
 
 BOOT_COMMAND = {"arm64": "booti", "arm32": "bootz"}
 DTB_ROOM = 64 * 1024  # what Xen's /chosen nodes add to the board's DTB, and more
+SERVERIP = re.compile(r"(?<!\$)\{serverip\}")  # the lab's TFTP server; ${serverip} is U-Boot's own variable
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ class UBootScript:
         return "\n".join(lines) + "\n"
 
 
+def with_serverip(script: UBootScript, serverip: str | None, where: str) -> UBootScript:
+    """`script` with `{serverip}` in the board's setup replaced by the lab's TFTP server address."""
+    if not any(SERVERIP.search(command) for command in script.setup):
+        return script
+    if not serverip:
+        raise UsageError(f"{where}: the board's setup uses {{serverip}}, but the lab's TFTP server is this host "
+                         "(a local TFTPProvider), whose address on the board's network the harness cannot know: "
+                         "set board: serverip: to it.")
+    return replace(script, setup=tuple(SERVERIP.sub(serverip, command) for command in script.setup))
+
+
 def crc_of(path: Path) -> int:
     crc = 0
     with path.open("rb") as f:
@@ -88,7 +103,8 @@ def uboot_tftp_plan(spec: TargetSpec, images: dict[str, Artifact], xen_cmdline: 
         raise UsageError(f"{spec.path.name} is an {spec.arch} board, but the Xen image is {kind}: "
                          "give the Xen built for the board.")
     base, size = ram = memory_bank(machine)
-    reserved = [(base, base + board.firmware_reserve), (base + size - board.uboot_reserve, base + size)]
+    reserved = [(base, base + board.firmware_reserve), (base + size - board.uboot_reserve, base + size),
+                *((r.start, r.end) for r in reserved_regions(machine))]
     wanted, domains = xen_modules(spec, images, omit)
     own = [Module("xen", str(xen), xen_size), Module("dtb", "boot.dtb", len(machine) + DTB_ROOM)]
     placed = place([*own, *wanted], ram, reserved)

@@ -376,6 +376,13 @@ def memory_regions(dtb: bytes) -> list[Region]:
     return [o.region for o in _occupied(_load(dtb), set()) if o.kind == "ram"]
 
 
+def reserved_regions(dtb: bytes) -> list[Region]:
+    """What the tree keeps out of everyone's RAM: its /memreserve/ entries and /reserved-memory regions."""
+    tree = _load(dtb)
+    kept = [Region(*tree.fdt.get_mem_rsv(i)) for i in range(tree.fdt.num_mem_rsv())]
+    return [r for r in kept if r.size] + [o.region for o in _occupied(tree, set()) if o.kind == "reserved"]
+
+
 # --- the checks ---------------------------------------------------------------------------
 
 

@@ -12,12 +12,14 @@ import libfdt
 import pytest
 from test_plan_dtb import arm64_image, zimage
 
-from harness.errors import UnusableInput, UsageError
+from harness.boot import lab_serverip
+from harness.errors import InfrastructureError, UnusableInput, UsageError
 from harness.images import Artifact
 from harness.lab.strategy import crc_printed
 from harness.monitor import ConsoleMonitor, Verdict
 from harness.plan import make_plan
 from harness.plan.dtb import MiB, memory_bank
+from harness.plan.uboot import with_serverip
 from harness.targets import BoardSpec, GuestSpec, TargetSpec
 
 DATA = Path(__file__).parent / "data"
@@ -152,3 +154,97 @@ def test_the_harness_marks_the_uboot_milestones_itself():
     monitor.mark("uboot-prompt")
     assert list(monitor.reached) == ["firmware", "uboot-prompt"]
     assert monitor.reached["uboot-prompt"].source == "harness"
+
+
+# --- a board's own memory map -----------------------------------------------------------------------
+
+
+def board_dt(cells: int = 2, banks: tuple[tuple[int, int], ...] = ((0x40000000, 0x80000000),),
+             memreserve: tuple[tuple[int, int], ...] = (), reserved: tuple[tuple[int, int], ...] = ()) -> bytes:
+    """A board's DT as libfdt writes it: its RAM banks with `cells` address and size cells, its /memreserve/
+    entries and /reserved-memory children."""
+    def reg(pairs: tuple[tuple[int, int], ...]) -> bytes:
+        return b"".join(value.to_bytes(4 * cells, "big") for pair in pairs for value in pair)
+
+    sw = libfdt.FdtSw()
+    for addr, size in memreserve:
+        sw.add_reservemap_entry(addr, size)
+    sw.finish_reservemap()
+    with sw.add_node(""):
+        sw.property_u32("#address-cells", cells)
+        sw.property_u32("#size-cells", cells)
+        with sw.add_node(f"memory@{banks[0][0]:x}"):
+            sw.property_string("device_type", "memory")
+            sw.property("reg", reg(banks))
+        if reserved:
+            with sw.add_node("reserved-memory"):
+                sw.property_u32("#address-cells", cells)
+                sw.property_u32("#size-cells", cells)
+                sw.property("ranges", b"")
+                for addr, size in reserved:
+                    with sw.add_node(f"firmware@{addr:x}"):
+                        sw.property("reg", reg(((addr, size),)))
+                        sw.property("no-map", b"")
+    return bytes(sw.as_fdt().as_bytearray())
+
+
+def test_a_board_whose_root_has_one_address_cell_gives_its_first_bank(tmp_path, images):
+    dt = board_dt(cells=1, banks=((0x40000000, 0x80000000),))  # as exynos5250-arndale.dtb
+    assert memory_bank(dt) == (0x40000000, 0x80000000)
+    two_banks = board_dt(banks=((0, 0x80000000), (0x800000000, 0x80000000)))  # as zynqmp-zcu102-rev1.0.dtb
+    assert memory_bank(two_banks) == (0, 0x80000000)
+    plan = make_plan(board_spec(tmp_path), images, "", tmp_path, two_banks)
+    assert all(load.addr + load.size <= 0x80000000 for load in plan.uboot.loads), plan.uboot.loads
+
+
+def test_nothing_lands_in_the_boards_reserved_memory_or_memreserve_entries(tmp_path, images):
+    spec = board_spec(tmp_path)
+    free = make_plan(spec, images, "", tmp_path, board_dt()).uboot.loads
+    assert free[0].addr == 0x40200000  # what the firmware_reserve alone leaves: where the reservations go
+    memreserve, reserved = (0x40200000, 0x100000), (0x40c00000, 0x3000000)
+    dt = board_dt(memreserve=(memreserve,), reserved=(reserved,))
+    loads = make_plan(spec, images, "", tmp_path, dt).uboot.loads
+    for start, size in (memreserve, reserved):
+        clash = [load.name for load in loads if load.addr < start + size and start < load.addr + load.size]
+        assert not clash, f"{', '.join(clash)} placed in the board's reserved {start:#x}+{size:#x}"
+
+
+# --- {serverip}: the lab's TFTP server in the board's setup -------------------------------------------
+
+
+def test_serverip_in_the_boards_setup_becomes_the_labs_tftp_server(tmp_path, images):
+    spec = board_spec(tmp_path)
+    spec = replace(spec, board=replace(spec.board, setup=(
+        "setenv autoload no", "dhcp", "setenv serverip {serverip}", "echo ${serverip} {serverip}")))
+    script = with_serverip(make_plan(spec, images, "", tmp_path, BOARD_DTB).uboot, "192.0.2.1", "board.yaml")
+    assert script.setup == ("setenv autoload no", "dhcp", "setenv serverip 192.0.2.1",
+                            "echo ${serverip} 192.0.2.1")  # U-Boot's own ${serverip} is U-Boot's to expand
+    assert script.render({load.path: load.path.name for load in script.loads}).splitlines()[3] == \
+        "setenv serverip 192.0.2.1"
+
+
+def test_a_setup_without_serverip_needs_no_address_and_one_with_it_says_where_to_give_it(tmp_path, images):
+    plan = make_plan(board_spec(tmp_path), images, "", tmp_path, BOARD_DTB)
+    assert with_serverip(plan.uboot, None, "board.yaml") is plan.uboot  # "setenv serverip 127.0.0.9"
+    asks = replace(plan.uboot, setup=("dhcp", "setenv serverip {serverip}"))
+    with pytest.raises(UsageError) as info:
+        with_serverip(asks, None, "board.yaml")
+    assert str(info.value) == (
+        "board.yaml: the board's setup uses {serverip}, but the lab's TFTP server is this host "
+        "(a local TFTPProvider), whose address on the board's network the harness cannot know: "
+        "set board: serverip: to it.")
+
+
+@pytest.mark.parametrize(("serverip", "host", "expected"), [
+    ("192.0.2.1", "exporter-1", "192.0.2.1"),  # the board section's own wins
+    (None, "localhost", None),  # a local TFTPProvider: only the lab knows this host's address
+    (None, "127.0.0.7", "127.0.0.7"),  # a RemoteTFTPProvider: its exporter serves the files
+])
+def test_the_tftp_servers_address_comes_from_the_board_or_the_exporter(serverip, host, expected):
+    assert lab_serverip(BoardSpec(serverip=serverip), host) == expected
+
+
+def test_an_exporter_this_host_cannot_resolve_is_the_labs_fault():
+    with pytest.raises(InfrastructureError, match=r"^the TFTP exporter's host 'no-such-host.invalid' does not "
+                                                  r"resolve \(.*\): fix the lab's DNS, or set board: serverip:\.$"):
+        lab_serverip(BoardSpec(), "no-such-host.invalid")

@@ -191,3 +191,33 @@ def test_xen_cmdline_cpus_and_board_come_from_the_harness_section(tmp_path):
     board.write_text(yaml.safe_dump(data))
     with pytest.raises(UsageError, match="unknown board setting"):
         targets.load_spec(str(board))
+
+
+@pytest.mark.parametrize(("dtb", "expected"), [
+    ("zcu102.dtb", targets.BoardSpec(dtb="zcu102.dtb")),
+    ("image:dtb", targets.BoardSpec(dtb_image=("debian12-arm64", "dtb"))),  # the target's own profile
+    ("image:board-zcu102/dtb", targets.BoardSpec(dtb_image=("board-zcu102", "dtb"))),
+    ("./image:odd.dtb", targets.BoardSpec(dtb="./image:odd.dtb")),  # a file whose name starts with image:
+])
+def test_a_board_names_its_dtb_as_a_file_or_as_a_pinned_image(tmp_path, dtb, expected):
+    data = {**REAL, "harness": {**REAL["harness"], "boot": "uboot-tftp", "board": {"dtb": dtb}}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    assert targets.load_spec(str(tmp_path / "b.yaml")).board == expected
+
+
+@pytest.mark.parametrize("dtb", ["image:", "image:board-zcu102/", "image:/dtb"])
+def test_a_pinned_dtb_must_name_its_artifact(tmp_path, dtb):
+    data = {**REAL, "harness": {**REAL["harness"], "boot": "uboot-tftp", "board": {"dtb": dtb}}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match=r"board dtb .* names no (artifact|profile): write image:ARTIFACT or "
+                                         r"image:PROFILE/ARTIFACT") as info:
+        targets.load_spec(str(tmp_path / "b.yaml"))
+    one_line(str(info.value))
+
+
+def test_a_board_may_give_the_tftp_servers_address(tmp_path):
+    data = {**REAL, "harness": {**REAL["harness"], "boot": "uboot-tftp",
+                                "board": {"setup": ["setenv serverip {serverip}"], "serverip": "192.0.2.1"}}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    board = targets.load_spec(str(tmp_path / "b.yaml")).board
+    assert (board.setup, board.serverip) == (("setenv serverip {serverip}",), "192.0.2.1")
