@@ -49,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--initrd", type=Path, help="boot this dom0 initramfs instead of the built one")
     group.addoption("--artifacts", type=Path,
                     help="root of the session's artifacts (default: $HARNESS_ARTIFACTS, else ./artifacts)")
+    group.addoption("--place", help="boot the target on this place of a labgrid farm (with labgrid's "
+                                    "--lg-coordinator or $LG_COORDINATOR), acquired for the session")
 
 
 def chosen_targets(config: pytest.Config) -> str:
@@ -71,6 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
         specs = [targets.load_spec(name) for name in targets.expand(chosen_targets(config))]
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("place") and len(specs) != 1:
+        raise pytest.UsageError(f"--place {config.getoption('place')} is one board: give one --target with it.")
     config.stash[TARGETS] = {spec.name: spec for spec in specs}
     config.stash[RUNNING] = {}
     config.stash[BLOCKED] = {}
@@ -208,7 +212,8 @@ def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifac
         claim_boot(directory)
     except HarnessError as exc:
         pytest.fail(str(exc), pytrace=False)
-    session = BootSession(target_spec, directory, overrides)
+    session = BootSession(target_spec, directory, overrides, place=pytestconfig.getoption("place"),
+                          coordinator=pytestconfig.getoption("lg_coordinator", default=None))
     running = pytestconfig.stash[RUNNING]
     running[name] = session
     try:
