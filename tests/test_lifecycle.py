@@ -87,40 +87,9 @@ def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_spec: TargetSpec,
         run.wait(timeout=10)
 
 
-@pytest.mark.requires("qemu")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_machine_killed_mid_boot_is_the_labs_fault(sig: signal.Signals, target_spec: TargetSpec,
-                                                     tmp_path: Path) -> None:
-    """kill -9 (or the OOM killer), or a SIGTERM QEMU catches: exit 128 and the signal named, never a
-    verdict against the build (which `git bisect run` would take for a bad commit)."""
-    run = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "boot", "--target", str(target_spec.path), "--artifacts", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        qemu: list[int] = []
-        console = tmp_path / "console.log"
-        while time.monotonic() < deadline and run.poll() is None and not (
-                qemu and console.is_file() and console.stat().st_size > 0):  # QEMU runs and the guest printed
-            qemu = [p for p, c in children(run.pid).items() if "qemu-system" in c]
-            time.sleep(0.05)
-        assert qemu and run.poll() is None, "QEMU never started printing under `harness boot`"
-        os.kill(qemu[0], sig)
-        out, _ = run.communicate(timeout=120)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=10)
-    assert run.returncode == 128, out
-    assert f"killed by {sig.name} (signal {int(sig)})" in out, out
-    assert "verdict: INFRASTRUCTURE-ERROR" in out, out
-
-
-@pytest.mark.requires("virtual-board")
-def test_a_board_that_loses_its_power_is_the_labs_fault(target_spec: TargetSpec, tmp_path: Path) -> None:
-    """A board's console never closes: the harness asks the PDU when the console goes quiet, and a board
-    found off is an infrastructure error within seconds, not a hang at the silence deadline."""
+def kill_qemu_under_harness_boot(target_spec: TargetSpec, tmp_path: Path, sig: signal.Signals,
+                                 printed: bytes) -> tuple[int, str]:
+    """`harness boot`, its machine's QEMU killed with `sig` once the console holds `printed`: (exit status, output)."""
     run = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "boot", "--target", str(target_spec.path), "--artifacts", str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -128,15 +97,36 @@ def test_a_board_that_loses_its_power_is_the_labs_fault(target_spec: TargetSpec,
     try:
         console, deadline = tmp_path / "console.log", time.monotonic() + 180
         while run.poll() is None and time.monotonic() < deadline and not (
-                console.is_file() and b"Xen version" in console.read_bytes()):
-            time.sleep(0.1)
+                console.is_file() and printed in console.read_bytes()):
+            time.sleep(0.05)
         qemu = [p for p, c in children(run.pid).items() if "qemu-system" in c]
-        assert qemu and run.poll() is None, "the board's QEMU never started Xen under `harness boot`"
-        os.kill(qemu[0], signal.SIGKILL)  # the outlet's state follows: the board is off
+        assert qemu and run.poll() is None, f"QEMU never printed {printed!r} under `harness boot`"
+        os.kill(qemu[0], sig)
         out, _ = run.communicate(timeout=120)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
-    assert run.returncode == 128, out
+    return run.returncode, out
+
+
+@pytest.mark.requires("qemu")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_machine_killed_mid_boot_is_the_labs_fault(sig: signal.Signals, target_spec: TargetSpec,
+                                                     tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer), or a SIGTERM QEMU catches: exit 128 and the signal named, never a
+    verdict against the build (which `git bisect run` would take for a bad commit)."""
+    status, out = kill_qemu_under_harness_boot(target_spec, tmp_path, sig, b"Xen")
+    assert status == 128, out
+    assert f"killed by {sig.name} (signal {int(sig)})" in out, out
+    assert "verdict: INFRASTRUCTURE-ERROR" in out, out
+
+
+@pytest.mark.requires("virtual-board")
+def test_a_board_that_loses_its_power_is_the_labs_fault(target_spec: TargetSpec, tmp_path: Path) -> None:
+    """A board's console never closes: the harness asks the PDU when the console goes quiet, and a board
+    found off (its QEMU killed: the outlet's state follows) is an infrastructure error within seconds,
+    not a hang at the silence deadline."""
+    status, out = kill_qemu_under_harness_boot(target_spec, tmp_path, signal.SIGKILL, b"Xen version")
+    assert status == 128, out
     assert "without the guests or Xen asking it to stop (its power went off)" in out, out

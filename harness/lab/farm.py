@@ -19,21 +19,19 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from ..errors import HarnessError, InfrastructureError, UsageError
+from ..errors import InfrastructureError
 from .qemu import die_with_parent
 from .sshd import LabSSHServer
-from .vlab import VirtualLab
+from .vlab import VirtualLab, serve
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True, help="where the farm keeps its files and farm.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="farm: %(message)s", stream=sys.stderr)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        with LocalFarm(args.board, args.state) as farm:
-            ready = args.state / "farm.json"
-            partial = ready.with_suffix(".partial")
-            partial.write_text(json.dumps(farm.describe()))
-            partial.rename(ready)  # readers never see half a description
-            while not stop.wait(0.5):
-                pass
-    except HarnessError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 128
-    return 0
+    return serve(lambda: LocalFarm(args.board, args.state), functools.partial(announce, args.state / "farm.json"))
+
+
+def announce(ready: Path, farm: LocalFarm) -> None:
+    """farm.json, whole or not at all: readers never see half a description."""
+    partial = ready.with_suffix(".partial")
+    partial.write_text(json.dumps(farm.describe()))
+    partial.rename(ready)
 
 
 if __name__ == "__main__":

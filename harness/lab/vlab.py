@@ -926,15 +926,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--board", action="append", default=[], help=f"a board by name ({', '.join(BOARDS)})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="vlab: %(message)s", stream=sys.stderr)
+    try:
+        config = load_config(args.config) if args.config else {}
+    except HarnessError as exc:
+        print(f"harness: {exc}", file=sys.stderr)
+        return 2
+    boards = [*config.pop("boards", []), *args.board]
+    return serve(lambda: VirtualLab(boards, **config), lambda lab: print(json.dumps(lab.describe()), flush=True))
+
+
+def serve(open_service: Callable[[], Any], announce: Callable[[Any], None]) -> int:
+    """Run a service (a context manager) until SIGTERM or SIGINT, announcing it once it is up; exit status
+    0, or 2 (usage) / 128 (the lab) with the one sentence that stopped it."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        config = load_config(args.config) if args.config else {}
-        boards = [*config.pop("boards", []), *args.board]
-        with VirtualLab(boards, **config) as lab:
-            print(json.dumps(lab.describe()), flush=True)
-            while not stop.wait(1.0):
+        with open_service() as service:
+            announce(service)
+            while not stop.wait(0.5):
                 pass
     except HarnessError as exc:
         print(f"harness: {exc}", file=sys.stderr)
