@@ -26,6 +26,7 @@ from .lab import places
 from .lab.places import remote_place
 from .lab.qemu import QemuFailed
 from .lab.strategy import Status
+from .lab.vlab import Board, VirtualLab, dump_dtb
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
 from .plan.uboot import UBootScript, with_serverip
@@ -111,7 +112,7 @@ class BootSession:
             plan = self._plan(target)
             self.strategy = target.get_driver("XenStrategy")
             self.strategy.guests = list(self.spec.guests)
-            self.strategy.deadlines = self.strategy_deadlines()
+            self.strategy.deadlines = self.deadlines()
             self.strategy.on_milestone = self._milestone
             if plan.uboot is not None:
                 self._stage(target, plan)
@@ -176,18 +177,17 @@ class BootSession:
         if self.place:
             main["resources"] = {"RemotePlace": {"name": self.place}}
         if place := remote_place(main.get("resources")):
-            places.acquire(place, self.coordinator, self.strategy_deadlines().place)
+            places.acquire(place, self.coordinator, self.deadlines().place)
             self.acquired = place
         elif self.spec.board is not None and self.spec.board.virtual:
             self._start_virtual_lab()
 
-    def strategy_deadlines(self) -> Deadlines:
+    def deadlines(self) -> Deadlines:
+        """The target's deadlines, with this boot's tweaks."""
         return Deadlines.from_config({**self.spec.deadlines, **self.tweaks.deadlines})
 
     def _start_virtual_lab(self) -> None:
         """Run the virtual board in a lab of the harness's own, and give labgrid that lab's resources."""
-        from .lab.vlab import VirtualLab
-
         name = self.spec.board.virtual
         self.vlab = VirtualLab([name])
         self.vlab.start()
@@ -198,8 +198,6 @@ class BootSession:
         """The board's own device tree: a virtual board's (its QEMU's, wherever the board runs: the same
         options on a farm's copy), a pinned image (this boot's, when of its profile), or the lab's file."""
         if self.spec.board.virtual:
-            from .lab.vlab import Board, dump_dtb
-
             return dump_dtb(Board.from_spec(self.spec.board.virtual), self.artifacts / "machine.dtb")
         return read_board_dtb(self.spec, self.images, self.result.images)
 
