@@ -53,30 +53,46 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-LAB_PROCESSES = ("qemu-system", "in.tftpd")
+# What a session may start: machines, a virtual lab's TFTP server, a farm and its coordinator and exporter.
+LAB_PROCESSES = ("qemu-system", "in.tftpd", "harness.lab.farm", "labgrid-coordinator", "labgrid-exporter")
+
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "1"]], ids=["plain", "xdist"])
-def test_killed_pytest_leaves_no_qemu(xdist: list[str], target_spec: TargetSpec, tmp_path: Path) -> None:
+def test_killed_pytest_leaves_no_lab_behind(xdist: list[str], target_spec: TargetSpec, tmp_path: Path) -> None:
+    kill_a_session_and_look_for_its_lab(target_spec, tmp_path, [*xdist, "tests/test_dom0.py::test_boot"])
+
+
+@pytest.mark.requires("virtual-board")
+def test_killed_pytest_leaves_no_farm_behind(target_spec: TargetSpec, tmp_path: Path) -> None:
+    kill_a_session_and_look_for_its_lab(target_spec, tmp_path, ["-n", "1", "-m", "farm",
+                                        "tests/test_farm.py::test_a_board_boots_through_its_place"], farm=True)
+
+
+def kill_a_session_and_look_for_its_lab(target_spec: TargetSpec, tmp_path: Path, args: list[str],
+                                        farm: bool = False) -> None:
+    """SIGKILL a pytest session once its QEMU runs; then nothing it started may be left."""
     run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, f"--target={target_spec.path}",
-         f"--artifacts={tmp_path}", "tests/test_dom0.py::test_boot"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--target={target_spec.path}",
+         f"--artifacts={tmp_path}", *args],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # its own session and options, not ours (./run test sets -n auto in PYTEST_ADDOPTS)
         env={k: v for k, v in os.environ.items()
              if k not in (SESSION_ARTIFACTS_ENV, "PYTEST_ADDOPTS", "HARNESS_TARGET")},
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         qemu: dict[int, str] = {}
         while not qemu and time.monotonic() < deadline and run.poll() is None:
             qemu = {p: c for p, c in children(run.pid).items() if "qemu-system" in c}
             time.sleep(0.1)
         assert qemu, "QEMU never started under the pytest run"
         lab = {p: c for p, c in children(run.pid).items() if any(name in c for name in LAB_PROCESSES)}
+        if farm:
+            assert any("labgrid-coordinator" in c for c in lab.values()), f"no coordinator among {lab}"
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while any(alive(p) for p in lab) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = {p: c for p, c in lab.items() if alive(p)}
