@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import os
 import select
 import statistics
 import subprocess
@@ -28,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import targets  # noqa: E402
 from harness.boot import BootSession  # noqa: E402
 from harness.faults import FAULTS  # noqa: E402
-from harness.lab.qemu import die_with_parent  # noqa: E402
+from harness.lab.process import dying_with_us  # noqa: E402
 from harness.monitor import BootFailure  # noqa: E402
 
 PROMPT = b"dom0# "
@@ -52,8 +50,8 @@ def harness_boot(spec, workdir: Path) -> tuple[float, float, list[str]]:
 def raw_qemu_boot(command: list[str], deadline: float = 300.0) -> float:
     """Seconds from starting QEMU by hand to dom0's prompt on its stdout."""
     started = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    proc = subprocess.Popen(dying_with_us(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
     seen = b""
     try:
         while PROMPT not in seen:

@@ -25,7 +25,7 @@ import pytest
 from . import artifacts, targets
 from .boot import BootSession
 from .errors import HarnessError
-from .lab.qemu import die_with_parent
+from .lab.process import die_with_parent
 from .monitor import BootFailure, Verdict
 from .result import BootResult
 from .targets import TargetSpec

@@ -21,7 +21,7 @@ from harness import checks
 from harness.boot import BootSession, Tweaks
 from harness.errors import HarnessError
 from harness.lab.farm import COORDINATOR_ENV, LocalFarm, labgrid_tool
-from harness.lab.qemu import die_with_parent
+from harness.lab.process import dying_with_us
 from harness.monitor import Verdict
 from harness.targets import TargetSpec
 
@@ -43,8 +43,9 @@ def farm(session_artifacts: Path) -> dict:
         if not ready.exists():
             log = (state / "farm.out").open("wb")
             process = subprocess.Popen(
-                [sys.executable, "-m", "harness.lab.farm", *(f"--board={b}" for b in BOARDS), "--state", str(state)],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: die_with_parent(),
+                dying_with_us([sys.executable, "-m", "harness.lab.farm", *(f"--board={b}" for b in BOARDS),
+                               "--state", str(state)]),
+                stdout=log, stderr=subprocess.STDOUT,
             )
             deadline = time.monotonic() + FARM_DEADLINE_S
             while not ready.exists():

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InfrastructureError
-from .qemu import die_with_parent
+from .process import dying_with_us
 from .sshd import LabSSHServer
 from .vlab import VirtualLab, serve
 
@@ -140,9 +140,9 @@ class LocalFarm:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         logfile = (self.workdir / f"{name}.log").open("ab")
         # cwd: the coordinator keeps its places.yaml and resources.yaml in its working directory
-        self.processes[name] = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=self.env() if self.sshd else None, cwd=self.workdir,
-                                                preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        self.processes[name] = subprocess.Popen(dying_with_us(cmd), stdout=logfile, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, env=self.env() if self.sshd else None,
+                                                cwd=self.workdir)
         logfile.close()
 
     def _await(self, ready, what: str) -> None:

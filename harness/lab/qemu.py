@@ -26,13 +26,10 @@ this, when the installed labgrid moves past it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import tempfile
@@ -51,9 +48,9 @@ from labgrid.util.qmp import QMPError, QMPMonitor
 
 from ..errors import InfrastructureError
 from ..monitor import MachineExit
+from . import process
 from .console import ConsoleTap
 
-PR_SET_PDEATHSIG = 1
 LABGRID_WRITTEN_FOR = "26.0"  # the labgrid release whose QEMUDriver internals this driver was checked against
 START_DEADLINE_S = 30.0  # QEMU connects its console and answers QMP in well under a second when healthy
 STOP_DEADLINE_S = 5.0
@@ -82,14 +79,6 @@ def shutdown_reason(qmp_out) -> str | None:
                 if isinstance(message, dict) and message.get("event") == "SHUTDOWN":
                     reason = (message.get("data") or {}).get("reason")
     return reason
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (however the parent died)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 @target_factory.reg_driver
@@ -193,8 +182,7 @@ class XenQEMUDriver(ConsoleTap, QEMUDriver):
         self.logger.debug("Starting with: %s", self._cmd)
         try:
             self._child = subprocess.Popen(
-                self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                process.dying_with_us(self._cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             )
         except FileNotFoundError as exc:
             raise _not_installed(self._cmd[0]) from exc

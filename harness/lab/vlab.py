@@ -68,7 +68,8 @@ from labgrid.util.qmp import QMPError, QMPMonitor
 
 from ..errors import HarnessError, InfrastructureError, UsageError
 from ..images import Images, load_manifest
-from .qemu import START_DEADLINE_S, STOP_DEADLINE_S, _not_installed, die_with_parent
+from .process import dying_with_us
+from .qemu import START_DEADLINE_S, STOP_DEADLINE_S, _not_installed
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,7 @@ class TftpServer:
         stderr_path = self._state / "in.tftpd.stderr"
         with stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                dying_with_us(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
         token = os.urandom(16).hex().encode()
         target, link = self._state / "tftp-probe", self.root / f".probe-{token[:8].decode()}"
@@ -858,8 +858,7 @@ class VirtualLab:
             with machine.stderr_path.open("wb") as stderr:
                 try:
                     machine.process = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                        preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                        dying_with_us(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                     )  # fmt: skip
                 except FileNotFoundError as exc:
                     raise _not_installed(cmd[0]) from exc

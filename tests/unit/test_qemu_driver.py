@@ -227,7 +227,7 @@ import sys, time
 import labgrid
 import harness.lab
 if sys.argv[2] == "without-pdeathsig":  # the control: the same driver minus the parent-death signal
-    harness.lab.qemu.die_with_parent = lambda parent=None: None
+    harness.lab.process.dying_with_us = lambda cmd: cmd
 env = labgrid.Environment(config_file=sys.argv[1])
 driver = env.get_target("main").get_driver("XenQEMUDriver")
 driver.on()
