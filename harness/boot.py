@@ -302,6 +302,7 @@ class BootSession:
             if self.vlab is not None:
                 self.vlab.close()
             if self.acquired is not None:
+                places.forget_labgrid_session()
                 places.release(self.acquired, self.coordinator)
             if self._console_log is not None:
                 self._console_log.close()

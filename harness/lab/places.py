@@ -56,6 +56,24 @@ def acquire(place: str, coordinator: str | None, wait_s: float) -> None:
         time.sleep(RETRY_S)
 
 
+def forget_labgrid_session() -> None:
+    """End labgrid's process-wide RemotePlace session (it keeps the first boot's coordinator and its view
+    of the places, which a later boot's acquisition does not reach): the next boot starts a fresh one."""
+    import asyncio
+
+    from labgrid.resource.common import ResourceManager
+    from labgrid.resource.remote import RemotePlaceManager
+
+    manager = ResourceManager.instances.pop(RemotePlaceManager, None)
+    session = getattr(manager, "session", None)
+    if session is not None:
+        for step in (session.stop, session.close):
+            try:
+                session.loop.run_until_complete(asyncio.wait_for(step(), timeout=10))
+            except Exception as exc:  # noqa: BLE001 (a coordinator already gone: nothing left to end)
+                log.debug("ending labgrid's session: %s", exc)
+
+
 def release(place: str, coordinator: str | None) -> None:
     """Release `place`; a coordinator that went away meanwhile has released it already."""
     run = client(coordinator, "--place", place, "release")

@@ -28,4 +28,4 @@ def dying_with_us(cmd: list[str]) -> list[str]:
     program = cmd[0] if os.sep in cmd[0] else shutil.which(cmd[0])
     if program is None or not os.access(program, os.X_OK):
         raise FileNotFoundError(errno.ENOENT, "no such program", cmd[0])
-    return [SETPRIV, "--pdeathsig", "KILL", "--", program, *cmd[1:]]
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *cmd]  # setpriv finds it on PATH, as Popen would
