@@ -274,7 +274,7 @@ def load_order(wanted: Iterable[str], modules: Mapping[str, Module], release: st
         if state.get(name) == "visiting":
             raise ElfError(f"the modules {name} and {needed_by} depend on each other")
         if name not in modules:
-            raise MissingDependency(f"the module {name}", needed_by, [f"the {release} package"])
+            raise MissingDependency(f"module {name}", needed_by, [f"the {release} package"])
         found = modules[name]
         built_for = (found.vermagic.split() or ["no kernel release"])[0]
         if built_for != release:
