@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import labgrid
+from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, guest, inputs, xenlog
+from . import acpidump, checks, dom0net, guest, inputs, sshguest, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding
 from .images import Artifact, Images
@@ -94,6 +95,7 @@ class BootSession:
         self.acquired: str | None = None
         self.serverip: str | None = None  # the TFTP server of the harness's own virtual lab, as its board sees it
         self._console_log = None
+        self._ssh: sshguest.GuestSSH | None = None
         self.closed = False
 
     # --- stages -----------------------------------------------------------------------------
@@ -140,7 +142,8 @@ class BootSession:
         if self.spec.xen_build and "xen" not in self.overrides:
             arts["xen"] = build_xen(self.images.cache, xen_source(), config=self.spec.xen_build)
         if "initrd" not in arts:
-            arts["initrd"] = initramfs(arts["busybox"], self.images.cache)
+            extra = dom0net.extra(self.spec, self.images, arts["kernel"])  # dom0's network and SSH server, if any
+            arts["initrd"] = initramfs(arts["busybox"], self.images.cache, extra=extra)
         return arts
 
     def _plan(self, target) -> BootPlan:
@@ -226,6 +229,36 @@ class BootSession:
         driver = self.strategy.focus(spec)
         return guest.GuestShell(driver, spec.name, self.strategy.monitor, xen_prefixed=spec.domid != 0)
 
+    def ssh(self) -> sshguest.GuestSSH:
+        """dom0 over SSH (targets with the ssh capability), connected once per boot: the harness's key installed
+        over the serial console first, and dom0's host key checked against the lab's known_hosts or, without one,
+        against the key dom0 printed on its console (harness/sshguest.py)."""
+        if self._ssh is None:
+            if not self.spec.can("ssh"):
+                raise UsageError(f"{self.spec.name} has no ssh capability: its dom0 runs no SSH server.")
+            endpoint = self._ssh_endpoint()
+            key = sshguest.new_key()
+            shell = self.shell("dom0")
+            self._guarded(lambda: sshguest.authorize(shell, key, f"harness@{self.artifacts.name}"))
+            known_hosts = lab_known_hosts(self.spec)
+            if known_hosts is None:
+                host_key = self._guarded(lambda: sshguest.read_host_key(shell))
+                known_hosts = self.artifacts / "known_hosts"
+                known_hosts.write_text(sshguest.known_hosts_line(endpoint, host_key))
+            self._ssh = sshguest.GuestSSH("dom0", endpoint, key, known_hosts).connect()
+        return self._ssh
+
+    def _ssh_endpoint(self) -> sshguest.Endpoint:
+        """Where dom0's SSH answers: the target's NetworkService (a virtual lab's forwarded port, or the board's)."""
+        from labgrid.resource import NetworkService
+
+        try:
+            service = self.env.get_target("main").get_resource(NetworkService, wait_avail=False)
+        except NoResourceFoundError:
+            raise UsageError(f"{self.spec.path.name}: no NetworkService resource says where dom0's SSH answers: add "
+                             "one (address, port, username: root).") from None
+        return sshguest.Endpoint(service.address, service.port, service.username)
+
     def check(self) -> list[Finding]:
         """Probe every guest, in turn on the console, and run every check on what Xen and each guest said."""
         try:
@@ -293,6 +326,8 @@ class BootSession:
             self.result.lab["qemu"] = self.strategy.power.version_line
         if monitor is not None and monitor.failure is not None:
             self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
+        if self._ssh is not None:
+            self._ssh.close()
         try:
             if self.strategy is not None:  # a board is left powered by labgrid: off, whatever happened
                 self.strategy.transition(Status.off)
@@ -328,6 +363,13 @@ def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artif
         return inputs.read_file(path, inputs.DTB)
     except HarnessError as exc:
         raise UsageError(f"{spec.path.name}: the board's DTB: {exc}") from None
+
+
+def lab_known_hosts(spec: TargetSpec) -> Path | None:
+    """The known_hosts the lab provides for dom0's SSH (board: ssh: known_hosts:, relative to the target YAML)."""
+    if spec.board is None or not spec.board.ssh_known_hosts:
+        return None
+    return (spec.path.parent / spec.board.ssh_known_hosts).resolve()
 
 
 def lab_serverip(board: BoardSpec, provider_host: str) -> str | None:

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ import yaml
 
 from .cache import Cache, full_disk_reported, sha256_bytes, sha256_file
 from .data import data_dir
+from .elf import Node
 from .errors import InfrastructureError, UnusableInput, UsageError
 
 log = logging.getLogger(__name__)
@@ -134,7 +136,7 @@ class Images:
         """Every artifact of `profile`, fetched and verified; `overrides` replace locked ones by name."""
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         result: dict[str, Artifact] = {}
-        for name, entry in self._profile(profile).items():
+        for name, entry in self.locked(profile).items():
             if name in overrides:
                 result[name] = user_artifact(name, overrides.pop(name))
             else:
@@ -145,7 +147,7 @@ class Images:
 
     def artifact(self, profile: str, name: str) -> Artifact:
         """The one artifact `name` of `profile`, fetched and verified (e.g. a board's DTB)."""
-        locked = self._profile(profile)
+        locked = self.locked(profile)
         if name not in locked:
             raise UsageError(
                 f"image profile {profile!r} has no artifact {name!r} (it has: {', '.join(sorted(locked))}): "
@@ -153,7 +155,8 @@ class Images:
             )
         return self._pinned(locked[name])
 
-    def _profile(self, profile: str) -> dict[str, LockedArtifact]:
+    def locked(self, profile: str) -> dict[str, LockedArtifact]:
+        """The pins of `profile`, by artifact name."""
         locked = load_lock(self.lock_path)
         if profile not in locked:
             raise UsageError(
@@ -349,6 +352,34 @@ def extract(deb: Path, pattern: str) -> tuple[str, bytes]:
             "fix the `file` entry in images/manifest.yaml."
         )
     return matches[0]
+
+
+def iter_members(deb: Path) -> Iterator[tuple[str, tarfile.TarInfo, Callable[[], bytes]]]:
+    """Each member of `deb`'s data as (path without the leading "./", its tar header, a reader of its
+    bytes), streamed: a member's bytes are read only if asked for, before the next member."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
+            for member in tar:
+                yield member.name.removeprefix("./"), member, lambda member=member: tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise InfrastructureError(f"{deb.name} cannot be read ({exc}): delete it from the cache to fetch it "
+                                  "again.") from None
+    finally:
+        proc.stdout.close()
+        proc.wait()
+
+
+def read_members(deb: Path, wanted: Callable[[str], bool]) -> dict[str, Node]:
+    """The symlinks of `deb`'s data and the regular files `wanted` picks by path, each with its permission
+    bits (a .deb's data is trusted once the .deb's SHA256 is the lock's)."""
+    members: dict[str, Node] = {}
+    for path, member, read in iter_members(deb):
+        if member.issym():
+            members[path] = Node(member.mode & 0o7777, link=member.linkname)
+        elif member.isfile() and wanted(path):
+            members[path] = Node(member.mode & 0o7777, read())
+    return members
 
 
 class PrivateApt:

@@ -145,6 +145,27 @@ class BoardSpec:
     firmware_reserve: int = 2 * MiB  # RAM the firmware keeps at the bottom (QEMU puts its DTB there)
     uboot_reserve: int = 64 * MiB  # RAM at the top, where U-Boot relocated itself and copies the DTB
     virtual: str | None = None  # a virtual board the harness runs in its own lab (harness/lab/vlab.py)
+    # `ssh: {known_hosts: FILE}`: dom0's SSH host key as the lab knows it (relative to the target YAML);
+    # without it, the harness trusts the key dom0 prints on its serial console (a virtual board's is new at
+    # every boot)
+    ssh_known_hosts: str | None = None
+
+
+NET_ARGUMENT = "harness.net="  # on dom0's command line: ADDRESS/PREFIX[,GATEWAY]; images/initramfs/init reads it
+
+
+def net_argument(cmdline: str) -> str | None:
+    """The value of harness.net= on a kernel command line (the last one wins, as for the kernel's own)."""
+    values = [word[len(NET_ARGUMENT):] for word in cmdline.split() if word.startswith(NET_ARGUMENT)]
+    return values[-1] if values else None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """dom0's network (`dom0: network:`): what its initramfs carries for /init to use when harness.net= asks."""
+
+    modules: tuple[str, ...] = ()  # network drivers from dom0's kernel package, loaded with what they depend on
+    ssh: str | None = None  # the image profile of dom0's SSH server (dropbear and its libraries' packages)
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,7 @@ class TargetSpec:
     xen_cmdline: str = ""  # Xen's command line (a boot's --xen-args are appended)
     cpus: int = 1  # the machine's CPUs: QEMU's -smp, or the board's
     board: BoardSpec | None = None  # uboot-tftp only
+    network: NetworkSpec | None = None  # dom0's network and SSH server
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -201,6 +223,12 @@ def check_guests(spec: TargetSpec) -> None:
             raise UsageError(f"{where}: {domu.name} has no vpl011, so no console to reach its shell: set vpl011: true.")
         if domu.memory_kb <= 0:
             raise UsageError(f"{where}: {domu.name} needs memory (KiB), e.g. memory: 262144.")
+    if spec.can("ssh") and (spec.network is None or spec.network.ssh is None):
+        raise UsageError(f"{where}: the ssh capability needs dom0's SSH server: give dom0 a network: section with "
+                         "ssh: PROFILE (e.g. dom0-ssh-arm64).")
+    if spec.network is not None and (spec.dom0 is None or net_argument(spec.dom0.cmdline) is None):
+        raise UsageError(f"{where}: dom0's network is brought up only when its command line says so: add "
+                         f"{NET_ARGUMENT}ADDRESS/PREFIX[,GATEWAY] to dom0's cmdline.")
 
 
 def qemu_smp(data: dict) -> int | None:
@@ -222,16 +250,27 @@ def _drivers(data: dict) -> list[tuple[str, dict]]:
 def _board(data: dict | None, profile: str) -> BoardSpec | None:
     if data is None:
         return None
-    known = {"dtb", "setup", "serverip", "firmware_reserve", "uboot_reserve", "virtual"}
+    known = {"dtb", "setup", "serverip", "firmware_reserve", "uboot_reserve", "virtual", "ssh"}
     if unknown := set(data) - known:
         raise ValueError(f"unknown board setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     sizes = {k: int(str(data[k]), 0) for k in ("firmware_reserve", "uboot_reserve") if k in data}
     dtb, dtb_image = data.get("dtb"), None
     if dtb is not None and str(dtb).startswith(PINNED_DTB):
         dtb_image, dtb = _pinned_dtb(str(dtb), profile), None
+    ssh = data.get("ssh") or {}
+    if not isinstance(ssh, dict) or set(ssh) - {"known_hosts"}:
+        raise ValueError(f"board ssh: {ssh!r} is not a mapping with only known_hosts: FILE")
     return BoardSpec(dtb=dtb, dtb_image=dtb_image, setup=tuple(str(c) for c in data.get("setup", ())),
                      serverip=str(data["serverip"]) if data.get("serverip") else None,
-                     virtual=data.get("virtual"), **sizes)
+                     virtual=data.get("virtual"), ssh_known_hosts=ssh.get("known_hosts"), **sizes)
+
+
+def _network(data: dict | None) -> NetworkSpec | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - {"modules", "ssh"}:
+        raise ValueError(f"dom0 network: {data!r} is not a mapping of modules: [NAME, ...] and ssh: PROFILE")
+    return NetworkSpec(modules=tuple(str(m) for m in data.get("modules") or ()), ssh=data.get("ssh"))
 
 
 def _pinned_dtb(ref: str, profile: str) -> tuple[str, str]:
@@ -274,6 +313,7 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
             xen_cmdline=" ".join(str(section.get("xen_cmdline", "")).split()),
             cpus=int(section.get("cpus") or qemu_smp(data) or 1),
             board=_board(section.get("board"), section["images"]),
+            network=_network(dom0.get("network")) if dom0 else None,
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc

@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from harness.lab.vlab import BOARDS, VirtualLab, sweep_stale_state
+from harness.lab.vlab import VirtualLab, sweep_stale_state
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_ADDRESS = 0x40400000  # 4 MiB into RAM on both boards: above the DT QEMU puts at the start of RAM
@@ -182,7 +182,7 @@ def test_a_board_powers_on_into_u_boot_and_fetches_a_staged_file_by_tftp(lab, bo
         assert len(provided["/chosen"].pop(seed)) == len(booted["/chosen"].pop(seed))
     assert booted == provided, f"nodes differ: {sorted(set(booted) ^ set(provided))}"
     cmdline = Path(f"/proc/{lab.qemu_pid(name)}/cmdline").read_text().split("\0")
-    assert cmdline[: len(BOARDS[name].machine_args())] == BOARDS[name].machine_args()
+    assert cmdline[: len(lab.machine_args(name))] == lab.machine_args(name)
 
     power.off()
     assert power.get() is False
@@ -201,6 +201,22 @@ def test_a_board_powers_on_into_u_boot_and_fetches_a_staged_file_by_tftp(lab, bo
     while power.get() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert power.get() is False, "U-Boot's reset did not power the board off"
+
+
+def test_a_powered_boards_ssh_port_is_its_qemus_forward(lab, board_env):
+    """Off, nothing listens on the board's SSH port; on, QEMU's user network takes the connection (and holds it:
+    U-Boot answers no TCP): the forward exists exactly while the board runs."""
+    target = board_env("vboard-a15")
+    power = target.get_driver("NetworkPowerDriver")
+    port = lab.ssh_port("vboard-a15")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    power.on()
+    interrupt_autoboot(target.get_driver("SerialDriver"))
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    power.off()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_a_board_whose_qemu_died_is_off_and_powers_on_again(lab, board_env):

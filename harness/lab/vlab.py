@@ -13,6 +13,10 @@ powered or not), an outlet on a network PDU, and a TFTP server its U-Boot fetche
 - power: an HTTP PDU speaking labgrid's `simplerest` protocol, one outlet index per board. On starts
   the board's QEMU, off stops it (SIGTERM, SIGKILL after a deadline), a QEMU that died is off. A
   guest reset powers the board off (`-no-reboot`), so a reset is never silent.
+- SSH to dom0: a port of its own on 127.0.0.1 per board (labgrid's `NetworkService`, user root), which
+  QEMU's user network forwards to port 22 of the board's address, 10.0.2.15 (`hostfwd`): the address
+  U-Boot takes, and dom0 takes with `harness.net=` (images/initramfs/init). The port is chosen free at
+  the lab's start, away from the kernel's ephemeral ports, and bound by QEMU at each power-on.
 - TFTP: Debian's real in.tftpd (pinned in images/lock.json as profile host-<arch>, never installed as
   a package), on a free 127.x.y.z:69 (U-Boot's tftp always uses port 69), which QEMU's user network
   reaches as `serverip` directly. QEMU's own TFTP is off (no `tftp=`).
@@ -84,9 +88,19 @@ STATE_PREFIX = "xen-harness-vlab-"
 UBOOT_PACKAGE_HINT = "install Debian's u-boot-qemu package (./run does it)"
 EX_OSERR = 71  # in.tftpd's exit status when it cannot bind (sysexits.h)
 
-# A network card U-Boot drives. romfile= : Debian ships efi-virtio.rom only with recommends, and U-Boot
-# never runs the option ROM. No tftp= : QEMU's own TFTP server must not answer; the lab's in.tftpd does.
-NETWORK_ARGS = ["-device", "virtio-net-pci,netdev=n0,romfile=", "-netdev", "user,id=n0"]
+BOARD_ADDRESS = "10.0.2.15"  # the board on QEMU's user network (U-Boot's ipaddr, dom0's harness.net=)
+SSH_PORT = 22  # dom0's SSH server
+SSH_USER = "root"
+SSH_PORT_RANGE = (20000, 32767)  # below Linux's ephemeral ports (32768-60999): no outgoing connection takes it
+SSH_PORT_ATTEMPTS = 64
+
+
+def network_args(ssh_port: int | None = None) -> list[str]:
+    """A network card U-Boot and dom0 drive, on QEMU's user network, with 127.0.0.1:`ssh_port` forwarded to
+    the board's SSH port. romfile= : Debian ships efi-virtio.rom only with recommends, and U-Boot never runs
+    the option ROM. No tftp= : QEMU's own TFTP server must not answer; the lab's in.tftpd does."""
+    forward = f",hostfwd=tcp:{LOCALHOST}:{ssh_port}-{BOARD_ADDRESS}:{SSH_PORT}" if ssh_port else ""
+    return ["-device", "virtio-net-pci,netdev=n0,romfile=", "-netdev", f"user,id=n0{forward}"]
 
 
 # --- boards -------------------------------------------------------------------------------------
@@ -105,11 +119,12 @@ class Board:
     smp: int
     firmware: Path  # U-Boot, QEMU's -bios
 
-    def machine_args(self) -> list[str]:
-        """The QEMU command line of the machine itself: a power-on and the DT dump both start from it."""
+    def machine_args(self, ssh_port: int | None = None) -> list[str]:
+        """The QEMU command line of the machine itself: a power-on (with its SSH port forward) and the DT dump
+        (without: the forward is no hardware, and the running board holds its port) both start from it."""
         return [
             self.qemu, "-machine", self.machine, "-cpu", self.cpu, "-m", self.memory, "-smp", str(self.smp),
-            "-bios", str(self.firmware), "-nodefaults", "-display", "none", "-no-reboot", *NETWORK_ARGS,
+            "-bios", str(self.firmware), "-nodefaults", "-display", "none", "-no-reboot", *network_args(ssh_port),
         ]  # fmt: skip
 
     def check(self) -> None:
@@ -343,6 +358,16 @@ class TftpServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=STOP_DEADLINE_S)
             self.process = None
+
+
+def free_ssh_port(taken: set[int]) -> int:
+    """A port of 127.0.0.1 that is free now, in SSH_PORT_RANGE and not in `taken` (the lab's other boards')."""
+    for _ in range(SSH_PORT_ATTEMPTS):
+        port = random.randint(*SSH_PORT_RANGE)
+        if port not in taken and port_free(LOCALHOST, port, socket.SOCK_STREAM):
+            return port
+    raise InfrastructureError(f"no free TCP port on {LOCALHOST} in {SSH_PORT_RANGE[0]}-{SSH_PORT_RANGE[1]} after "
+                              f"{SSH_PORT_ATTEMPTS} tries, for a board's SSH: free some, or give the lab ssh_ports.")
 
 
 # --- serial -------------------------------------------------------------------------------------
@@ -589,6 +614,7 @@ class _Machine:
     serial_port: int
     tftp_dir: Path
     stderr_path: Path
+    ssh_port: int  # on 127.0.0.1, forwarded to the board's SSH port
     process: subprocess.Popen | None = None
 
     def running(self) -> bool:
@@ -674,6 +700,7 @@ class VirtualLab:
         boards: Sequence[str | dict | Board],
         *,
         serial_ports: dict[str, int] | None = None,
+        ssh_ports: dict[str, int] | None = None,
         pdu_port: int = 0,
         tftp_address: str | None = None,
         tftpd: Path | None = None,
@@ -686,6 +713,9 @@ class VirtualLab:
         self._serial_ports = serial_ports or {}
         if unknown := set(self._serial_ports) - set(names):
             raise UsageError(f"serial ports asked for boards the lab lacks: {', '.join(sorted(unknown))}.")
+        self._ssh_ports = ssh_ports or {}
+        if unknown := set(self._ssh_ports) - set(names):
+            raise UsageError(f"SSH ports asked for boards the lab lacks: {', '.join(sorted(unknown))}.")
         self._pdu_port = pdu_port
         self._tftp_address = tftp_address
         self._tftpd = tftpd
@@ -722,8 +752,9 @@ class VirtualLab:
                 port = self._hub.add_port(board.name, self._serial_ports.get(board.name, 0))
                 tftp_dir = tftp_root / board.name
                 tftp_dir.mkdir()
+                ssh_port = self._ssh_ports.get(board.name) or free_ssh_port(self._taken_ssh_ports())
                 self._machines[board.name] = _Machine(board, index, port, tftp_dir,
-                                                      self._state / f"{board.name}.qemu.stderr")
+                                                      self._state / f"{board.name}.qemu.stderr", ssh_port)
             self._hub.start()
             self._tftp = TftpServer(tftpd, tftp_root, self._state, self._tftp_address)
             self._launcher.call(self._tftp.start)
@@ -731,6 +762,9 @@ class VirtualLab:
         except BaseException:
             self.close()
             raise
+
+    def _taken_ssh_ports(self) -> set[int]:
+        return {*self._ssh_ports.values(), *(m.ssh_port for m in self._machines.values())}
 
     def _start_pdu(self) -> None:
         try:
@@ -785,6 +819,15 @@ class VirtualLab:
     def serial_port(self, name: str) -> int:
         return self._machine(name).serial_port
 
+    def ssh_port(self, name: str) -> int:
+        """The 127.0.0.1 port QEMU forwards to the board's SSH port (dom0's, once it listens)."""
+        return self._machine(name).ssh_port
+
+    def machine_args(self, name: str) -> list[str]:
+        """The board's QEMU command line as a power-on starts it (before its serial and QMP options)."""
+        machine = self._machine(name)
+        return machine.board.machine_args(machine.ssh_port)
+
     def tftp_dir(self, name: str) -> Path:
         """The board's TFTP directory: a TFTPProvider's internal directory, and U-Boot's path prefix."""
         return self._machine(name).tftp_dir
@@ -798,6 +841,7 @@ class VirtualLab:
                                   "speed": SERIAL_SPEED},
             "NetworkPowerPort": {"model": "simplerest", "host": self.pdu_url, "index": machine.index},
             "TFTPProvider": {"internal": directory, "external": directory},
+            "NetworkService": {"address": LOCALHOST, "port": machine.ssh_port, "username": SSH_USER},
         }
 
     def describe(self) -> dict[str, Any]:
@@ -849,7 +893,7 @@ class VirtualLab:
         name = f"{STATE_PREFIX}{os.getpid()}-{machine.board.name}-{time.monotonic_ns():x}"
         serial, qmp = _abstract_listener(f"{name}-serial"), _abstract_listener(f"{name}-qmp")
         cmd = [
-            *machine.board.machine_args(), "-S",
+            *machine.board.machine_args(machine.ssh_port), "-S",
             "-chardev", f"socket,id=serial0,path={name}-serial,abstract=on", "-serial", "chardev:serial0",
             "-chardev", f"socket,id=qmp0,path={name}-qmp,abstract=on", "-mon", "chardev=qmp0,mode=control",
         ]  # fmt: skip
@@ -907,12 +951,13 @@ def sweep_stale_state() -> None:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """A lab's YAML: `boards` (names or board mappings), optional `serial_ports`, `pdu_port`, `tftp_address`."""
+    """A lab's YAML: `boards` (names or board mappings), optional `serial_ports`, `ssh_ports`, `pdu_port`,
+    `tftp_address`."""
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read the lab configuration {path} ({exc}): give a YAML file.") from None
-    allowed = {"boards", "serial_ports", "pdu_port", "tftp_address"}
+    allowed = {"boards", "serial_ports", "ssh_ports", "pdu_port", "tftp_address"}
     if not isinstance(config, dict) or "boards" not in config or set(config) - allowed:
         optional = ", ".join(sorted(allowed - {"boards"}))
         raise UsageError(f"{path} must be a mapping with `boards` and optionally {optional}.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import libfdt
 import pytest
 
-from harness.boot import lab_serverip, read_board_dtb
+from harness.boot import lab_known_hosts, lab_serverip, read_board_dtb
 from harness.errors import UsageError
 from harness.images import Artifact, Images, load_lock
 from harness.initramfs import initramfs
@@ -261,3 +261,11 @@ def test_a_disabled_uart_is_no_console():
     fdt.setprop_str(fdt.path_offset("/axi/serial@ff000000"), "status", "disabled")
     with pytest.raises(AssertionError, match=r"expected /axi/serial@ff000000 enabled, found status = \['disabled'\]"):
         xen_console_uart(bytes(fdt.as_bytearray()), spec.xen_cmdline, spec.arch)
+
+
+def test_the_labs_known_hosts_for_dom0s_ssh_is_relative_to_the_target_yaml(tmp_path):
+    spec = spec_with(tmp_path, BoardSpec(ssh_known_hosts="lab/known_hosts"))
+    assert lab_known_hosts(spec) == tmp_path / "lab" / "known_hosts"
+    assert lab_known_hosts(replace(spec, board=BoardSpec(ssh_known_hosts="/etc/lab/known_hosts"))) == Path(
+        "/etc/lab/known_hosts")
+    assert lab_known_hosts(replace(spec, board=BoardSpec())) is None, "a virtual board's comes from its console"

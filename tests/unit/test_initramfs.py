@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.cache import Cache, manifest_path, sha256_bytes
+from harness.elf import Node
 from harness.images import Artifact
-from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, build, guest_tools, initramfs
+from harness.initramfs import CONSOLE, DIRECTORIES, INIT_SCRIPT, Extra, build, guest_tools, initramfs
 
 FAKE_BUSYBOX = b"\x7fELF not really busybox, but bytes the archive must carry unchanged\n" * 3
 INIT = INIT_SCRIPT.read_bytes()
@@ -141,3 +142,51 @@ def test_corrupt_cached_initramfs_is_rebuilt(tmp_path, damage):
     assert again.path.read_bytes() == good, f"expected the {damage} entry rebuilt to the same bytes"
     assert again.path.stat().st_mtime_ns != 1_000_000_000, "the damaged entry was returned as is"
     assert again.sha256 == sha256_bytes(good)
+
+
+# --- what some targets' dom0 carries beyond busybox and /init -------------------------------------
+
+EXTRA_FILES = {
+    "usr/sbin/server": Node(0o755, b"\x7fELF a server"),
+    "lib/x-linux-gnu/libfoo.so.1": Node(0o777, link="libfoo.so.1.2"),
+    "lib/x-linux-gnu/libfoo.so.1.2": Node(0o644, b"a library"),
+    "etc/passwd": Node(0o644, b"root:*:0:0:root:/root:/bin/sh\n"),
+}
+
+
+def test_extra_files_keep_their_modes_and_links_and_come_after_their_directories():
+    archive = build(FAKE_BUSYBOX, INIT, guest_tools(), EXTRA_FILES)
+    assert build(FAKE_BUSYBOX, INIT, guest_tools(), dict(reversed(EXTRA_FILES.items()))) == archive
+    names = cpio(archive, "-it").decode().splitlines()
+    for name in ("usr", "usr/sbin", "lib", "lib/x-linux-gnu"):
+        assert name in names, f"no directory entry {name}: the kernel would not create it ({names})"
+    for path in EXTRA_FILES:
+        parent = path.rsplit("/", 1)[0]
+        assert parent in DIRECTORIES or names.index(parent) < names.index(path), f"{path} before {parent}"
+    entries = listing(archive)
+    assert entries["usr/sbin/server"]["mode"] == "-rwxr-xr-x"
+    assert entries["lib/x-linux-gnu/libfoo.so.1.2"]["mode"] == "-rw-r--r--"
+    assert entries["lib/x-linux-gnu/libfoo.so.1 -> libfoo.so.1.2"]["mode"] == "lrwxrwxrwx"
+    assert entries["usr"]["mode"] == "drwxr-xr-x" and entries["etc"]["mode"] == "drwxr-xr-x"
+    assert names.count("etc") == 1, "etc was listed twice"
+    assert cpio(archive, "-i", "--to-stdout", "lib/x-linux-gnu/libfoo.so.1.2") == b"a library"
+    assert cpio(archive, "-i", "--to-stdout", "etc/passwd") == EXTRA_FILES["etc/passwd"].data
+
+
+def test_an_extra_is_keyed_by_its_inputs_and_built_only_on_a_miss(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    busybox = busybox_artifact(tmp_path)
+    builds = []
+
+    def files():
+        builds.append(1)
+        return EXTRA_FILES
+
+    plain = initramfs(busybox, cache)
+    with_extra = initramfs(busybox, cache, extra=Extra("inputs-1", files))
+    assert with_extra.path != plain.path, "an initramfs with more files reused the plain one"
+    assert with_extra.path.read_bytes() == build(FAKE_BUSYBOX, INIT, guest_tools(), EXTRA_FILES)
+    assert initramfs(busybox, cache, extra=Extra("inputs-1", files)).path == with_extra.path
+    assert len(builds) == 1, "the extra files were made again although the cache had the initramfs"
+    assert initramfs(busybox, cache, extra=Extra("inputs-2", files)).path != with_extra.path
+    assert len(builds) == 2

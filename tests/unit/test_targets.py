@@ -221,3 +221,63 @@ def test_a_board_may_give_the_tftp_servers_address(tmp_path):
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
     board = targets.load_spec(str(tmp_path / "b.yaml")).board
     assert (board.setup, board.serverip) == (("setenv serverip {serverip}",), "192.0.2.1")
+
+
+# --- dom0's network and SSH server ----------------------------------------------------------------
+
+NET = "harness.net=10.0.2.15/24,10.0.2.2"
+
+
+def with_dom0(tmp_path, cmdline: str, network: dict | None, capabilities: list[str], board: dict | None = None):
+    dom0 = {"cmdline": cmdline, **({"network": network} if network is not None else {})}
+    harness = {**REAL["harness"], "dom0": dom0, "capabilities": capabilities, **({"board": board} if board else {})}
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump({**REAL, "harness": harness}))
+    return targets.load_spec(str(tmp_path / "n.yaml"))
+
+
+def test_the_virtual_boards_give_dom0_a_network_and_an_ssh_server():
+    for name, profile in (("vboard-arm64", "dom0-ssh-arm64"), ("vboard-a15", "dom0-ssh-armhf")):
+        spec = targets.load_spec(name)
+        assert spec.can("ssh") and spec.network == targets.NetworkSpec(("virtio_pci", "virtio_net"), profile)
+        assert targets.net_argument(spec.dom0.cmdline) == "10.0.2.15/24,10.0.2.2"
+        assert profile in load_lock(), f"{profile} is not pinned"
+    assert targets.load_spec("qemu-virt").network is None and not targets.load_spec("qemu-virt").can("ssh")
+
+
+def test_the_net_argument_is_the_last_one_and_only_a_whole_word():
+    assert targets.net_argument(f"console=hvc0 {NET} harness.net=192.0.2.7/24") == "192.0.2.7/24"
+    assert targets.net_argument("console=hvc0 xharness.net=1 harness.network=2") is None
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "network", "capabilities", "why"),
+    [
+        (f"console=hvc0 {NET}", None, ["ssh"], "the ssh capability needs dom0's SSH server: give dom0 a network: "
+                                               "section with ssh: PROFILE (e.g. dom0-ssh-arm64)."),
+        (f"console=hvc0 {NET}", {"modules": ["virtio_net"]}, ["ssh"], "the ssh capability needs dom0's SSH server"),
+        ("console=hvc0", {"ssh": "dom0-ssh-arm64"}, [], "dom0's network is brought up only when its command line "
+                                                        "says so: add harness.net=ADDRESS/PREFIX[,GATEWAY] to "
+                                                        "dom0's cmdline."),
+    ],
+    ids=["ssh-without-network", "ssh-without-server", "network-without-argument"],
+)
+def test_ssh_needs_a_server_and_a_network_needs_its_argument(tmp_path, cmdline, network, capabilities, why):
+    with pytest.raises(UsageError) as info:
+        with_dom0(tmp_path, cmdline, network, capabilities)
+    one_line(str(info.value))
+    assert str(info.value).startswith("n.yaml: ") and why in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("network", [["virtio_net"], {"modules": ["virtio_net"], "sshd": "x"}])
+def test_a_malformed_network_section_is_one_sentence(tmp_path, network):
+    with pytest.raises(UsageError, match=r"is not a valid target \(ValueError\(\"dom0 network: .* is not a mapping of "
+                                         r"modules: \[NAME, \.\.\.\] and ssh: PROFILE"):
+        with_dom0(tmp_path, f"console=hvc0 {NET}", network, [])
+
+
+def test_a_board_may_give_dom0s_known_hosts(tmp_path):
+    spec = with_dom0(tmp_path, f"console=hvc0 {NET}", {"ssh": "dom0-ssh-arm64"}, ["ssh"],
+                     board={"ssh": {"known_hosts": "lab/known_hosts"}})
+    assert spec.board.ssh_known_hosts == "lab/known_hosts"
+    with pytest.raises(UsageError, match=r"board ssh: .* is not a mapping with only known_hosts: FILE"):
+        with_dom0(tmp_path, "console=hvc0", None, [], board={"ssh": {"known_host": "typo"}})

@@ -18,13 +18,14 @@ import pytest
 import requests
 from labgrid.driver.power import simplerest
 from labgrid.driver.provider import TFTPProviderDriver
-from labgrid.resource import NetworkPowerPort, NetworkSerialPort, TFTPProvider
+from labgrid.resource import NetworkPowerPort, NetworkSerialPort, NetworkService, TFTPProvider
 
 from harness.cache import Cache
 from harness.errors import InfrastructureError, UsageError
 from harness.images import LOCK, Images
 from harness.lab.vlab import (
     BOARDS,
+    SSH_PORT_RANGE,
     STATE_PREFIX,
     Board,
     TftpError,
@@ -149,9 +150,33 @@ def test_each_resource_is_what_labgrid_builds_its_own_from(lab):
     serial = NetworkSerialPort(target, name=None, **resources["NetworkSerialPort"])
     power = NetworkPowerPort(target, name=None, **resources["NetworkPowerPort"])
     TFTPProvider(target, name=None, **resources["TFTPProvider"])
+    ssh = NetworkService(target, name=None, **resources["NetworkService"])
     assert (serial.host, serial.port, serial.protocol) == ("127.0.0.1", lab.serial_port("vboard-a15"), "raw")
     assert (power.model, power.index) == ("simplerest", "1")
+    assert (ssh.address, ssh.port, ssh.username) == ("127.0.0.1", lab.ssh_port("vboard-a15"), "root")
     assert json.loads(json.dumps(lab.describe()))["boards"]["vboard-a15"]["resources"] == resources
+
+
+def test_each_board_has_an_ssh_port_of_its_own_forwarded_to_its_port_22_at_power_on(lab):
+    ports = {name: lab.ssh_port(name) for name in ("vboard-arm64", "vboard-a15")}
+    assert len(set(ports.values())) == 2, ports
+    for name, port in ports.items():
+        assert SSH_PORT_RANGE[0] <= port <= SSH_PORT_RANGE[1], f"{name}: port {port} is among the ephemeral ones"
+        forward = f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:22"
+        assert forward in lab.machine_args(name), lab.machine_args(name)
+        assert not any("hostfwd" in a for a in BOARDS[name].machine_args()), "the DT dump would bind the board's port"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free while the board is off: QEMU binds it at power-on
+
+
+def test_ssh_ports_may_be_given_and_only_for_the_labs_boards(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with VirtualLab([A15], ssh_ports={"vboard-a15": port}) as lab:
+        assert lab.resources("vboard-a15")["NetworkService"]["port"] == port
+    with pytest.raises(UsageError, match=r"^SSH ports asked for boards the lab lacks: vboard-arm64\.$"):
+        VirtualLab([A15], ssh_ports={"vboard-arm64": port})
 
 
 # --- power --------------------------------------------------------------------------------------
@@ -311,4 +336,4 @@ def test_a_lab_configuration_with_an_unknown_key_is_one_sentence(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (2, ""), (proc.returncode, proc.stdout)
     assert proc.stderr == (f"harness: {config} must be a mapping with `boards` and optionally pdu_port, serial_ports, "
-                           "tftp_address.\n"), proc.stderr
+                           "ssh_ports, tftp_address.\n"), proc.stderr
