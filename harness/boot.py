@@ -12,7 +12,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import labgrid
@@ -30,9 +30,10 @@ from .lab.strategy import Status
 from .lab.vlab import Board, VirtualLab, dump_dtb
 from .monitor import MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
-from .plan.uboot import UBootScript, with_serverip
+from .plan.uboot import with_serverip
 from .result import BootResult
 from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
+from .tweaks import Tweaks
 from .validate import acpi
 from .xenbuild import build_xen, xen_source
 
@@ -46,23 +47,6 @@ def milestone_title(key: str, names: dict[str, str] | None = None) -> str:
     source, _, name = key.rpartition(":")
     title = TITLES.get(name, name)
     return f"{(names or {}).get(source, source)} {title}" if source else title
-
-
-@dataclass(frozen=True)
-class Tweaks:
-    """Changes to a target for one boot: a user's extra arguments, or a fault a test injects."""
-
-    xen_args: str = ""  # appended to Xen's command line (the last value of a parameter wins)
-    dom0_args: str = ""  # appended to dom0's command line
-    dom0_cmdline: str | None = None  # replaces dom0's command line
-    edit_qemu_args: Callable[[str], str] | None = None  # rewrites the target's extra QEMU arguments
-    omit_modules: frozenset[str] = frozenset()  # dom0's "kernel" or "ramdisk": boot without them
-    deadlines: dict = field(default_factory=dict)  # merged over the target's deadlines
-    without_dom0: bool = False  # a dom0less target's domUs alone
-    enhanced: str | None = None  # replaces every domU's xen,enhanced
-    # a fault in a board's lab path: given U-Boot's script and where each file was staged (host file ->
-    # the file the TFTP server serves), damage the staging or return an edited script
-    edit_uboot: Callable[[UBootScript, dict[Path, Path]], UBootScript] | None = None
 
 
 class BootSession:

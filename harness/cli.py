@@ -37,8 +37,6 @@ log = logging.getLogger("harness")
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .boot import BootSession, milestone_title
-
     spec = targets.load_spec(args.target)
     changes = tweaks(args)
     if args.artifacts:
@@ -46,6 +44,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         run_dir = writable_dir(run_dir_name(writable_dir(artifacts.default_root(), f"${artifacts.ROOT_ENV}"),
                                             spec.name))
+    from .boot import BootSession, milestone_title  # the lab, once the arguments are known to be good
     out = sys.stderr if args.json else sys.stdout
     names = {g.source: g.name for g in spec.guests}
 
@@ -75,8 +74,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def tweaks(args: argparse.Namespace):
     """--xen-args/--dom0-args, over the injected fault's changes when --fault is given."""
-    from .boot import Tweaks
     from .faults import BY_NAME
+    from .tweaks import Tweaks
 
     if args.fault is not None and args.fault not in BY_NAME:
         raise UsageError(f"unknown fault {args.fault!r}: choose one of {', '.join(BY_NAME)}.")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .boot import Tweaks
 from .monitor import Verdict
 from .plan.uboot import UBootScript
+from .tweaks import Tweaks
 
 SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
 

@@ -11,10 +11,11 @@ import pytest
 from probing import assert_clean, probed
 
 from harness import checks
-from harness.boot import BootSession, Tweaks
+from harness.boot import BootSession
 from harness.errors import UsageError
 from harness.monitor import BootFailure
 from harness.targets import TargetSpec
+from harness.tweaks import Tweaks
 from harness.validate import dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("dom0less")]

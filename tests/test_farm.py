@@ -18,12 +18,13 @@ import pytest
 from probing import assert_clean, probed
 
 from harness import checks
-from harness.boot import BootSession, Tweaks
+from harness.boot import BootSession
 from harness.errors import HarnessError
 from harness.lab.farm import COORDINATOR_ENV, LocalFarm, labgrid_tool
 from harness.lab.process import dying_with_us
 from harness.monitor import Verdict
 from harness.targets import TargetSpec
+from harness.tweaks import Tweaks
 
 pytestmark = [pytest.mark.boot, pytest.mark.farm, pytest.mark.requires("virtual-board")]
 
