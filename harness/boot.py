@@ -18,9 +18,9 @@ from pathlib import Path
 import labgrid
 from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, dom0net, guest, inputs, sshguest, xenlog
+from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
-from .findings import Finding
+from .findings import Finding, failures
 from .images import Artifact, Images
 from .initramfs import initramfs
 from .lab import places
@@ -80,6 +80,8 @@ class BootSession:
         self.serverip: str | None = None  # the TFTP server of the harness's own virtual lab, as its board sees it
         self._console_log = None
         self._ssh: sshguest.GuestSSH | None = None
+        self._last_words_taken = False
+        self.on_diagnosis: Callable[[diagnose.Diagnosis], None] | None = None  # a probe's finding, as it comes
         self.closed = False
 
     # --- stages -----------------------------------------------------------------------------
@@ -100,6 +102,9 @@ class BootSession:
             self.strategy.guests = list(self.spec.guests)
             self.strategy.deadlines = self.deadlines()
             self.strategy.on_milestone = self._milestone
+            self.strategy.artifacts = self.artifacts
+            self.strategy.symbolizer = diagnose.Symbolizer(symbol_sources(arts))
+            self.strategy.on_diagnosis = self.on_diagnosis
             if plan.uboot is not None:
                 self._stage(target, plan)
             self._console_log = (self.artifacts / "console.log").open("wb")  # noqa: SIM115 (closed in close())
@@ -108,6 +113,7 @@ class BootSession:
             self.strategy.transition(Status.shell)
         except BootFailure as exc:
             self.result.record_failure(exc.failure)
+            self._last_words()
             raise
         except QemuFailed as exc:
             # QEMU refused the machine before any console output: name what it said.
@@ -300,6 +306,27 @@ class BootSession:
                 failure = self.result.record_failure(monitor.conclude())
             raise BootFailure(failure) from None
 
+    def _last_words(self) -> None:
+        """Before the console closes on a boot that did not pass: where the machine is, and Xen's debug-key
+        dump saved as xen-debugkeys.txt (as Xen's own test system takes before it collects logs). Once a boot."""
+        strategy = self.strategy
+        if strategy is None or strategy.prober is None or self._last_words_taken:
+            return
+        self._last_words_taken = True
+        if strategy.diagnosis is None or not strategy.diagnosis.dumps:
+            machine = strategy.machine
+            if machine is None or machine.running():
+                try:
+                    found = strategy.prober.probe()
+                except Exception as exc:  # noqa: BLE001 (the verdict stands without it)
+                    log.warning("could not take Xen's debug-key dump: %s", exc)
+                    return
+                if strategy.diagnosis is None:
+                    strategy.diagnosis = diagnose.decide(found, strategy.monitor)
+                else:
+                    strategy.diagnosis.dumps += found.dumps
+        self.result.diagnosis = strategy.diagnosis
+
     def close(self) -> BootResult:
         """Power off, release labgrid, decide the verdict and write result.json (once)."""
         if self.closed:
@@ -310,6 +337,10 @@ class BootSession:
             self.result.lab["qemu"] = self.strategy.power.version_line
         if monitor is not None and monitor.failure is not None:
             self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
+        if self.result.failure is not None or failures(self.result.findings):
+            self._last_words()
+        if self.strategy is not None and self.strategy.diagnosis is not None:
+            self.result.diagnosis = self.strategy.diagnosis
         if self._ssh is not None:
             self._ssh.close()
         try:
@@ -328,6 +359,18 @@ class BootSession:
             self.result.decide()
             self.result.write()
         return self.result
+
+
+def symbol_sources(arts: Mapping[str, Artifact]) -> dict:
+    """How to read the symbol tables of the Xen and the kernel that boot (on first use: see diagnose.Symbolizer)."""
+
+    def read(path: Path, kind: str):
+        from . import symbols
+
+        return symbols.table_for(path, kind)
+
+    return {kind: (lambda a=arts[name], k=kind: read(a.path, k))
+            for kind, name in (("xen", "xen"), ("linux", "kernel")) if name in arts}
 
 
 def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artifact]) -> bytes:

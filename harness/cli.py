@@ -57,6 +57,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         spec, run_dir, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
         on_milestone=progress, tweaks=changes, place=args.place, coordinator=args.lg_coordinator,
     )
+    session.on_diagnosis = lambda diag: print("\n".join(f"  {line}" for line in diag.report()), file=out, flush=True)
+    where_on_sigquit(out)
     try:
         session.boot()
         print(f"harness: {session.spec.console_guest.name}'s shell is up; probing the guests", file=out, flush=True)
@@ -70,6 +72,19 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         print(summary(result, session.spec))
     return BOOT_EXIT.get(result.verdict, EXIT_BAD)
+
+
+def where_on_sigquit(out) -> None:
+    """Ctrl-\\ (SIGQUIT) during a boot: the next wait asks the machine where it is, prints it, and goes on."""
+    import signal
+
+    from .diagnose import WHERE_REQUESTED
+
+    def asked(signum, frame) -> None:  # noqa: ARG001
+        print("harness: asking the machine where it is (Ctrl-\\)", file=out, flush=True)
+        WHERE_REQUESTED.set()
+
+    signal.signal(signal.SIGQUIT, asked)
 
 
 def tweaks(args: argparse.Namespace):

@@ -92,4 +92,4 @@ class DebugDump:
 
 def parse(lines: Iterable[str]) -> DebugDump:
     """The dumps among Xen's console lines (without "(XEN) "); lines of no dump are ignored."""
-    raise NotImplementedError
+    return DebugDump(lines=list(lines))  # TEMPORARY until the parser lands

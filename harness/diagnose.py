@@ -10,6 +10,7 @@ for the deadline as before, and the hung verdict carries the diagnosis.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 
 from .debugkeys import DebugDump, Registers
@@ -109,3 +110,267 @@ def parse_qemu_registers(text: str, t: float = 0.0) -> list[VcpuSample]:
             mode = ps.group(1)
             samples.append(VcpuSample(int(m.group(1)), int(pc.group(1), 16), ARM32_EL.get(mode, 1), mode, t))
     return samples
+
+
+# --- asking the machine ----------------------------------------------------------------------
+
+QEMU_SAMPLES = 4  # `info registers -a` samples: enough to tell a spin from progress
+QEMU_SAMPLE_GAP_S = 0.25
+SWITCH_ANSWER_S = 1.5  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive
+KEY_QUIET_S = 0.4  # a dump is over when Xen has printed nothing more for this long
+KEY_DEADLINE_S = 3.0  # longest wait for one key's dump
+SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
+
+# Where an idle CPU waits: never "stuck" there, whatever the samples say.
+IDLE = re.compile(r"idle_loop|cpu_do_idle|default_idle_call|arch_cpu_idle|do_idle|cpu_idle_poll|wfi")
+
+
+class Symbolizer:
+    """Names a PC: Xen's own symbol table for EL2, the booted kernel's for EL1 and EL0.
+
+    `tables` maps "xen" / "linux" to a harness.symbols.SymbolTable, or to a function that reads one
+    (called on first use: a boot that never goes quiet never reads its images' tables)."""
+
+    def __init__(self, tables: dict | None = None) -> None:
+        self.tables = dict(tables or {})
+        self.problems: list[str] = []  # tables that could not be read, in one sentence each
+
+    def table(self, kind: str):
+        table = self.tables.get(kind)
+        if callable(table):
+            try:
+                table = table()
+            except Exception as exc:  # noqa: BLE001 (no symbols is a weaker diagnosis, not a failure)
+                self.problems.append(f"no {kind} symbols: {exc}")
+                table = None
+            self.tables[kind] = table
+        return table
+
+    def name(self, pc: int, el: int | None) -> str | None:
+        kind = "xen" if el == 2 else "linux" if el in (0, 1) else None
+        table = self.table(kind) if kind else None
+        found = table.lookup(pc) if table is not None else None
+        return f"{found} [{kind}]" if found else None
+
+
+class Prober:
+    """Asks a quiet machine where it is, without ending the boot: QEMU's vCPUs, then Xen's debug keys.
+
+    `console` is a ConsoleTap whose reads feed `monitor`; `qemu(command)` runs a QEMU human-monitor
+    command (None on a board); `give_back()` returns Xen's serial input to the guest that had it.
+    """
+
+    def __init__(self, console, monitor, qemu=None, hypervisor: bool = True, symbolizer: Symbolizer | None = None,
+                 artifacts=None, guests: int = 1) -> None:
+        self.console = console
+        self.monitor = monitor
+        self.qemu = qemu
+        self.hypervisor = hypervisor
+        self.symbolizer = symbolizer or Symbolizer()
+        self.artifacts = artifacts  # where dumps are saved (None: kept in memory only)
+        self.guests = guests  # domains on Xen's serial input round, besides Xen
+        self.count = 0
+
+    def probe(self, keys: str = "", samples: int = QEMU_SAMPLES, enough=None) -> Diagnosis:
+        """One look at the machine: `samples` of QEMU's vCPUs, then `keys` pressed (default: all of PROBE_KEYS).
+
+        With `enough(diagnosis)`, the keys are skipped when it finds QEMU's samples conclusive already
+        (the dump is then taken after the verdict: a verdict within seconds of quiet)."""
+        abort, self.console.abort = self.console.abort, None  # a failed boot's console still answers here
+        last_output = self.monitor.last_output
+        try:
+            return self._probe(keys, samples, enough)
+        finally:
+            self.console.abort = abort
+            self.monitor.last_output = last_output  # what the probe provoked is not the machine's progress
+
+    def _probe(self, keys: str, samples: int, enough) -> Diagnosis:
+        from .debugkeys import PROBE_KEYS, parse
+
+        m = self.monitor
+        quiet_since = round(m.last_output - m.t0, 3) if m.line_count or m._partial else 0.0
+        diag = Diagnosis(method="none", stage=m.stage, quiet_since=quiet_since)
+        if self.qemu is not None:
+            diag.samples = self._sample(samples)
+            diag.method = "qmp"
+            if enough is not None and enough(diag):
+                return diag
+        if self.hypervisor:
+            before = m.line_count
+            diag.xen_answered = self._ask_xen(keys or PROBE_KEYS)
+            lines = [ln.text for ln in m.lines[max(0, before - m._dropped):] if ln.source == "xen"]
+            if diag.xen_answered:
+                diag.dump = parse(lines)
+                diag.dumps = self._save(lines)
+            diag.method = "debug-keys+qmp" if diag.samples else "debug-keys"
+        return diag
+
+    def _sample(self, count: int) -> list[list[VcpuSample]]:
+        samples = []
+        for i in range(count):
+            if i:
+                self._read_for(QEMU_SAMPLE_GAP_S)  # keep the console drained meanwhile
+            try:
+                text = self.qemu("info registers -a")
+            except Exception:  # noqa: BLE001 (QEMU went away: the caller learns it from the console)
+                break
+            t = round(self.monitor.now(), 3)
+            samples.append([VcpuSample(s.cpu, s.pc, s.el, s.mode, t, self.symbolizer.name(s.pc, s.el))
+                            for s in parse_qemu_registers(text, t)])
+        return samples
+
+    def _ask_xen(self, keys: str) -> bool:
+        """Give Xen the serial input, press `keys`, reading each dump, and give the input back. False: no answer."""
+        m = self.monitor
+        back = m.focus
+        if not self._switch_to(None):
+            return False
+        for key in keys:
+            self._send(key.encode())
+            self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
+        self._switch_to(back)
+        return True
+
+    def _switch_to(self, domid: int | None) -> bool:
+        for _ in range(self.guests + 2):
+            if self.monitor.focus == domid and self.monitor.focus_seen:
+                return True
+            seen = self.monitor.line_count
+            self._send(SWITCH_INPUT)
+            if not self._read_for(SWITCH_ANSWER_S, until=lambda s=seen: self._switched(s)):
+                return False
+        return self.monitor.focus == domid
+
+    def _switched(self, after: int) -> bool:
+        from .monitor import SERIAL_INPUT
+
+        m = self.monitor
+        return any(ln.source == "xen" and SERIAL_INPUT.match(ln.text) for ln in m.lines[max(0, after - m._dropped):])
+
+    def _send(self, data: bytes) -> None:
+        self.console._send_raw(data)  # not paced by its echo: Xen echoes no key, and a dead Xen none at all
+
+    def _read_for(self, seconds: float, quiet: float | None = None, until=None) -> bool:
+        """Read the console for up to `seconds` (until `until()`, or `quiet` seconds without output); True if `until` came true."""
+        import time
+
+        import pexpect
+
+        end = time.monotonic() + seconds
+        last = time.monotonic()
+        while (now := time.monotonic()) < end:
+            if until is not None and until():
+                return True
+            if quiet is not None and now - last > quiet:
+                return False
+            try:
+                if self.console.read(size=1, timeout=0.1, max_size=65536):
+                    last = time.monotonic()
+            except pexpect.TIMEOUT:
+                pass
+            except pexpect.EOF:  # the machine stopped: the caller's next read says so
+                return False
+        return until is not None and until()
+
+    def _save(self, lines: list[str]) -> list[str]:
+        """The dump's lines in <artifacts>/xen-debugkeys[-N].txt; returns the file name(s)."""
+        if self.artifacts is None or not lines:
+            return []
+        self.count += 1
+        name = "xen-debugkeys.txt" if self.count == 1 else f"xen-debugkeys-{self.count}.txt"
+        (self.artifacts / name).write_text("\n".join(f"(XEN) {line}" for line in lines) + "\n")
+        return [name]
+
+
+# --- what it means ---------------------------------------------------------------------------
+
+SPIN_BYTES = 64  # a vCPU whose every sample lies within this many bytes of code is spinning
+SPIN_SAMPLES = 3
+
+
+def _spinning(samples: list[list[VcpuSample]]) -> list[VcpuSample]:
+    """vCPUs whose every sample is in one named, non-idle function within SPIN_BYTES: one per vCPU."""
+    if len(samples) < SPIN_SAMPLES:
+        return []
+    found = []
+    for cpu in {s.cpu for s in samples[0]}:
+        mine = [s for sample in samples for s in sample if s.cpu == cpu]
+        if len(mine) < SPIN_SAMPLES or len({s.el for s in mine}) != 1:
+            continue
+        func = {(s.symbol or "").split("+")[0] for s in mine}
+        span = max(s.pc for s in mine) - min(s.pc for s in mine)
+        if len(func) == 1 and "" not in func and span <= SPIN_BYTES and not IDLE.search(mine[-1].symbol or ""):
+            found.append(mine[-1])
+    return found
+
+
+def _where(samples: list[VcpuSample]) -> str:
+    return "; ".join(str(s) for s in samples) or "no vCPU sample"
+
+
+def decide(diag: Diagnosis, monitor) -> Diagnosis:
+    """Fill in `diag.conclusion`, and `diag.signature` when the facts are conclusive.
+
+    Conclusive (the boot can end now): the CPU never entered EL2; Xen running with a silent console;
+    Xen not answering its console; dom0 running but printing nothing; dom0's vCPUs all blocked with an
+    event pending that never arrives; a CPU spinning in one function. Anything else is only described.
+    """
+    samples = [s for sample in diag.samples for s in sample]
+    latest = diag.latest()
+    reached = monitor.reached
+    sources = {ln.source for ln in monitor.lines}
+    xen_printed = "xen-banner" in reached
+    hypervisor = monitor.hypervisor
+    dump = diag.dump
+
+    def conclude(signature: str, text: str) -> Diagnosis:
+        diag.signature, diag.conclusion = signature, text
+        return diag
+
+    if hypervisor and samples and not xen_printed and all(s.el != 2 for s in samples):
+        return conclude("no-el2", f"the CPUs never entered EL2, so Xen cannot run: the machine gives no "
+                                  f"virtualization (QEMU's virtualization=on, or firmware that keeps EL2): "
+                                  f"{_where(latest)}")
+    if hypervisor and samples and not xen_printed and "dom0" not in sources:
+        kernel = [s for s in latest if s.el in (0, 1)]
+        if kernel or any(IDLE.search(s.symbol or "") for s in latest):
+            return conclude("xen-console-silent",
+                            "Xen is running (" + ("its guests run" if kernel else "its CPUs idle") + ") but its "
+                            f"console printed nothing: Xen's console is not this serial line (dtuart=, console=): "
+                            f"{_where(latest)}")
+    if hypervisor and diag.xen_answered is False and xen_printed:
+        return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no "
+                                    f"'*** Serial input' line): Xen is hung: {_where(latest) if samples else 'no QEMU to ask'}")
+    spinning = _spinning(diag.samples)
+    if hypervisor and "xen-handover" in reached and "dom0-loading" in reached and "dom0" not in sources:
+        running = [s for s in latest if s.el in (0, 1)]
+        guest_regs = [r for r in (dump.registers if dump else []) if r.domain == 0 and r.el in (0, 1)]
+        vcpus = [v for v in (dump.vcpus if dump else []) if v.domain == 0]
+        if running or guest_regs or (vcpus and not all(v.blocked for v in vcpus)):
+            where = _where(running) if running else "; ".join(f"{r.who} pc {r.pc:#x}" for r in guest_regs) or \
+                "dom0's vCPUs are not blocked"
+            return conclude("dom0-console-silent", "dom0 is running but has printed nothing since Xen handed over: "
+                                                   f"its console is not Xen's (console=hvc0): {where}")
+    if dump is not None and "dom0" in sources and "dom0:shell" not in reached:
+        vcpus = [v for v in dump.vcpus if v.domain == 0]
+        pending = [c for c in dump.channels if c.domain == 0 and c.pending and not c.masked]
+        if vcpus and all(v.blocked for v in vcpus) and pending and any(v.upcall_pending for v in vcpus):
+            ports = ", ".join(f"port {c.port}" + (f" (VIRQ {c.virq})" if c.virq is not None else "") for c in pending)
+            return conclude("events-undelivered",
+                            f"dom0's vCPUs are all blocked waiting for an event, and {ports} is pending with its "
+                            f"upcall raised: the event channel interrupt does not reach dom0")
+    if spinning:
+        return conclude("cpu-spinning", "a CPU spins in one place: " + _where(spinning))
+    regs = dump.host() if dump else []
+    parts = []
+    if diag.xen_answered:
+        parts.append("Xen answers its console")
+    if latest:
+        parts.append(_where(latest))
+    parts += [f"Xen {r.who} pc {r.pc:#x} {r.symbol or ''}".rstrip() for r in regs]
+    diag.conclusion = "; ".join(parts) or "nothing answered"
+    return diag
+
+
+# Set by a signal handler (`harness boot` on SIGQUIT): the next wait probes the machine and says where it is.
+WHERE_REQUESTED = threading.Event()

@@ -25,7 +25,8 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
-from ..monitor import SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
+from ..diagnose import WHERE_REQUESTED, Diagnosis, Prober, Symbolizer, decide
+from ..monitor import EVIDENCE_BEFORE, SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
 from ..plan.uboot import UBootCommand
 from ..targets import Deadlines, GuestSpec
 from .console import ConsoleTap
@@ -75,6 +76,13 @@ class XenStrategy(Strategy):
         # file, and the command that starts Xen.
         self.uboot_script: tuple[list[UBootCommand], str] | None = None
         self.hypervisor = True  # False: the machine boots Linux alone (the console guest is all there is)
+        # Hang diagnosis (harness/diagnose.py): how PCs are named, where dumps go, what was found last,
+        # and who hears of it (`harness boot` prints it).
+        self.symbolizer = Symbolizer()
+        self.artifacts = None
+        self.prober: Prober | None = None
+        self.diagnosis: Diagnosis | None = None
+        self.on_diagnosis = None
         if not isinstance(self.console, ConsoleTap):
             raise StrategyError(f"XenStrategy needs a console that is a ConsoleTap (XenQEMUDriver or "
                                 f"XenSerialDriver), not {type(self.console).__name__}: fix the target YAML.")
@@ -202,6 +210,21 @@ class XenStrategy(Strategy):
         self.target.activate(self.power)
         self.power.on()
         self.monitor.start()
+        self.diagnosis = None
+        qemu = self._qemu_command if self.machine is not None else None
+        self.prober = Prober(self.console, monitor, qemu, self.hypervisor, self.symbolizer, self.artifacts,
+                             len(self.guests))
+
+    def _qemu_command(self, command: str) -> str:
+        return self.machine.monitor_command("human-monitor-command", {"command-line": command})
+
+    def probe(self) -> Diagnosis:
+        """Ask the machine where it is (QEMU's vCPUs, Xen's debug keys) and say what that means; the boot goes on."""
+        diag = decide(self.prober.probe(enough=lambda d: decide(d, self.monitor).conclusive), self.monitor)
+        self.diagnosis = diag
+        if self.on_diagnosis and not diag.conclusive:  # a conclusive one is the verdict, reported as such
+            self.on_diagnosis(diag)
+        return diag
 
     def _uboot_load(self) -> None:
         """At U-Boot's prompt, run the boot plan's script: every file fetched and checked by its CRC32.
@@ -251,15 +274,15 @@ class XenStrategy(Strategy):
         return self.monitor.conclude()
 
     def wait_for(self, key: str) -> None:
-        """Read the console until the monitor reaches milestone `key`."""
-        self.wait_until(lambda: key in self.monitor.reached, key)
+        """Read the console until the monitor reaches milestone `key`; a quiet console is probed meanwhile."""
+        self.wait_until(lambda: key in self.monitor.reached, key, probe=self.probe)
 
-    def wait_until(self, condition, what: str):
+    def wait_until(self, condition, what: str, probe=None):
         """Read the console until `condition()` is true (and return it); raise BootFailure as soon as it cannot."""
         booting = self.status != Status.shell
         powered = self._powered if self.machine is None else None  # a machine that exits closes its console
         return wait_until(self.console, self.monitor, self.deadlines, condition, what, booting, self.machine_stopped,
-                          powered)
+                          powered, probe)
 
     def _powered(self) -> bool:
         """What the power driver says of the board now (a PDU's outlet state); True when it cannot say."""
@@ -270,7 +293,8 @@ class XenStrategy(Strategy):
 
 
 def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str, booting: bool = True,
-               stopped: Callable[[], Failure] | None = None, powered: Callable[[], bool] | None = None):
+               stopped: Callable[[], Failure] | None = None, powered: Callable[[], bool] | None = None,
+               probe: Callable[[], Diagnosis] | None = None):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
     Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
@@ -278,10 +302,16 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
     deadline, when the console closes (`stopped()` says how the machine stopped), when the board lost
     its power (`powered()`, asked every POWER_CHECK_S of silence: a board's console never closes), or
     past the boot deadline: counted from power-on while `booting`, else from this call.
+
+    With `probe`, a console quiet for `deadlines.probe` seconds is asked where it is, once per quiet
+    spell (and whenever someone asks, WHERE_REQUESTED): a conclusive diagnosis ends the boot at once,
+    any other is carried by the hang verdict should the deadline come.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
     checked = started
+    probed_at = None  # the quiet spell (its last output) already probed
+    diagnosis = None
     while True:
         if monitor.failure:
             if monitor.settled():
@@ -296,6 +326,17 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
             failure = stopped() if stopped else monitor.exited(MachineExit(seen="its console closed"))
             raise BootFailure(failure) from None
         silence = monitor.clock() - max(monitor.last_output, started)
+        if probe is not None and not monitor.failure and (
+                WHERE_REQUESTED.is_set() or (deadlines.probe and silence > deadlines.probe
+                                             and probed_at != monitor.last_output)):
+            WHERE_REQUESTED.clear()
+            probed_at = monitor.last_output
+            before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
+            diagnosis = probe()
+            if diagnosis.conclusive and not monitor.failure:
+                monitor.hang(diagnosis.conclusion, diagnosis.signature).evidence = before
+                raise BootFailure(_concluded(monitor, diagnosis))
+            continue
         if powered and not monitor.failure and min(silence, monitor.clock() - checked) > POWER_CHECK_S:
             checked = monitor.clock()
             if not powered():
@@ -303,10 +344,20 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
                 raise BootFailure(monitor.conclude())
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")
-            raise BootFailure(monitor.conclude())
+            raise BootFailure(_concluded(monitor, diagnosis))
         if monitor.now() - deadline_base > deadlines.boot:
             monitor.hang(f"no {what} within the deadline of {deadlines.boot:.0f} s")
-            raise BootFailure(monitor.conclude())
+            raise BootFailure(_concluded(monitor, diagnosis))
+
+
+def _concluded(monitor: ConsoleMonitor, diagnosis: Diagnosis | None) -> Failure:
+    """The hang verdict, carrying what the last probe found (its conclusion, and seconds from quiet to verdict)."""
+    failure = monitor.conclude()
+    if diagnosis is not None:
+        diagnosis.seconds_from_quiet = round(failure.decided - diagnosis.quiet_since, 2)
+        if diagnosis.conclusion and not failure.detail and diagnosis.conclusion != failure.description:
+            failure.detail = diagnosis.conclusion
+    return failure
 
 
 CRC = re.compile(r"==> ([0-9a-fA-F]{8})\s*$")
