@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .debugkeys import DebugDump, Registers
+from .xenlog import EVENT_PPI
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,8 @@ class Prober:
 
 # --- what it means ---------------------------------------------------------------------------
 
+# xen/include/public/xen.h: the VIRQs a dom0 binds at boot
+VIRQS = {0: "VIRQ_TIMER", 1: "VIRQ_DEBUG", 2: "VIRQ_CONSOLE", 3: "VIRQ_DOM_EXC"}
 SPIN_BYTES = 64  # a vCPU whose every sample lies within this many bytes of code is spinning
 SPIN_SAMPLES = 3
 
@@ -351,14 +354,18 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                 "dom0's vCPUs are not blocked"
             return conclude("dom0-console-silent", "dom0 is running but has printed nothing since Xen handed over: "
                                                    f"its console is not Xen's (console=hvc0): {where}")
-    if dump is not None and "dom0" in sources and "dom0:shell" not in reached:
+    if dump is not None and "dom0" in sources:
         vcpus = [v for v in dump.vcpus if v.domain == 0]
         pending = [c for c in dump.channels if c.domain == 0 and c.pending and not c.masked]
         if vcpus and all(v.blocked for v in vcpus) and pending and any(v.upcall_pending for v in vcpus):
-            ports = ", ".join(f"port {c.port}" + (f" (VIRQ {c.virq})" if c.virq is not None else "") for c in pending)
+            ports = ", ".join(f"port {c.port}" + (f" ({VIRQS.get(c.virq, f'VIRQ {c.virq}')})" if c.virq is not None
+                                                  else "") for c in pending)
+            ppi = next((m.group(1) for text in monitor.text("xen") if (m := EVENT_PPI.match(text))), None)
+            raised = f"Xen raises PPI {ppi} for them" if ppi else "Xen raises its event PPI"
             return conclude("events-undelivered",
-                            f"dom0's vCPUs are all blocked waiting for an event, and {ports} is pending with its "
-                            f"upcall raised: the event channel interrupt does not reach dom0")
+                            f"the event channel interrupt does not reach dom0: its vCPUs are all blocked waiting for "
+                            f"an event while {ports} is pending and their upcall is raised ({raised}; dom0 is "
+                            f"listening elsewhere)")
     if spinning:
         return conclude("cpu-spinning", "a CPU spins in one place: " + _where(spinning))
     regs = dump.host() if dump else []

@@ -45,6 +45,9 @@ FAULTS = (
     Fault("no-virtualization",
           Tweaks(edit_qemu_args=lambda a: a.replace("virtualization=on,", ""), deadlines=SHORT_HANG),
           Verdict.HUNG, "power-on", "silence"),
+    # A Xen that tells dom0 of one event PPI and raises another (images/patches/): dom0's events never arrive.
+    Fault("event-ppi-unwired", Tweaks(xen_patches=("xen-event-ppi-unwired.patch",), deadlines=SHORT_HANG),
+          Verdict.HUNG, "dom0:shell", "events-undelivered"),
     Fault("qemu-rejects-option", Tweaks(edit_qemu_args=lambda a: f"{a} -no-such-option"),
           Verdict.INFRASTRUCTURE, "power-on", "qemu-bad-option"),
     # A blob loaded over Xen: the harness's layout never does this, a hand-written boot plan might.

@@ -25,3 +25,5 @@ class Tweaks:
     # a fault in a board's lab path: given U-Boot's script and where each file was staged (host file ->
     # the file the TFTP server serves), damage the staging or return an edited script
     edit_uboot: Callable[[UBootScript, dict[Path, Path]], UBootScript] | None = None
+    # boot a Xen built from the pinned source with these patches (files in images/patches/) applied
+    xen_patches: tuple[str, ...] = ()
