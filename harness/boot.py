@@ -316,7 +316,7 @@ class BootSession:
         if strategy is None or strategy.prober is None or self._last_words_taken:
             return
         self._last_words_taken = True
-        if strategy.diagnosis is None or not strategy.diagnosis.dumps:
+        if strategy.diagnosis is None or not strategy.diagnosis.complete:
             machine = strategy.machine
             if machine is None or machine.running():
                 try:
@@ -420,8 +420,8 @@ def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:
     """The target as this boot runs it: tweaks applied to its guests."""
     if tweaks.without_dom0:
         spec = spec.without_dom0()
-    if spec.dom0 and (tweaks.dom0_cmdline is not None or tweaks.dom0_args):
-        cmdline = tweaks.dom0_cmdline if tweaks.dom0_cmdline is not None else spec.dom0.cmdline
+    if spec.dom0 and (tweaks.edit_dom0_cmdline is not None or tweaks.dom0_args):
+        cmdline = tweaks.edit_dom0_cmdline(spec.dom0.cmdline) if tweaks.edit_dom0_cmdline else spec.dom0.cmdline
         spec = replace(spec, dom0=replace(spec.dom0, cmdline=" ".join(filter(None, [cmdline, tweaks.dom0_args]))))
     if tweaks.enhanced is not None:
         spec = replace(spec, domus=tuple(replace(d, enhanced=tweaks.enhanced) for d in spec.domus))
