@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .diagnose import Diagnosis
 from .errors import HarnessError, UnusableInput
 from .findings import Finding, failures
 from .images import Artifact
@@ -44,6 +45,10 @@ FIELDS: dict[str, str] = {
                "evidence: [console lines], first_sign, decided} (seconds since power-on)",
     "error": "a lab or input problem that stopped the boot, as one sentence ('' when none)",
     "timings": "wall seconds of the harness's steps: {boot, probe}",
+    "diagnosis": "where a quiet or failed machine was, when the harness asked: {method, stage, conclusion, "
+                 "signature, vcpus: [QEMU's latest {cpu, pc, el, mode, t, symbol}], samples, xen_answered, "
+                 "xen_registers: [{who, cpu, pc, el, symbol}], dumps: [debug-key dump files, relative to artifacts], "
+                 "quiet_since, seconds_from_quiet}; null when it did not ask",
 }
 
 
@@ -64,6 +69,7 @@ class BootResult:
     error: str = ""  # a lab or input problem, as one sentence
     error_verdict: Verdict = Verdict.INFRASTRUCTURE  # what `error` makes of the boot
     timings: dict[str, float] = field(default_factory=dict)
+    diagnosis: Diagnosis | None = None  # where the machine was when it went quiet or failed
 
     def record_failure(self, failure: Failure) -> Failure:
         """The boot's failure: the first one recorded is the one that counts (what followed is its consequence)."""
@@ -106,6 +112,7 @@ class BootResult:
             "failure": self.failure.to_dict() if self.failure else None,
             "error": self.error,
             "timings": self.timings,
+            "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
         }
 
     def write(self) -> Path:

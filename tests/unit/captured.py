@@ -15,6 +15,10 @@ COMPLAINTS_LOG = DATA / "logs" / "qemu-virt-xen-cmdline-complaints.log"
 # A healthy qemu-virt boot whose console ring was dumped twice: the second dump holds the first's
 # 'w' line too. Xen's boot to its handover, then from dom0's prompt on; bytes as captured.
 RING_TWICE_LOG = DATA / "logs" / "qemu-virt-xen-ring-dumped-twice.log"
+# Real boots whose Xen was given the serial input (three Ctrl-a) after dom0's prompt, then debug keys:
+# qemu-virt (arm64, Xen 4.17.7) d 0 q r e g; qemu-a15 (arm32, Xen 4.17.5) h d 0 q r e g. Gzipped, as captured.
+DEBUGKEYS_ARM64_LOG = DATA / "debugkeys" / "qemu-virt-d0qreg.log.gz"
+DEBUGKEYS_ARM32_LOG = DATA / "debugkeys" / "qemu-a15-hd0qreg.log.gz"
 
 
 def replay(log: bytes, chunk: int = 512, prompt: str = r"dom0# ") -> ConsoleMonitor:

@@ -11,6 +11,8 @@ import pytest
 from test_cli_check import harness, one_line_error
 
 from harness import data
+from harness.debugkeys import DebugDump, Registers
+from harness.diagnose import Diagnosis, VcpuSample
 from harness.errors import UnusableInput
 from harness.images import user_artifact
 from harness.result import FIELDS, SCHEMA_VERSION, BootResult
@@ -59,3 +61,17 @@ def test_result_json_fields_are_the_documented_ones(tmp_path: Path):
     assert list(written) == list(FIELDS), "result.json and FIELDS in harness/result.py must list the same fields"
     assert written["schema"] == SCHEMA_VERSION
     assert written["harness"] == {"version": data.version(), "commit": data.commit()}
+    assert written["diagnosis"] is None
+
+
+def test_result_json_carries_the_diagnosis(tmp_path: Path):
+    record = BootResult("qemu-virt", tmp_path)
+    host = Registers("CPU1 host", 1, None, None, 0x25b0c8, "domain.c#idle_loop+0x128/0x140", "Hypervisor", 2)
+    record.diagnosis = Diagnosis("debug-keys+qmp", "dom0:init", 4.5, [[VcpuSample(0, 0x25b0c8, 2, "EL2h", 6.5)]],
+                                 DebugDump("d0", [host]), True, ["xen-debugkeys.txt"], "Xen answers its console")
+    record.decide()
+    written = json.loads(record.write().read_text())["diagnosis"]
+    assert written == record.diagnosis.to_dict()
+    assert written["xen_registers"] == [{"who": "CPU1 host", "cpu": 1, "pc": "0x25b0c8", "el": 2,
+                                         "symbol": "domain.c#idle_loop+0x128/0x140"}]
+    assert written["dumps"] == ["xen-debugkeys.txt"] and written["vcpus"][0]["pc"] == "0x25b0c8"
