@@ -29,14 +29,18 @@ gzip and lzma are read too). A table of 256 symbols or fewer is not looked for.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
+import json
 import lzma
 import re
 import struct
 import zlib
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 
+from .cache import Cache, sha256_file
 from .errors import UnusableInput
 
 KINDS = {"xen": "Xen symbol table (symbols_*)", "linux": "Linux symbol table (kallsyms_*)"}
@@ -67,6 +71,9 @@ COMPRESSED = (  # magic, its name, a decompressor: what a Linux zImage may carry
     (GZIP_MAGIC, "gzip", lambda: zlib.decompressobj(31)),
     (b"\x5d\x00\x00", "lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)),
 )
+
+CACHE_KIND = "symbols"
+CACHE_FORMAT = 1  # in the entry's name: bump it when the cached layout changes
 
 
 class SymbolTable:
@@ -144,6 +151,61 @@ class SymbolTable:
     def _entry(self, index: int) -> tuple[int, int]:
         """(where symbol `index`'s tokens start in names, how many there are)."""
         return _entry(self._names, self._starts[index])
+
+    # --- the cached form --------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The table as a cache entry: a JSON header line, then its arrays, names and tokens."""
+        tokens = b"\0".join(self._tokens)
+        header = {"format": CACHE_FORMAT, "symbols": len(self), "names": len(self._names), "tokens": len(tokens)}
+        return b"".join((json.dumps(header).encode(), b"\n", self._addresses.tobytes(), self._starts.tobytes(),
+                         self._names, tokens))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SymbolTable | None:
+        """A table `to_bytes` wrote, or None for another format or a damaged one."""
+        try:
+            line = data.index(b"\n")
+            header = json.loads(data[:line])
+            if header.get("format") != CACHE_FORMAT:
+                return None
+            n, names_len, tokens_len = header["symbols"], header["names"], header["tokens"]
+            at = line + 1
+            addresses, at = array("Q", data[at : at + 8 * n]), at + 8 * n
+            starts, at = array("I", data[at : at + 4 * n]), at + 4 * n
+            names, at = data[at : at + names_len], at + names_len
+            tokens = tuple(data[at : at + tokens_len].split(b"\0"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if (len(addresses), len(starts), len(names), len(tokens), at + tokens_len) != (n, n, names_len, 256, len(data)):
+            return None
+        return cls(addresses, names, starts, tokens)
+
+
+def table_for(path: Path, kind: str, cache: Cache | None = None, sha256: str | None = None) -> SymbolTable:
+    """The table of the image at `path`, parsed once and kept in the harness cache by the image's SHA256.
+
+    `sha256` is the image's, when the caller knows it (an Artifact does): the image is then read only
+    when its table is not cached yet."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    cache = cache or Cache()
+    try:
+        digest = sha256 or sha256_file(path)
+    except OSError as exc:
+        raise UnusableInput(f"the image {path} cannot be read ({exc.strerror}).") from None
+
+    def build(_: Path) -> bytes:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise UnusableInput(f"the image {path} does not have the SHA256 {digest} (did it change?).")
+        return SymbolTable.from_image(data, kind).to_bytes()
+
+    entry = cache.entry(CACHE_KIND, f"{digest}-{kind}.v{CACHE_FORMAT}", build)
+    table = SymbolTable.from_bytes(entry.path.read_bytes())
+    if table is None:  # its manifest matched: written so by a harness with another idea of the format
+        raise UnusableInput(f"the cached symbols {entry.path} cannot be read back: remove it and retry.")
+    return table
 
 
 def _entry(names: bytes, at: int) -> tuple[int, int]:

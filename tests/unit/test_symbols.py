@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from captured import DATA
 
+from harness import symbols
+from harness.cache import Cache
 from harness.errors import UnusableInput
 from harness.images import Images
-from harness.symbols import SymbolTable
+from harness.symbols import SymbolTable, table_for
 
 DEBUGKEYS = DATA / "debugkeys"
 KALLSYMS_NOKASLR = DATA / "symbols" / "qemu-virt-dom0-kallsyms-nokaslr.txt"
@@ -110,6 +112,52 @@ def test_parsing_is_quick(image_paths):
         t0 = time.perf_counter()
         SymbolTable.from_image(data, IMAGES[key][2])
         assert time.perf_counter() - t0 < 2.0, f"{key}: parsing took {time.perf_counter() - t0:.2f} s"
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+
+def test_a_table_is_cached_by_the_images_sha256(image_paths, tmp_path, monkeypatch):
+    cache = Cache(tmp_path)
+    first = table_for(image_paths["xen-arm64"], "xen", cache)
+    entries = list((tmp_path / symbols.CACHE_KIND).iterdir())
+    assert len(entries) == 2 and any(p.name.endswith(".sha256") for p in entries)
+
+    def no_parse(*_):
+        raise AssertionError("a cached table was parsed again")
+
+    monkeypatch.setattr(SymbolTable, "from_image", no_parse)
+    t0 = time.perf_counter()
+    again = table_for(image_paths["xen-arm64"], "xen", cache)
+    assert time.perf_counter() - t0 < 0.5
+    assert len(again) == len(first)
+    assert again.lookup(0x25B0C8) == first.lookup(0x25B0C8) == "domain.c#idle_loop+0x128/0x140"
+
+
+def test_a_damaged_cache_entry_is_parsed_again(image_paths, tmp_path):
+    cache = Cache(tmp_path)
+    table_for(image_paths["xen-arm32"], "xen", cache)
+    entry = next(p for p in (tmp_path / symbols.CACHE_KIND).iterdir() if not p.name.endswith(".sha256"))
+    entry.write_bytes(entry.read_bytes()[:-10])
+    assert table_for(image_paths["xen-arm32"], "xen", cache).lookup(0x258BBC) == "domain.c#idle_loop+0x138/0x150"
+
+
+def test_an_image_that_is_not_what_its_sha256_says(image_paths, tmp_path):
+    with pytest.raises(UnusableInput) as exc:
+        table_for(image_paths["xen-arm32"], "xen", Cache(tmp_path), sha256="0" * 64)
+    assert "SHA256" in one_sentence(exc)
+    with pytest.raises(UnusableInput) as exc:
+        table_for(tmp_path / "no-such-image", "xen", Cache(tmp_path))
+    assert "cannot be read" in one_sentence(exc)
+
+
+def test_the_cached_form_reads_back_or_not_at_all(tables):
+    table = tables["xen-arm64"]
+    data = table.to_bytes()
+    again = SymbolTable.from_bytes(data)
+    assert [again.name(i) for i in range(len(again))] == [table.name(i) for i in range(len(table))]
+    for broken in (b"", b"junk", data[:-1], data + b"x", data.replace(b'"format": 1', b'"format": 0', 1)):
+        assert SymbolTable.from_bytes(broken) is None
 
 
 # --- what is not an image with a table ----------------------------------------------------------
