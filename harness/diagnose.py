@@ -316,8 +316,9 @@ def _spinning(samples: list[list[VcpuSample]]) -> list[VcpuSample]:
     return found
 
 
-def _where(samples: list[VcpuSample]) -> str:
-    return "; ".join(str(s) for s in samples) or "no vCPU sample"
+def _where(samples: list[VcpuSample], spinning: list[VcpuSample] = ()) -> str:
+    stuck = {s.cpu for s in spinning}
+    return "; ".join(f"{s}{' (spinning)' if s.cpu in stuck else ''}" for s in samples) or "no vCPU sample"
 
 
 def decide(diag: Diagnosis, monitor) -> Diagnosis:
@@ -352,8 +353,7 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                             f"{_where(latest)}")
     spinning = _spinning(diag.samples)
     if hypervisor and diag.xen_answered is False and xen_printed:
-        where = (f"spinning: {_where(spinning)}; " if spinning else "") + (_where(latest) if samples else
-                                                                           "no QEMU to say where its CPUs are")
+        where = _where(latest, spinning) if samples else "no QEMU to say where its CPUs are"
         return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no '*** Serial input' "
                                     f"line): Xen is hung: {where}")
     if hypervisor and "xen-handover" in reached and "dom0-loading" in reached and "dom0" not in sources:
@@ -377,7 +377,8 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                             f"the event channel interrupt does not reach dom0: its vCPUs are all blocked waiting for "
                             f"an event while {ports} is pending and their upcall is raised ({raised}; dom0 is "
                             f"listening elsewhere)")
-    if spinning:
+    # Xen spinning is named once Xen was asked: not answering its console says more (xen-hung, above).
+    if spinning and (diag.xen_answered is not None or not hypervisor or all(s.el != 2 for s in spinning)):
         return conclude("cpu-spinning", "a CPU spins in one place: " + _where(spinning))
     regs = dump.host() if dump else []
     parts = []
