@@ -413,7 +413,7 @@ def _ends_at(image: bytes, at: int, count: int, limit: int) -> bool:
 
 
 def _starts(image: bytes, names_at: int, n: int, markers: list[int], limit: int) -> array | None:
-    """Where each of the n entries starts in names, checked against every marker."""
+    """Where each of the n entries starts in names, checked against every marker; None unless all fit."""
     names = image[names_at:limit]
     starts = array("I", bytes(4 * n))
     at = 0
@@ -422,8 +422,10 @@ def _starts(image: bytes, names_at: int, n: int, markers: list[int], limit: int)
             return None
         starts[i] = at
         at, length = _entry(names, at)
+        if length == 0:
+            return None
         at += length
-    return starts
+    return starts if at <= len(names) else None
 
 
 def _addresses(image: bytes, count_at: int, n: int, bits: int | None) -> array | None:
