@@ -367,13 +367,13 @@ class BootSession:
 def symbol_sources(arts: Mapping[str, Artifact]) -> dict:
     """How to read the symbol tables of the Xen and the kernel that boot (on first use: see diagnose.Symbolizer)."""
 
-    def read(path: Path, kind: str):
+    def read(artifact: Artifact, kind: str):
         from . import symbols
 
-        return symbols.table_for(path, kind)
+        return symbols.table_for(artifact.path, kind, sha256=artifact.sha256)
 
-    return {kind: (lambda a=arts[name], k=kind: read(a.path, k))
-            for kind, name in (("xen", "xen"), ("linux", "kernel")) if name in arts}
+    return {kind: (lambda a=arts[name], k=kind: read(a, k)) for kind, name in (("xen", "xen"), ("linux", "kernel"))
+            if name in arts}
 
 
 def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artifact]) -> bytes:

@@ -33,6 +33,7 @@ from .console import ConsoleTap, QuietWatch
 
 POLL_S = 0.2
 POWER_CHECK_S = 3.0  # console silence after which a board's power state is asked (a PDU is slow)
+PROBES_PER_SPELL = 3  # probes of one quiet spell, `deadlines.probe` apart
 
 
 class Status(enum.Enum):
@@ -331,14 +332,15 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
     its power (`powered()`, asked every POWER_CHECK_S of silence: a board's console never closes), or
     past the boot deadline: counted from power-on while `booting`, else from this call.
 
-    With `probe`, a console quiet for `deadlines.probe` seconds is asked where it is, once per quiet
-    spell (and whenever someone asks, WHERE_REQUESTED): a conclusive diagnosis ends the boot at once,
-    any other is carried by the hang verdict should the deadline come.
+    With `probe`, a console quiet for `deadlines.probe` seconds is asked where it is, again after as long
+    again, up to PROBES_PER_SPELL times in one quiet spell (a slow machine may only have been on its way),
+    and whenever someone asks (WHERE_REQUESTED): a conclusive diagnosis ends the boot at once, any other
+    is carried by the hang verdict should the deadline come.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
     checked = started
-    probed_at = None  # the quiet spell (its last output) already probed
+    spell, probes, next_probe = None, 0, 0.0  # the quiet spell (its last output), probes of it, when the next may be
     diagnosis = None
     while True:
         if monitor.failure:
@@ -354,13 +356,16 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
             failure = stopped() if stopped else monitor.exited(MachineExit(seen="its console closed"))
             raise BootFailure(failure) from None
         silence = monitor.clock() - max(monitor.last_output, started)
-        if probe is not None and not monitor.failure and (
-                WHERE_REQUESTED.is_set() or (deadlines.probe and silence > deadlines.probe
-                                             and probed_at != monitor.last_output)):
+        if spell != monitor.last_output:
+            spell, probes = monitor.last_output, 0
+        due = (deadlines.probe and silence > deadlines.probe and probes < PROBES_PER_SPELL
+               and monitor.clock() >= next_probe)
+        if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or due):
             WHERE_REQUESTED.clear()
-            probed_at = monitor.last_output
+            probes += 1
             before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
             diagnosis = probe()
+            next_probe = monitor.clock() + deadlines.probe
             if diagnosis.conclusive and not monitor.failure:
                 monitor.hang(diagnosis.conclusion, diagnosis.signature).evidence = before
                 raise BootFailure(_concluded(monitor, diagnosis))
