@@ -101,7 +101,8 @@ def tweaks(args: argparse.Namespace):
 
 
 def summary(result, spec) -> str:
-    """The table `harness boot` ends with: milestones, then what each witness said, then the verdict."""
+    """The table `harness boot` ends with: milestones, then what each witness said, then the verdict and
+    where the machine was when the harness asked (the diagnosis)."""
     from .boot import milestone_title
     from .validate import dt
 
@@ -142,6 +143,8 @@ def summary(result, spec) -> str:
     elif known := [f for f in result.findings if f.severity == "known"]:
         verdict += f" ({len(known)} known upstream issue{'s' if len(known) > 1 else ''}, reported above)"
     lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
+    if result.diagnosis is not None:  # its debug-key dumps are named relative to the artifacts just printed
+        lines += result.diagnosis.report()
     return "\n".join(lines)
 
 
