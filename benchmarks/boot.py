@@ -6,8 +6,9 @@
    wall time from `boot()` to the prompt (image checks, DTB build and labgrid included), against
    plain QEMU started by hand on the very same command line and files, reading its serial console
    from a pipe until the same prompt.
-2. Each injected fault (harness/faults.py): seconds from the first failure line on the console to
-   the verdict, and the wall time of the whole failing boot (start to clean-up).
+2. Each injected fault the target takes (harness/faults.py): seconds from the first failure line on
+   the console to the verdict, for a hang seconds from the last console byte to the verdict (its
+   diagnosis), and the wall time of the whole failing boot (start to clean-up).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import targets  # noqa: E402
 from harness.boot import BootSession  # noqa: E402
-from harness.faults import FAULTS  # noqa: E402
+from harness.faults import BOARD_HANG_FAULTS, FAULTS, XEN_HOOK_FAULTS  # noqa: E402
 from harness.lab.process import dying_with_us  # noqa: E402
 from harness.monitor import BootFailure  # noqa: E402
 
@@ -69,21 +70,31 @@ def raw_qemu_boot(command: list[str], deadline: float = 300.0) -> float:
         proc.wait()
 
 
-def fault_boot(spec, fault, workdir: Path) -> tuple[float | None, float]:
-    """(first failure line to verdict, whole failing boot's wall time)."""
+def fault_boot(spec, fault, workdir: Path) -> tuple[float | None, float | None, float, str]:
+    """(first failure line to verdict, last console byte to a hang's verdict, whole failing boot, signature)."""
     session = BootSession(spec, workdir, tweaks=fault.tweaks)
     started = time.monotonic()
     failure = None
     try:
         session.boot()
+        session.check()  # some faults let dom0 reach its prompt and stop answering afterwards
     except BootFailure as exc:
         failure = exc.failure
     finally:
-        session.close()
+        result = session.close()
     wall = time.monotonic() - started
+    quiet = result.diagnosis.seconds_from_quiet if result.diagnosis is not None else None
+    signature = failure.signature if failure is not None else "(passed)"
     if failure is None or failure.line is None or failure.decided is None:
-        return None, wall
-    return failure.decided - failure.line.t, wall
+        return None, quiet, wall, signature
+    return failure.decided - failure.line.t, quiet, wall, signature
+
+
+def faults_for(spec) -> list:
+    """The faults this target can take (test_faults.py runs the same)."""
+    chosen = list(FAULTS) if spec.can("fault-injection") else []
+    chosen += [f for f in BOARD_HANG_FAULTS if spec.can("uboot") and f not in chosen]
+    return chosen + (list(XEN_HOOK_FAULTS) if spec.can("xen-fault-hooks") else [])
 
 
 def main() -> int:
@@ -112,13 +123,15 @@ def main() -> int:
 
         if args.no_faults:
             return 0
-        print("\ninjected faults: first failure line -> verdict, and the whole failing boot")
-        print(f"  {'fault':34} {'to verdict':>10} {'wall':>8}")
-        for fault in FAULTS:
-            to_verdict, wall = fault_boot(spec, fault, work / fault.name)
-            shown = f"{to_verdict:9.2f}s" if to_verdict is not None else "    (none)"
-            print(f"  {fault.name:34} {shown} {wall:7.2f}s   {fault.verdict} / {fault.signature}")
-        print("  (none): the verdict has no failure line: a hang (silence deadline) or QEMU refusing to start")
+        print("\ninjected faults: first failure line -> verdict, last console byte -> a hang's verdict, whole boot")
+        print(f"  {'fault':34} {'line->verdict':>13} {'quiet->verdict':>14} {'wall':>8}   verdict / signature")
+        for fault in faults_for(spec):
+            to_verdict, quiet, wall, signature = fault_boot(spec, fault, work / fault.name)
+            line = f"{to_verdict:12.2f}s" if to_verdict is not None else "            -"
+            hang = f"{quiet:13.2f}s" if quiet is not None else "             -"
+            mark = "" if signature == fault.signature else f"   (expected {fault.signature})"
+            print(f"  {fault.name:34} {line} {hang} {wall:7.2f}s   {fault.verdict} / {signature}{mark}")
+        print("  -: no failure line (a hang, or QEMU refusing to start), or no diagnosis (not a hang)")
     return 0
 
 

@@ -21,7 +21,7 @@ from labgrid.exceptions import NoResourceFoundError
 from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding, failures
-from .images import Artifact, Images
+from .images import IMAGES_DIR, Artifact, Images
 from .initramfs import initramfs
 from .lab import places
 from .lab.places import remote_place
@@ -129,8 +129,10 @@ class BootSession:
     def _artifacts(self) -> dict[str, Artifact]:
         check_guests(self.spec)  # a combination Xen would panic on is refused before anything runs
         arts = self.images.artifacts(self.spec.images, self.overrides)
-        if self.spec.xen_build and "xen" not in self.overrides:
-            arts["xen"] = build_xen(self.images.cache, xen_source(), config=self.spec.xen_build)
+        if (self.spec.xen_build or self.tweaks.xen_patches) and "xen" not in self.overrides:
+            patches = [IMAGES_DIR / "patches" / name for name in self.tweaks.xen_patches]
+            arts["xen"] = build_xen(self.images.cache, xen_source(), self.spec.arch, config=self.spec.xen_build or {},
+                                    patches=patches)
         if "initrd" not in arts:
             extra = dom0net.extra(self.spec, self.images, arts["kernel"])  # dom0's network and SSH server, if any
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache, extra=extra)
@@ -217,7 +219,8 @@ class BootSession:
         """A guest's shell (the console guest's by default), moving Xen's serial input to it if need be."""
         spec = next(g for g in self.spec.guests if g.name == (name or self.spec.console_guest.name))
         driver = self.strategy.focus(spec)
-        return guest.GuestShell(driver, spec.name, self.strategy.monitor, xen_prefixed=spec.domid != 0)
+        quiet = self.strategy.command_watch() if spec.domid == 0 else None  # a domU's output mixes with Xen's dumps
+        return guest.GuestShell(driver, spec.name, self.strategy.monitor, xen_prefixed=spec.domid != 0, quiet=quiet)
 
     def ssh(self) -> sshguest.GuestSSH:
         """dom0 over SSH (targets with the ssh capability), connected once per boot: the harness's key installed
@@ -313,7 +316,7 @@ class BootSession:
         if strategy is None or strategy.prober is None or self._last_words_taken:
             return
         self._last_words_taken = True
-        if strategy.diagnosis is None or not strategy.diagnosis.dumps:
+        if strategy.diagnosis is None or not strategy.diagnosis.complete:
             machine = strategy.machine
             if machine is None or machine.running():
                 try:
@@ -417,8 +420,8 @@ def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:
     """The target as this boot runs it: tweaks applied to its guests."""
     if tweaks.without_dom0:
         spec = spec.without_dom0()
-    if spec.dom0 and (tweaks.dom0_cmdline is not None or tweaks.dom0_args):
-        cmdline = tweaks.dom0_cmdline if tweaks.dom0_cmdline is not None else spec.dom0.cmdline
+    if spec.dom0 and (tweaks.edit_dom0_cmdline is not None or tweaks.dom0_args):
+        cmdline = tweaks.edit_dom0_cmdline(spec.dom0.cmdline) if tweaks.edit_dom0_cmdline else spec.dom0.cmdline
         spec = replace(spec, dom0=replace(spec.dom0, cmdline=" ".join(filter(None, [cmdline, tweaks.dom0_args]))))
     if tweaks.enhanced is not None:
         spec = replace(spec, domus=tuple(replace(d, enhanced=tweaks.enhanced) for d in spec.domus))

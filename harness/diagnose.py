@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .debugkeys import DebugDump, Registers
+from .xenlog import EVENT_PPI
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ class Diagnosis:
     @property
     def conclusive(self) -> bool:
         return self.signature is not None
+
+    @property
+    def complete(self) -> bool:
+        """Xen answered every debug key of PROBE_KEYS."""
+        from .debugkeys import PROBE_KEYS
+
+        return self.dump is not None and set(PROBE_KEYS) <= set(self.dump.keys)
 
     def latest(self) -> list[VcpuSample]:
         return self.samples[-1] if self.samples else []
@@ -116,7 +124,7 @@ def parse_qemu_registers(text: str, t: float = 0.0) -> list[VcpuSample]:
 
 QEMU_SAMPLES = 4  # `info registers -a` samples: enough to tell a spin from progress
 QEMU_SAMPLE_GAP_S = 0.25
-SWITCH_ANSWER_S = 1.5  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive
+SWITCH_ANSWER_S = 1.0  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive
 KEY_QUIET_S = 0.4  # a dump is over when Xen has printed nothing more for this long
 KEY_DEADLINE_S = 3.0  # longest wait for one key's dump
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
@@ -174,8 +182,8 @@ class Prober:
     def probe(self, keys: str = "", samples: int = QEMU_SAMPLES, enough=None) -> Diagnosis:
         """One look at the machine: `samples` of QEMU's vCPUs, then `keys` pressed (default: all of PROBE_KEYS).
 
-        With `enough(diagnosis)`, the keys are skipped when it finds QEMU's samples conclusive already
-        (the dump is then taken after the verdict: a verdict within seconds of quiet)."""
+        With `enough(diagnosis)`, asking stops as soon as it finds what was learnt conclusive (the whole dump
+        is then taken after the verdict: a verdict within seconds of quiet)."""
         abort, self.console.abort = self.console.abort, None  # a failed boot's console still answers here
         last_output = self.monitor.last_output
         try:
@@ -185,7 +193,7 @@ class Prober:
             self.monitor.last_output = last_output  # what the probe provoked is not the machine's progress
 
     def _probe(self, keys: str, samples: int, enough) -> Diagnosis:
-        from .debugkeys import PROBE_KEYS, parse
+        from .debugkeys import PROBE_KEYS
 
         m = self.monitor
         quiet_since = round(m.last_output - m.t0, 3) if m.line_count or m._partial else 0.0
@@ -196,13 +204,8 @@ class Prober:
             if enough is not None and enough(diag):
                 return diag
         if self.hypervisor:
-            before = m.line_count
-            diag.xen_answered = self._ask_xen(keys or PROBE_KEYS)
-            lines = [ln.text for ln in m.lines[max(0, before - m._dropped):] if ln.source == "xen"]
-            if diag.xen_answered:
-                diag.dump = parse(lines)
-                diag.dumps = self._save(lines)
             diag.method = "debug-keys+qmp" if diag.samples else "debug-keys"
+            self._ask_xen(diag, keys or PROBE_KEYS, enough)
         return diag
 
     def _sample(self, count: int) -> list[list[VcpuSample]]:
@@ -219,17 +222,24 @@ class Prober:
                             for s in parse_qemu_registers(text, t)])
         return samples
 
-    def _ask_xen(self, keys: str) -> bool:
-        """Give Xen the serial input, press `keys`, reading each dump, and give the input back. False: no answer."""
+    def _ask_xen(self, diag: Diagnosis, keys: str, enough) -> None:
+        """Give Xen the serial input, press `keys` (until `enough(diag)`), reading each dump into `diag`, and give
+        the input back to whoever had it."""
+        from .debugkeys import parse
+
         m = self.monitor
-        back = m.focus
-        if not self._switch_to(None):
-            return False
+        back, before = m.focus, m.line_count
+        diag.xen_answered = self._switch_to(None)
+        if not diag.xen_answered:
+            return
         for key in keys:
             self._send(key.encode())
             self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
+            diag.dump = parse(ln.text for ln in m.lines[max(0, before - m._dropped):] if ln.source == "xen")
+            if enough is not None and enough(diag):
+                break
         self._switch_to(back)
-        return True
+        diag.dumps = self._save(diag.dump.lines)
 
     def _switch_to(self, domid: int | None) -> bool:
         for _ in range(self.guests + 2):
@@ -251,7 +261,7 @@ class Prober:
         self.console._send_raw(data)  # not paced by its echo: Xen echoes no key, and a dead Xen none at all
 
     def _read_for(self, seconds: float, quiet: float | None = None, until=None) -> bool:
-        """Read the console for up to `seconds` (until `until()`, or `quiet` seconds without output); True if `until` came true."""
+        """Read the console for up to `seconds`: until `until()` (then True), or `quiet` seconds without output."""
         import time
 
         import pexpect
@@ -284,6 +294,8 @@ class Prober:
 
 # --- what it means ---------------------------------------------------------------------------
 
+# xen/include/public/xen.h: the VIRQs a dom0 binds at boot
+VIRQS = {0: "VIRQ_TIMER", 1: "VIRQ_DEBUG", 2: "VIRQ_CONSOLE", 3: "VIRQ_DOM_EXC"}
 SPIN_BYTES = 64  # a vCPU whose every sample lies within this many bytes of code is spinning
 SPIN_SAMPLES = 3
 
@@ -338,10 +350,12 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                             "Xen is running (" + ("its guests run" if kernel else "its CPUs idle") + ") but its "
                             f"console printed nothing: Xen's console is not this serial line (dtuart=, console=): "
                             f"{_where(latest)}")
-    if hypervisor and diag.xen_answered is False and xen_printed:
-        return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no "
-                                    f"'*** Serial input' line): Xen is hung: {_where(latest) if samples else 'no QEMU to ask'}")
     spinning = _spinning(diag.samples)
+    if hypervisor and diag.xen_answered is False and xen_printed:
+        where = (f"spinning: {_where(spinning)}; " if spinning else "") + (_where(latest) if samples else
+                                                                           "no QEMU to say where its CPUs are")
+        return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no '*** Serial input' "
+                                    f"line): Xen is hung: {where}")
     if hypervisor and "xen-handover" in reached and "dom0-loading" in reached and "dom0" not in sources:
         running = [s for s in latest if s.el in (0, 1)]
         guest_regs = [r for r in (dump.registers if dump else []) if r.domain == 0 and r.el in (0, 1)]
@@ -351,14 +365,18 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                 "dom0's vCPUs are not blocked"
             return conclude("dom0-console-silent", "dom0 is running but has printed nothing since Xen handed over: "
                                                    f"its console is not Xen's (console=hvc0): {where}")
-    if dump is not None and "dom0" in sources and "dom0:shell" not in reached:
+    if dump is not None and "dom0" in sources:
         vcpus = [v for v in dump.vcpus if v.domain == 0]
         pending = [c for c in dump.channels if c.domain == 0 and c.pending and not c.masked]
         if vcpus and all(v.blocked for v in vcpus) and pending and any(v.upcall_pending for v in vcpus):
-            ports = ", ".join(f"port {c.port}" + (f" (VIRQ {c.virq})" if c.virq is not None else "") for c in pending)
+            ports = ", ".join(f"port {c.port}" + (f" ({VIRQS.get(c.virq, f'VIRQ {c.virq}')})" if c.virq is not None
+                                                  else "") for c in pending)
+            ppi = next((m.group(1) for text in monitor.text("xen") if (m := EVENT_PPI.match(text))), None)
+            raised = f"Xen raises PPI {ppi} for them" if ppi else "Xen raises its event PPI"
             return conclude("events-undelivered",
-                            f"dom0's vCPUs are all blocked waiting for an event, and {ports} is pending with its "
-                            f"upcall raised: the event channel interrupt does not reach dom0")
+                            f"the event channel interrupt does not reach dom0: its vCPUs are all blocked waiting for "
+                            f"an event while {ports} is pending and their upcall is raised ({raised}; dom0 is "
+                            f"listening elsewhere)")
     if spinning:
         return conclude("cpu-spinning", "a CPU spins in one place: " + _where(spinning))
     regs = dump.host() if dump else []

@@ -7,6 +7,7 @@ shortened deadlines, so that they take seconds; every other boot keeps the targe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .plan.uboot import UBootScript
 from .tweaks import Tweaks
 
 SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
+XEN_FAULT_HOOKS = ("xen-harness-faults.patch",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,11 @@ class Fault:
     evidence: str | None = None  # text the quoted console lines must contain
 
 
+def _ttyama0(m: re.Match) -> str:
+    """console=hvc0 becomes console=ttyAMA0 (a UART Xen keeps for itself), earlycon goes."""
+    return "console=ttyAMA0" if m.group(0) == "console=hvc0" else ""
+
+
 FAULTS = (
     Fault("impossible-dom0-mem", Tweaks(xen_args="dom0_mem=4000M"),
           Verdict.CRASHED, "dom0-loading", "xen-dom0-memory", "Failed to allocate requested dom0 memory"),
@@ -35,16 +42,18 @@ FAULTS = (
     Fault("dom0-init-missing-panic-reboots", Tweaks(dom0_args="rdinit=/no/such/init"),
           Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
     Fault("dom0-init-missing-panic-hangs",
-          Tweaks(dom0_cmdline="console=hvc0 earlycon=xenboot rdinit=/no/such/init guest=dom0"),
+          Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"\s*panic=\S+", "", c), dom0_args="rdinit=/no/such/init"),
           Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
+    # Hangs: each is diagnosed (harness/diagnose.py) within seconds of the console going quiet.
     Fault("dom0-console-not-hvc0",
-          Tweaks(dom0_cmdline="console=ttyAMA0 rdinit=/init guest=dom0", deadlines=SHORT_HANG),
-          Verdict.HUNG, "xen-handover", "silence", "unhandled word write"),
+          Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*earlycon=\S+", _ttyama0, c),
+                 deadlines=SHORT_HANG),
+          Verdict.HUNG, "xen-handover", "dom0-console-silent", "unhandled word write"),
     Fault("wrong-dtuart", Tweaks(xen_args="dtuart=/pl011@9001000", deadlines=SHORT_HANG),
-          Verdict.HUNG, "power-on", "silence"),
+          Verdict.HUNG, "power-on", "xen-console-silent"),
     Fault("no-virtualization",
           Tweaks(edit_qemu_args=lambda a: a.replace("virtualization=on,", ""), deadlines=SHORT_HANG),
-          Verdict.HUNG, "power-on", "silence"),
+          Verdict.HUNG, "power-on", "no-el2"),
     Fault("qemu-rejects-option", Tweaks(edit_qemu_args=lambda a: f"{a} -no-such-option"),
           Verdict.INFRASTRUCTURE, "power-on", "qemu-bad-option"),
     # A blob loaded over Xen: the harness's layout never does this, a hand-written boot plan might.
@@ -53,6 +62,19 @@ FAULTS = (
           Verdict.INFRASTRUCTURE, "power-on", "qemu-rom-overlap"),
 )
 
+# Xen built with the harness's fault hooks (images/patches/xen-harness-faults.patch), one chosen on its command
+# line: CPU0 spinning with its interrupts off while Xen builds dom0; dom0's device tree naming an event PPI
+# that Xen never raises. Targets with the `xen-fault-hooks` capability (arm64: the builder's arch).
+XEN_HOOK_FAULTS = (
+    Fault("xen-spins", Tweaks(xen_args="harness-fault=xen-spins", xen_patches=XEN_FAULT_HOOKS, deadlines=SHORT_HANG),
+          Verdict.HUNG, "dom0-loading", "xen-hung"),
+    Fault("event-ppi-unwired",
+          Tweaks(xen_args="harness-fault=event-ppi-unwired", xen_patches=XEN_FAULT_HOOKS, deadlines=SHORT_HANG),
+          Verdict.HUNG, "dom0:shell", "events-undelivered"),
+)
+
+# Hangs a board can have (no QEMU to change): diagnosed over its serial console alone.
+BOARD_HANG_FAULTS = tuple(f for f in FAULTS if f.name == "dom0-console-not-hvc0")
 
 
 def _corrupt_xen(script: UBootScript, served: dict[Path, Path]) -> UBootScript:
@@ -87,4 +109,4 @@ UBOOT_FAULTS = (
           Verdict.INFRASTRUCTURE, "uboot-loaded", "uboot-bad-image"),
 )
 
-BY_NAME = {f.name: f for f in (*FAULTS, *UBOOT_FAULTS)}
+BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *UBOOT_FAULTS)}

@@ -31,13 +31,18 @@ class ProbeError(HarnessError):
 class GuestShell:
     """Commands in a guest's shell (a labgrid ShellDriver), with console noise filtered out."""
 
-    def __init__(self, shell, guest: str, monitor: ConsoleMonitor | None = None, xen_prefixed: bool = False) -> None:
+    def __init__(self, shell, guest: str, monitor: ConsoleMonitor | None = None, xen_prefixed: bool = False,
+                 quiet=None) -> None:
         self.shell = shell
         self.guest = guest
         self.monitor = monitor
         self.xen_prefixed = xen_prefixed  # a focused dom0less domU: Xen prints its output with "(XEN) "
+        self.quiet = quiet  # a console QuietWatch: a command gone quiet is asked where the machine is
 
     def run(self, command: str, timeout: float = 30.0, check: bool = True) -> list[str]:
+        console = getattr(self.shell, "console", None) if self.quiet else None
+        if console is not None:
+            console.quiet = self.quiet
         try:
             # "replace": a byte of line noise must not end the conversation (file transfers are checked)
             out, _, status = self.shell.run(command, timeout=timeout, decodeerrors="replace")
@@ -46,6 +51,9 @@ class GuestShell:
                 raise BootFailure(self.monitor.failure, f"while {self.guest} ran `{command}`") from None
             what = "stopped" if isinstance(exc, pexpect.EOF) else f"did not answer within {timeout:.0f} s"
             raise ProbeError(f"{self.guest} {what} while running `{command}`: see console.log.") from None
+        finally:
+            if console is not None:
+                console.quiet = None
         lines = self.clean(out)
         if check and status != 0:
             tail = " | ".join(lines[-3:]) or "no output"

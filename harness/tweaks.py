@@ -16,7 +16,7 @@ class Tweaks:
 
     xen_args: str = ""  # appended to Xen's command line (the last value of a parameter wins)
     dom0_args: str = ""  # appended to dom0's command line
-    dom0_cmdline: str | None = None  # replaces dom0's command line
+    edit_dom0_cmdline: Callable[[str], str] | None = None  # rewrites dom0's command line
     edit_qemu_args: Callable[[str], str] | None = None  # rewrites the target's extra QEMU arguments
     omit_modules: frozenset[str] = frozenset()  # dom0's "kernel" or "ramdisk": boot without them
     deadlines: dict = field(default_factory=dict)  # merged over the target's deadlines
@@ -25,3 +25,5 @@ class Tweaks:
     # a fault in a board's lab path: given U-Boot's script and where each file was staged (host file ->
     # the file the TFTP server serves), damage the staging or return an edited script
     edit_uboot: Callable[[UBootScript, dict[Path, Path]], UBootScript] | None = None
+    # boot a Xen built from the pinned source with these patches (files in images/patches/) applied
+    xen_patches: tuple[str, ...] = ()

@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ HOST_TOOLS = {
     "flex": "flex",
     "bison": "bison",
     "python3": "python3",
+    "patch": "patch",
 }
 
 
@@ -63,9 +64,11 @@ def xen_source(lock_path: Path = LOCK) -> LockedSource:
 
 
 def build_xen(
-    cache: Cache, source: LockedSource, arch: str = "arm64", config: Mapping[str, str] = DEFAULT_CONFIG
+    cache: Cache, source: LockedSource, arch: str = "arm64", config: Mapping[str, str] = DEFAULT_CONFIG,
+    patches: Sequence[Path] = (),
 ) -> Artifact:
-    """Xen built from `source` with `config` on top of defconfig: cached, or built now (about a minute)."""
+    """Xen built from `source` with `config` on top of defconfig and `patches` applied (patch -p1, after
+    Debian's own): cached, or built now (about a minute)."""
     config = dict(config)
     for key, value in config.items():
         if not re.fullmatch(r"CONFIG_[A-Za-z0-9_]+", key) or "\n" in value:
@@ -73,16 +76,19 @@ def build_xen(
     if arch not in TOOLCHAINS:
         raise UsageError(f"cannot build Xen for {arch!r}: the harness knows {', '.join(TOOLCHAINS)}.")
     toolchain = toolchain_version(arch)
-    name = build_key(source, arch, config, toolchain)[:32]
+    patches = [Path(p) for p in patches]
+    name = build_key(source, arch, config, toolchain, patches)[:32]
     build_log = cache.root / "xen-builds" / f"{name}.log"
-    entry = cache.entry("xen-builds", name, lambda out: _build(cache, out, source, arch, config, build_log),
+    entry = cache.entry("xen-builds", name,
+                        lambda out: _build(cache, out, source, arch, config, build_log, patches),
                         size=BUILD_SPACE_BYTES)
     image = entry.path / "xen"
     origin = json.loads((entry.path / "build.json").read_text())["origin"]
     return Artifact("xen", image, entry.digests[image], origin)
 
 
-def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolchain: str) -> str:
+def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolchain: str,
+              patches: Sequence[Path] = ()) -> str:
     """SHA256 of everything that decides the build's output."""
     lines = [
         f"recipe {BUILD_RECIPE_VERSION}",
@@ -90,6 +96,7 @@ def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolch
         f"toolchain {toolchain}",
         *(f"source {f.name} {f.sha256}" for f in sorted(source.files, key=lambda f: f.name)),
         *(f"config {k}={v}" for k, v in sorted(config.items())),
+        *(f"patch {p.name} {sha256_bytes(p.read_bytes())}" for p in patches),  # in order: order matters
     ]
     return sha256_bytes("\n".join(lines).encode())
 
@@ -108,7 +115,8 @@ def toolchain_version(arch: str) -> str:
     return proc.stdout.splitlines()[0].strip()
 
 
-def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dict, build_log: Path) -> None:
+def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dict, build_log: Path,
+           patches: Sequence[Path] = ()) -> None:
     """Build Xen into the directory `out` (the cache entry being made), logging to `build_log`."""
     for tool, package in HOST_TOOLS.items():
         if not shutil.which(tool):
@@ -150,6 +158,8 @@ def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dic
                 (work / f.name).symlink_to(path)
             run("dpkg-source", "-x", source.dsc.name, "src", cwd=work)
             tree = work / "src"
+            for patch in patches:
+                run("patch", "-p1", "--forward", "--batch", "-i", str(patch.resolve()), cwd=tree)
             stamp = changelog_date(tree / "debian" / "changelog")
             prefix, _ = TOOLCHAINS[arch]
             variables = {
@@ -180,7 +190,8 @@ def _build(cache: Cache, out: Path, source: LockedSource, arch: str, config: dic
         out.mkdir()
         (out / "config").write_bytes(dotconfig.read_bytes())
         (out / "xen").write_bytes(data)
-        origin = f"built {source.package} {source.version} {items}".strip()
+        origin = " ".join(filter(None, [f"built {source.package} {source.version} {items}".strip(),
+                                        *(f"+{p.name}" for p in patches)]))
         meta = {"origin": origin, "arch": arch, "config": config}
         (out / "build.json").write_text(json.dumps(meta, indent=2) + "\n")
     finally:

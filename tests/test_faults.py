@@ -6,12 +6,13 @@ measured by benchmarks/boot.py, not asserted here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from harness.boot import BootSession
-from harness.faults import FAULTS, UBOOT_FAULTS, Fault
+from harness.faults import BOARD_HANG_FAULTS, FAULTS, UBOOT_FAULTS, XEN_HOOK_FAULTS, Fault
 from harness.monitor import BootFailure, Verdict
 from harness.targets import TargetSpec
 
@@ -23,6 +24,23 @@ pytestmark = [pytest.mark.boot]
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault_is_classified(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
                              record_property) -> None:
+    check_fault(fault, target_spec, session_artifacts, overrides, record_property)
+
+
+@pytest.mark.requires("xen-fault-hooks")
+@pytest.mark.parametrize("fault", XEN_HOOK_FAULTS, ids=[f.name for f in XEN_HOOK_FAULTS])
+def test_xen_hang_is_diagnosed(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                               record_property) -> None:
+    """A Xen that spins with its interrupts off, or that tells dom0 of an event PPI it never raises: the
+    verdict names it, within seconds of quiet, on QEMU (vCPUs sampled too) and over a board's serial line."""
+    check_fault(fault, target_spec, session_artifacts, overrides, record_property)
+
+
+@pytest.mark.requires("uboot")
+@pytest.mark.parametrize("fault", BOARD_HANG_FAULTS, ids=[f.name for f in BOARD_HANG_FAULTS])
+def test_board_hang_is_diagnosed(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                                 record_property) -> None:
+    """No QEMU to ask on a board: Xen's debug keys over its serial console alone say where dom0 is."""
     check_fault(fault, target_spec, session_artifacts, overrides, record_property)
 
 
@@ -42,6 +60,7 @@ def check_fault(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, 
     with pytest.raises(BootFailure) as raised:
         try:
             session.boot()
+            session.check()  # a fault may let dom0 reach its prompt and stop answering afterwards
         finally:
             result = session.close()
     failure = raised.value.failure
@@ -61,3 +80,17 @@ def check_fault(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, 
     if failure.signature not in ("qemu-bad-option", "qemu-rom-overlap"):  # QEMU never ran for those
         assert (session.artifacts / "console.log").exists()
     assert (session.artifacts / "result.json").exists()
+    if failure.verdict is Verdict.HUNG:
+        check_diagnosis(failure, session, json.loads((session.artifacts / "result.json").read_text()))
+
+
+def check_diagnosis(failure, session: BootSession, result: dict) -> None:
+    """A hang's verdict carries where the machine was: the diagnosis that concluded it, in result.json."""
+    diagnosis = result["diagnosis"]
+    assert diagnosis is not None, failure.message()
+    assert diagnosis["signature"] == failure.signature and diagnosis["conclusion"] == failure.description
+    assert diagnosis["seconds_from_quiet"] is not None and diagnosis["seconds_from_quiet"] >= 0
+    if session.strategy.machine is not None and failure.signature != "xen-hung":
+        assert diagnosis["vcpus"], "QEMU's vCPUs were not sampled"
+    if failure.signature in ("dom0-console-silent", "events-undelivered"):  # Xen answered: its dump is kept
+        assert diagnosis["dumps"] and (session.artifacts / diagnosis["dumps"][0]).is_file()

@@ -9,6 +9,9 @@
   for the guest's echo (or a short deadline) before the next is sent; what arrives meanwhile is kept
   for the next read.
 
+- while a guest runs a command, a console quiet for a while can be asked where the machine is
+  (`quiet`, a QuietWatch): what that probe reads is handed back to the waiting reader afterwards.
+
 A driver mixes it in and implements `_receive_raw(limit, timeout)` and `_send_raw(data)`.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pexpect
 
@@ -26,11 +30,22 @@ ECHO_WAIT_S = 3.0  # longest wait for a chunk's echo; a guest busy running a com
 READ_LIMIT = 65536
 
 
+@dataclass(frozen=True)
+class QuietWatch:
+    """What to do when the console goes quiet under a reader: `due()` says in how many seconds (<= 0: now),
+    `act()` does it (and moves `due` on, so that one quiet spell is acted on once)."""
+
+    due: Callable[[], float]
+    act: Callable[[], None]
+
+
 class ConsoleTap:
     def _init_tap(self) -> None:
         self.listeners: list[Callable[[bytes], None]] = []  # every console byte read goes to each
         self.abort: Callable[[], bool] | None = None  # true once the boot has failed: reads get EOF
+        self.quiet: QuietWatch | None = None  # set while a guest's command runs
         self._pending = bytearray()  # output read while waiting for an echo, returned by the next _read
+        self._kept: bytearray | None = None  # output read by a QuietWatch's act, for the reader it interrupted
 
     def _receive_raw(self, limit: int, timeout: float) -> bytes:
         """Up to `limit` bytes within `timeout`: raise pexpect.TIMEOUT when none come, EOF when closed."""
@@ -47,11 +62,34 @@ class ConsoleTap:
             data = bytes(self._pending[:limit])
             del self._pending[:limit]
             return data
-        return self._tapped(self._receive_raw(limit, timeout))
+        if self.quiet is None:
+            return self._tapped(self._receive_raw(limit, timeout))
+        return self._read_watched(limit, timeout)
+
+    def _read_watched(self, limit: int, timeout: float) -> bytes:
+        """A read that, when the console stays quiet long enough, lets the QuietWatch act first."""
+        watch, end = self.quiet, time.monotonic() + timeout
+        while True:
+            try:
+                return self._tapped(self._receive_raw(limit, max(0.0, min(end - time.monotonic(), watch.due()))))
+            except pexpect.TIMEOUT:
+                if time.monotonic() >= end:
+                    raise
+            self.quiet, self._kept = None, bytearray()  # the act reads this console itself
+            try:
+                watch.act()
+            finally:
+                self.quiet, self._pending[:0], self._kept = watch, self._kept, None
+            if self.abort and self.abort():
+                raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
+            if self._pending:
+                return self._read(timeout=0, max_size=limit)
 
     def _tapped(self, data: bytes) -> bytes:
         for listener in self.listeners:
             listener(data)
+        if self._kept is not None:
+            self._kept += data
         return data
 
     def _write(self, data: bytes) -> int:

@@ -29,7 +29,7 @@ from ..diagnose import WHERE_REQUESTED, Diagnosis, Prober, Symbolizer, decide
 from ..monitor import EVIDENCE_BEFORE, SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
 from ..plan.uboot import UBootCommand
 from ..targets import Deadlines, GuestSpec
-from .console import ConsoleTap
+from .console import ConsoleTap, QuietWatch
 
 POLL_S = 0.2
 POWER_CHECK_S = 3.0  # console silence after which a board's power state is asked (a PDU is slow)
@@ -42,6 +42,9 @@ class Status(enum.Enum):
     xen = 3  # Xen has handed over to its guests
     shell = 4  # the console guest's shell answers
 
+
+# What a quiet dom0 command can end the boot with: a busy command may look like a spin, never like these.
+COMMAND_CONCLUSIVE = frozenset({"xen-hung", "events-undelivered"})
 
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
 DUMP_RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/char/console.c)
@@ -214,6 +217,31 @@ class XenStrategy(Strategy):
         qemu = self._qemu_command if self.machine is not None else None
         self.prober = Prober(self.console, monitor, qemu, self.hypervisor, self.symbolizer, self.artifacts,
                              len(self.guests))
+
+    def command_watch(self) -> QuietWatch | None:
+        """While a dom0 command runs: a console quiet for `deadlines.probe` is probed once per quiet spell, and
+        only what no busy command can look like ends the boot (Xen not answering; dom0 blocked on an event that
+        never arrives). None when there is nothing to ask (no probe deadline, or no Xen)."""
+        if not self.deadlines.probe or not self.hypervisor:
+            return None
+        monitor, probed = self.monitor, [None]
+
+        def due() -> float:
+            if probed[0] == monitor.last_output:
+                return float("inf")
+            return self.deadlines.probe - (monitor.clock() - monitor.last_output)
+
+        def act() -> None:
+            probed[0] = monitor.last_output
+            before = monitor.lines[-EVIDENCE_BEFORE:]
+            diag = self.probe()
+            if diag.signature not in COMMAND_CONCLUSIVE:
+                diag.signature = None  # described, not concluded
+            elif not monitor.failure:
+                monitor.hang(diag.conclusion, diag.signature).evidence = before
+                _concluded(monitor, diag)
+
+        return QuietWatch(due, act)
 
     def _qemu_command(self, command: str) -> str:
         return self.machine.monitor_command("human-monitor-command", {"command-line": command})
