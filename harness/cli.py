@@ -101,7 +101,8 @@ def tweaks(args: argparse.Namespace):
 
 
 def summary(result, spec) -> str:
-    """The table `harness boot` ends with: milestones, then what each witness said, then the verdict."""
+    """The table `harness boot` ends with: milestones, then what each witness said, then the verdict and
+    where the machine was when the harness asked (the diagnosis)."""
     from .boot import milestone_title
     from .validate import dt
 
@@ -142,6 +143,8 @@ def summary(result, spec) -> str:
     elif known := [f for f in result.findings if f.severity == "known"]:
         verdict += f" ({len(known)} known upstream issue{'s' if len(known) > 1 else ''}, reported above)"
     lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
+    if result.diagnosis is not None:  # its debug-key dumps are named relative to the artifacts just printed
+        lines += result.diagnosis.report()
     return "\n".join(lines)
 
 
@@ -189,6 +192,7 @@ LOG_CHUNK = 1 << 20  # triage reads a log this much at a time: memory stays flat
 
 def cmd_triage(args: argparse.Namespace) -> int:
     from .boot import milestone_title
+    from .diagnose import diagnose_log
     from .monitor import triage
 
     try:
@@ -220,6 +224,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     findings = cmdline_findings(monitor)
     if verdict is Verdict.PASSED and failures(findings):  # as `harness boot` would judge the same boot
         verdict = Verdict.FAILED
+    diagnosis = diagnose_log(monitor)  # debug keys someone pressed during the boot
     if args.json:
         print(json.dumps({
             "log": str(path),
@@ -227,6 +232,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
             "milestones": {k: line.number for k, line in monitor.reached.items()},
             "failure": failure.to_dict() if failure else None,
             "findings": [f.to_dict() for f in findings],
+            "diagnosis": diagnosis.to_dict() if diagnosis else None,
         }, indent=2))
     else:
         print(f"{'milestone':34} {'log line':>8}")
@@ -242,6 +248,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
                 print(f"  line {line.number:6}  {'(XEN) ' if line.source == 'xen' else ''}{line.text}")
         else:
             print(f"verdict: {verdict}")
+        if diagnosis:
+            print("\n".join(diagnosis.report()))
     return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
 
 

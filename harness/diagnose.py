@@ -393,3 +393,23 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
 
 # Set by a signal handler (`harness boot` on SIGQUIT): the next wait probes the machine and says where it is.
 WHERE_REQUESTED = threading.Event()
+
+
+def diagnose_log(monitor) -> Diagnosis | None:
+    """What the debug-key dumps among a saved log's Xen lines say (`harness triage`); None when the log holds
+    no dump of the keys the harness presses.
+
+    Only a monitor that kept every line is decided on, and dated: `decide` reads who printed from the lines
+    kept, and triage keeps the last ones (a saved log has no times either)."""
+    from .debugkeys import KEYS, dump_key, parse
+
+    dump = parse(monitor.text("xen"))
+    if not dump.registers and not set(dump.keys) & set(KEYS):
+        return None
+    diag = Diagnosis(method="debug-keys (log)", stage=monitor.stage, quiet_since=0.0, dump=dump,
+                     xen_answered=True)  # Xen printed the dumps: it answered its keys
+    if len(monitor.lines) < monitor.line_count:
+        return diag
+    first = next((i for i, ln in enumerate(monitor.lines) if ln.source == "xen" and dump_key(ln.text) is not None), 0)
+    diag.quiet_since = monitor.lines[first - 1].t if first else 0.0  # the last line before the first dump
+    return decide(diag, monitor)
