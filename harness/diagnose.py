@@ -331,7 +331,7 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
     samples = [s for sample in diag.samples for s in sample]
     latest = diag.latest()
     reached = monitor.reached
-    sources = {ln.source for ln in monitor.lines}
+    sources = monitor.sources
     xen_printed = "xen-banner" in reached
     hypervisor = monitor.hypervisor
     dump = diag.dump
@@ -344,14 +344,16 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
         return conclude("no-el2", f"the CPUs never entered EL2, so Xen cannot run: the machine gives no "
                                   f"virtualization (QEMU's virtualization=on, or firmware that keeps EL2): "
                                   f"{_where(latest)}")
+    spinning = _spinning(diag.samples)
     if hypervisor and samples and not xen_printed and "dom0" not in sources:
         kernel = [s for s in latest if s.el in (0, 1)]
-        if kernel or any(IDLE.search(s.symbol or "") for s in latest):
+        idle = any(IDLE.search(s.symbol or "") for s in latest)
+        if kernel or idle or diag.xen_answered is False:
+            how = "its guests run" if kernel else "its CPUs idle" if idle else "at EL2, deaf to its console too"
             return conclude("xen-console-silent",
-                            "Xen is running (" + ("its guests run" if kernel else "its CPUs idle") + ") but its "
-                            f"console printed nothing: Xen's console is not this serial line (dtuart=, console=): "
-                            f"{_where(latest)}")
-    spinning = _spinning(diag.samples)
+                            f"Xen is running ({how}) but its console printed nothing: Xen's console is not this "
+                            f"serial line (dtuart=, console=), or Xen hung before it said a word: "
+                            f"{_where(latest, spinning)}")
     if hypervisor and diag.xen_answered is False and xen_printed:
         where = _where(latest, spinning) if samples else "no QEMU to say where its CPUs are"
         return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no '*** Serial input' "
@@ -399,8 +401,8 @@ def diagnose_log(monitor) -> Diagnosis | None:
     """What the debug-key dumps among a saved log's Xen lines say (`harness triage`); None when the log holds
     no dump of the keys the harness presses.
 
-    Only a monitor that kept every line is decided on, and dated: `decide` reads who printed from the lines
-    kept, and triage keeps the last ones (a saved log has no times either)."""
+    A saved log has no times: `quiet_since` is the time of the line before the first dump only when the
+    monitor kept it (triage keeps the last lines), else 0.0."""
     from .debugkeys import KEYS, dump_key, parse
 
     dump = parse(monitor.text("xen"))
@@ -408,8 +410,8 @@ def diagnose_log(monitor) -> Diagnosis | None:
         return None
     diag = Diagnosis(method="debug-keys (log)", stage=monitor.stage, quiet_since=0.0, dump=dump,
                      xen_answered=True)  # Xen printed the dumps: it answered its keys
-    if len(monitor.lines) < monitor.line_count:
-        return diag
-    first = next((i for i, ln in enumerate(monitor.lines) if ln.source == "xen" and dump_key(ln.text) is not None), 0)
-    diag.quiet_since = monitor.lines[first - 1].t if first else 0.0  # the last line before the first dump
+    if len(monitor.lines) == monitor.line_count:
+        first = next((i for i, ln in enumerate(monitor.lines)
+                      if ln.source == "xen" and dump_key(ln.text) is not None), 0)
+        diag.quiet_since = monitor.lines[first - 1].t if first else 0.0  # the last line before the first dump
     return decide(diag, monitor)

@@ -305,6 +305,7 @@ class ConsoleMonitor:
         self.line_count = 0
         self._dropped = 0  # Lines dropped from the front of self.lines
         self.reached: dict[str, Line] = {}
+        self.sources: set[str] = set()  # who printed at least one line ("xen", "dom0", …), whatever was kept
         self.failure: Failure | None = None
         self.last_output = self.t0
         self._partial = bytearray()  # the console line still being printed
@@ -383,6 +384,7 @@ class ConsoleMonitor:
         body = raw_body.rstrip()
         line = Line(round(self.now(), 3), source, body, number)
         self.lines.append(line)
+        self.sources.add(source)
         self._keep_xen_text(line)
         if source == "xen" and RING_DUMP.match(body):
             self._ring_presses += 1
