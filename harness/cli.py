@@ -225,6 +225,11 @@ def cmd_triage(args: argparse.Namespace) -> int:
     if verdict is Verdict.PASSED and failures(findings):  # as `harness boot` would judge the same boot
         verdict = Verdict.FAILED
     diagnosis = diagnose_log(monitor)  # debug keys someone pressed during the boot
+    if diagnosis is not None and diagnosis.conclusive and verdict in (Verdict.PASSED, Verdict.HUNG):
+        # what the dumps prove outweighs a prompt printed before the machine stopped answering, or a log's end
+        monitor.failure = None
+        failure = monitor.hang(diagnosis.conclusion, diagnosis.signature)
+        verdict = Verdict.HUNG
     if args.json:
         print(json.dumps({
             "log": str(path),

@@ -19,6 +19,8 @@ RING_TWICE_LOG = DATA / "logs" / "qemu-virt-xen-ring-dumped-twice.log"
 # qemu-virt (arm64, Xen 4.17.7) d 0 q r e g; qemu-a15 (arm32, Xen 4.17.5) h d 0 q r e g. Gzipped, as captured.
 DEBUGKEYS_ARM64_LOG = DATA / "debugkeys" / "qemu-virt-d0qreg.log.gz"
 DEBUGKEYS_ARM32_LOG = DATA / "debugkeys" / "qemu-a15-hd0qreg.log.gz"
+# fault event-ppi-unwired: dom0 stopped answering after its prompt; the harness's dump follows
+DEBUGKEYS_EVENTS_LOG = DATA / "debugkeys" / "qemu-virt-event-ppi-unwired.log.gz"
 
 
 def replay(log: bytes, chunk: int = 512, prompt: str = r"dom0# ") -> ConsoleMonitor:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from captured import COMPLAINTS_LOG, DEBUGKEYS_ARM32_LOG, DEBUGKEYS_ARM64_LOG, HEALTHY_LOG
+from captured import COMPLAINTS_LOG, DEBUGKEYS_ARM32_LOG, DEBUGKEYS_ARM64_LOG, DEBUGKEYS_EVENTS_LOG, HEALTHY_LOG
 from test_cli_check import harness
 
 from harness import targets
@@ -96,3 +96,18 @@ def test_a_log_read_whole_is_decided_and_dated():
     assert diag.quiet_since == monitor.lines[first - 1].t > 0
     assert diag.conclusion and diag.signature is None  # a healthy machine: nothing conclusive
     assert [r.who for r in diag.dump.host()] == ["CPU1 host"]
+
+
+def test_triage_of_a_log_whose_dumps_prove_a_hang_says_hung(tmp_path: Path):
+    """dom0 printed its prompt, then stopped answering: the dumps taken after show its events undelivered,
+    which outweighs the prompt (a log's verdict follows what its dumps prove)."""
+    path = tmp_path / "console.log"
+    path.write_bytes(gzip.decompress(DEBUGKEYS_EVENTS_LOG.read_bytes()))
+    proc = harness("triage", "--prompt", "dom0# ", path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    verdict = next(line for line in proc.stdout.splitlines() if line.startswith("verdict: "))
+    assert "hung after stage 'dom0:shell': the event channel interrupt does not reach dom0" in verdict
+    assert "port 2 (VIRQ_CONSOLE)" in verdict and "Xen raises PPI 16" in verdict
+    record = json.loads(harness("triage", "--prompt", "dom0# ", "--json", path).stdout)
+    assert (record["verdict"], record["failure"]["signature"], record["diagnosis"]["signature"]) == (
+        "hung", "events-undelivered", "events-undelivered")

@@ -1,0 +1,100 @@
+"""The hang diagnosis's reading of what it was told (harness/diagnose.py): each conclusive pattern on the
+facts that prove it, and the near miss beside it that must stay inconclusive (no false red)."""
+
+from __future__ import annotations
+
+from captured import DATA
+
+from harness.debugkeys import DebugDump, EventChannel, Registers, VcpuState
+from harness.diagnose import Diagnosis, VcpuSample, decide, parse_qemu_registers
+from harness.monitor import ConsoleMonitor
+
+XEN_BOOT = b"(XEN) Xen version 4.17.5 (Debian)\n(XEN) *** LOADING DOMAIN 0 ***\n"
+HANDOVER = XEN_BOOT + b"(XEN) Freed 368kB init memory.\n"
+DOM0_TALKS = HANDOVER + b"[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x000f0510]\n"
+
+
+def monitor(console: bytes = b"") -> ConsoleMonitor:
+    return ConsoleMonitor(prompt=r"dom0# ").replay(console)
+
+
+def sample(cpu: int, pc: int, el: int, symbol: str | None, t: float = 0.0) -> VcpuSample:
+    return VcpuSample(cpu, pc, el, f"EL{el}h", t, symbol)
+
+
+def samples(*cpus: tuple[int, int, str | None], count: int = 4, step: int = 0) -> list[list[VcpuSample]]:
+    """`count` samples of the vCPUs (el, pc, symbol), each PC moved on by `step` bytes per sample."""
+    return [[sample(i, pc + n * step, el, symbol, n * 0.25) for i, (el, pc, symbol) in enumerate(cpus)]
+            for n in range(count)]
+
+
+def judged(console: bytes, **facts) -> Diagnosis:
+    return decide(Diagnosis("qmp", "test", 0.0, **facts), monitor(console))
+
+
+IDLE = (2, 0x25b0c4, "domain.c#idle_loop+0x124/0x140 [xen]")
+DOM0 = (1, 0xffff800008265bb8, "__btf_verifier_log_type+0x148/0x210 [linux]")
+
+
+def test_qemus_registers_are_read_on_both_arches():
+    arm64 = parse_qemu_registers((DATA / "debugkeys" / "qemu-virt-info-registers.txt").read_text())
+    arm32 = parse_qemu_registers((DATA / "debugkeys" / "qemu-a15-info-registers.txt").read_text())
+    assert [(s.cpu, s.pc, s.el, s.mode) for s in arm64] == [(0, 0x25b0c4, 2, "EL2h"), (1, 0x25b0c4, 2, "EL2h")]
+    assert [(s.cpu, s.pc, s.el, s.mode) for s in arm32] == [(0, 0x258bb8, 2, "hyp32"), (1, 0x258bb8, 2, "hyp32")]
+    assert parse_qemu_registers("CPU#0\n PC=zz\n") == [] and parse_qemu_registers("") == []
+
+
+def test_no_el2():
+    assert judged(b"", samples=samples((1, 0x40200544, None), (1, 0, None))).signature == "no-el2"
+    assert judged(b"", samples=samples((1, 0x40200544, None), IDLE)).signature != "no-el2"  # one CPU reached EL2
+
+
+def test_xens_console_silent():
+    assert judged(b"", samples=samples(IDLE, DOM0)).signature == "xen-console-silent"  # its guests run
+    assert judged(b"", samples=samples(IDLE, IDLE)).signature == "xen-console-silent"  # its CPUs idle
+    busy = samples((2, 0x220a38, "_spin_lock_irq+0x48/0x64 [xen]"), (2, 0x2a0000, "setup_mm+0x10/0x400 [xen]"),
+                   step=0x100)
+    assert judged(b"", samples=busy).signature is None  # Xen at work, not yet asked: it may just be slow
+    assert judged(b"", samples=busy, xen_answered=False).signature == "xen-console-silent"  # and deaf: silent
+
+
+def test_xen_hung():
+    assert judged(XEN_BOOT, samples=samples(IDLE), xen_answered=False).signature == "xen-hung"
+    hung = judged(XEN_BOOT, xen_answered=False)  # a board: no QEMU to ask
+    assert hung.signature == "xen-hung" and "no QEMU" in hung.conclusion
+    assert judged(XEN_BOOT, samples=samples(IDLE), xen_answered=True).signature is None
+
+
+def test_dom0_console_silent():
+    assert judged(HANDOVER, samples=samples(IDLE, DOM0)).signature == "dom0-console-silent"
+    guest = Registers("CPU0 guest d0v0", 0, 0, 0, 0xffff800008010000, None, "64-bit EL1h", 1)
+    assert judged(HANDOVER, dump=DebugDump("d", [guest]), xen_answered=True).signature == "dom0-console-silent"
+    assert judged(DOM0_TALKS, samples=samples(IDLE, DOM0, step=0x100)).signature is None  # dom0 printed: slow
+    assert judged(HANDOVER, samples=samples(IDLE, IDLE)).signature is None  # dom0 not running: no proof
+
+
+def events(blocked: bool = True, pending: bool = True, masked: bool = False, upcall: bool = True) -> DebugDump:
+    vcpus = [VcpuState(0, n, n, upcall, True, 1 if blocked else 0) for n in range(2)]
+    return DebugDump("qe", [], vcpus, [EventChannel(0, 1, False, False, 2, 1, "d=0"),
+                                        EventChannel(0, 2, pending, masked, 5, 0, "v=2")])
+
+
+def test_events_undelivered():
+    console = DOM0_TALKS + b"(XEN) Allocating PPI 16 for event channel interrupt\n"
+    found = judged(console, dump=events(), xen_answered=True)
+    assert found.signature == "events-undelivered"
+    assert "port 2 (VIRQ_CONSOLE)" in found.conclusion and "PPI 16" in found.conclusion
+    for near_miss in (events(blocked=False), events(pending=False), events(masked=True), events(upcall=False)):
+        assert judged(console, dump=near_miss, xen_answered=True).signature is None
+
+
+def test_a_cpu_spinning():
+    spin = (1, 0xffff800008123450, "stuck_here+0x10/0x40 [linux]")
+    assert judged(DOM0_TALKS, samples=samples(IDLE, spin)).signature == "cpu-spinning"
+    assert judged(DOM0_TALKS, samples=samples(IDLE, spin, step=0x40)).signature is None  # it moves on
+    assert judged(DOM0_TALKS, samples=samples(IDLE, spin, count=2)).signature is None  # too few samples
+    idle = (1, 0xffff800008123450, "default_idle_call+0x3c/0x1d0 [linux]")
+    assert judged(DOM0_TALKS, samples=samples(IDLE, idle)).signature is None  # idle is not stuck
+    xen_spin = (2, 0x2aeab4, "domain_build.c#harness_fault_spin+0x4/0x10 [xen]")
+    assert judged(DOM0_TALKS, samples=samples(IDLE, xen_spin)).signature is None  # Xen: ask it first
+    assert judged(DOM0_TALKS, samples=samples(IDLE, xen_spin), xen_answered=True).signature == "cpu-spinning"
