@@ -45,6 +45,7 @@ class Diagnosis:
     stage: str  # the last milestone reached
     quiet_since: float  # seconds since power-on of the last console byte (0.0: nothing printed)
     samples: list[list[VcpuSample]] = field(default_factory=list)  # QEMU's vCPUs, sample after sample
+    earlier: list[list[VcpuSample]] = field(default_factory=list)  # the samples of the last probe of this quiet spell
     dump: DebugDump | None = None  # what Xen's debug keys printed (None: not asked or no answer)
     xen_answered: bool | None = None  # None: not asked
     dumps: list[str] = field(default_factory=list)  # the dumps' files, relative to the artifacts
@@ -122,9 +123,10 @@ def parse_qemu_registers(text: str, t: float = 0.0) -> list[VcpuSample]:
 
 # --- asking the machine ----------------------------------------------------------------------
 
-QEMU_SAMPLES = 4  # `info registers -a` samples: enough to tell a spin from progress
-QEMU_SAMPLE_GAP_S = 0.25
-SWITCH_ANSWER_S = 1.0  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive
+QEMU_SAMPLES = 3  # `info registers -a` samples: enough to tell a spin from progress
+QEMU_SAMPLE_GAP_S = 0.2
+SWITCH_ANSWER_S = 2.5  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive,
+# within a second when its pCPU's thread is starved on a loaded host
 KEY_QUIET_S = 0.4  # a dump is over when Xen has printed nothing more for this long
 KEY_DEADLINE_S = 3.0  # longest wait for one key's dump
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
@@ -178,6 +180,7 @@ class Prober:
         self.artifacts = artifacts  # where dumps are saved (None: kept in memory only)
         self.guests = guests  # domains on Xen's serial input round, besides Xen
         self.count = 0
+        self._last: Diagnosis | None = None  # the last probe (a spin is believed when two probes see it)
 
     def probe(self, keys: str = "", samples: int = QEMU_SAMPLES, enough=None) -> Diagnosis:
         """One look at the machine: `samples` of QEMU's vCPUs, then `keys` pressed (default: all of PROBE_KEYS).
@@ -198,6 +201,9 @@ class Prober:
         m = self.monitor
         quiet_since = round(m.last_output - m.t0, 3) if m.line_count or m._partial else 0.0
         diag = Diagnosis(method="none", stage=m.stage, quiet_since=quiet_since)
+        if self._last is not None and self._last.quiet_since == quiet_since and self._last.stage == m.stage:
+            diag.earlier = self._last.samples
+        self._last = diag
         if self.qemu is not None:
             diag.samples = self._sample(samples)
             diag.method = "qmp"
@@ -309,11 +315,15 @@ def _spinning(samples: list[list[VcpuSample]]) -> list[VcpuSample]:
         mine = [s for sample in samples for s in sample if s.cpu == cpu]
         if len(mine) < SPIN_SAMPLES or len({s.el for s in mine}) != 1:
             continue
-        func = {(s.symbol or "").split("+")[0] for s in mine}
+        func = {_function(s) for s in mine}
         span = max(s.pc for s in mine) - min(s.pc for s in mine)
         if len(func) == 1 and "" not in func and span <= SPIN_BYTES and not IDLE.search(mine[-1].symbol or ""):
             found.append(mine[-1])
     return found
+
+
+def _function(sample: VcpuSample) -> str:
+    return (sample.symbol or "").split("+")[0]
 
 
 def _where(samples: list[VcpuSample], spinning: list[VcpuSample] = ()) -> str:
@@ -379,9 +389,12 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                             f"the event channel interrupt does not reach dom0: its vCPUs are all blocked waiting for "
                             f"an event while {ports} is pending and their upcall is raised ({raised}; dom0 is "
                             f"listening elsewhere)")
-    # Xen spinning is named once Xen was asked: not answering its console says more (xen-hung, above).
-    if spinning and (diag.xen_answered is not None or not hypervisor or all(s.el != 2 for s in spinning)):
-        return conclude("cpu-spinning", "a CPU spins in one place: " + _where(spinning))
+    # A spin seen by two probes of one quiet spell: under TCG on a loaded host, a vCPU waits on a lock for a
+    # second whenever its holder's thread is descheduled, and that is no hang.
+    before = {(s.cpu, _function(s)) for s in _spinning(diag.earlier)}
+    confirmed = [s for s in spinning if (s.cpu, _function(s)) in before]
+    if confirmed:
+        return conclude("cpu-spinning", "a CPU spins in one place: " + _where(confirmed))
     regs = dump.host() if dump else []
     parts = []
     if diag.xen_answered:

@@ -30,7 +30,8 @@ class Fault:
 
 
 def _ttyama0(m: re.Match) -> str:
-    """console=hvc0 becomes console=ttyAMA0 (a UART Xen keeps for itself), earlycon goes."""
+    """console=hvc0 becomes console=ttyAMA0 (a UART Xen keeps for itself); earlycon goes, and panic= (dom0's
+    init cannot open its console: a silent panic must not reboot the machine, which would be a crash)."""
     return "console=ttyAMA0" if m.group(0) == "console=hvc0" else ""
 
 
@@ -46,7 +47,7 @@ FAULTS = (
           Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
     # Hangs: each is diagnosed (harness/diagnose.py) within seconds of the console going quiet.
     Fault("dom0-console-not-hvc0",
-          Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*earlycon=\S+", _ttyama0, c),
+          Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*(earlycon|panic)=\S+", _ttyama0, c),
                  deadlines=SHORT_HANG),
           Verdict.HUNG, "xen-handover", "dom0-console-silent", "unhandled word write"),
     Fault("wrong-dtuart", Tweaks(xen_args="dtuart=/pl011@9001000", deadlines=SHORT_HANG),

@@ -94,7 +94,7 @@ class Deadlines:
     boot: float = 600.0  # power-on to the console guest's shell prompt, whatever happens
     place: float = 300.0  # how long to wait for a farm's place that someone else holds
     silence: float = 60.0  # no console output at all, at any stage not listed below
-    probe: float = 2.0  # console quiet this long before a milestone: ask the machine where it is (0: never)
+    probe: float = 1.5  # console quiet this long before a milestone: ask the machine where it is (0: never)
     stages: dict[str, float] = field(default_factory=lambda: {"power-on": 30.0, "firmware": 180.0})
 
     def silence_at(self, stage: str) -> float:
