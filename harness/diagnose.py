@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
+
+import pexpect
 
 from .debugkeys import DebugDump, Registers
 from .xenlog import EVENT_PPI
@@ -45,13 +48,13 @@ class Diagnosis:
     stage: str  # the last milestone reached
     quiet_since: float  # seconds since power-on of the last console byte (0.0: nothing printed)
     samples: list[list[VcpuSample]] = field(default_factory=list)  # QEMU's vCPUs, sample after sample
-    earlier: list[list[VcpuSample]] = field(default_factory=list)  # the samples of the last probe of this quiet spell
     dump: DebugDump | None = None  # what Xen's debug keys printed (None: not asked or no answer)
     xen_answered: bool | None = None  # None: not asked
     dumps: list[str] = field(default_factory=list)  # the dumps' files, relative to the artifacts
     conclusion: str = ""  # in words
     signature: str | None = None  # conclusive: the failure's signature; None: inconclusive
     seconds_from_quiet: float | None = None  # from quiet_since to the verdict
+    earlier: list[list[VcpuSample]] = field(default_factory=list)  # the last probe's samples, same quiet spell
 
     @property
     def conclusive(self) -> bool:
@@ -130,6 +133,7 @@ SWITCH_ANSWER_S = 2.5  # Xen prints "*** Serial input to …" from its interrupt
 KEY_QUIET_S = 0.4  # a dump is over when Xen has printed nothing more for this long
 KEY_DEADLINE_S = 3.0  # longest wait for one key's dump
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
+RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/char/console.c)
 
 # Where an idle CPU waits: never "stuck" there, whatever the samples say.
 IDLE = re.compile(r"idle_loop|cpu_do_idle|default_idle_call|arch_cpu_idle|do_idle|cpu_idle_poll|wfi")
@@ -187,32 +191,37 @@ class Prober:
 
         With `enough(diagnosis)`, asking stops as soon as it finds what was learnt conclusive (the whole dump
         is then taken after the verdict: a verdict within seconds of quiet)."""
-        abort, self.console.abort = self.console.abort, None  # a failed boot's console still answers here
-        last_output = self.monitor.last_output
-        try:
-            return self._probe(keys, samples, enough)
-        finally:
-            self.console.abort = abort
-            self.monitor.last_output = last_output  # what the probe provoked is not the machine's progress
-
-    def _probe(self, keys: str, samples: int, enough) -> Diagnosis:
-        from .debugkeys import PROBE_KEYS
-
         m = self.monitor
         quiet_since = round(m.last_output - m.t0, 3) if m.line_count or m._partial else 0.0
         diag = Diagnosis(method="none", stage=m.stage, quiet_since=quiet_since)
         if self._last is not None and self._last.quiet_since == quiet_since and self._last.stage == m.stage:
             diag.earlier = self._last.samples
         self._last = diag
+        abort, self.console.abort = self.console.abort, None  # a failed boot's console still answers here
+        last_output = m.last_output
+        try:
+            self._probe(diag, keys, samples, enough)
+        except (OSError, pexpect.EOF):  # the machine went away meanwhile: the caller's next read says how
+            pass
+        finally:
+            self.console.abort = abort
+            m.last_output = last_output  # what the probe provoked is not the machine's progress
+        return diag
+
+    def _probe(self, diag: Diagnosis, keys: str, samples: int, enough) -> None:
+        from .debugkeys import PROBE_KEYS
+
+        m = self.monitor
         if self.qemu is not None:
             diag.samples = self._sample(samples)
             diag.method = "qmp"
             if enough is not None and enough(diag):
-                return diag
-        if self.hypervisor:
+                return
+        # Keys go to whoever reads the console: while firmware does (UEFI stops its countdown for any key),
+        # Xen is not asked.
+        if self.hypervisor and ("firmware" not in m.reached or "xen-banner" in m.reached):
             diag.method = "debug-keys+qmp" if diag.samples else "debug-keys"
             self._ask_xen(diag, keys or PROBE_KEYS, enough)
-        return diag
 
     def _sample(self, count: int) -> list[list[VcpuSample]]:
         samples = []
@@ -238,6 +247,10 @@ class Prober:
         diag.xen_answered = self._switch_to(None)
         if not diag.xen_answered:
             return
+        if not m.ring_dumps:  # the dumps would wrap Xen's console ring, which the checks read later ('w')
+            self._send(RING_KEY)
+            self._read_for(KEY_DEADLINE_S, until=lambda: m.ring_dumps > 0)
+            before = m.line_count
         for key in keys:
             self._send(key.encode())
             self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
@@ -268,10 +281,6 @@ class Prober:
 
     def _read_for(self, seconds: float, quiet: float | None = None, until=None) -> bool:
         """Read the console for up to `seconds`: until `until()` (then True), or `quiet` seconds without output."""
-        import time
-
-        import pexpect
-
         end = time.monotonic() + seconds
         last = time.monotonic()
         while (now := time.monotonic()) < end:

@@ -25,7 +25,7 @@ from labgrid.factory import target_factory
 from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
-from ..diagnose import WHERE_REQUESTED, Diagnosis, Prober, Symbolizer, decide
+from ..diagnose import RING_KEY, SWITCH_INPUT, WHERE_REQUESTED, Diagnosis, Prober, Symbolizer, decide
 from ..monitor import EVIDENCE_BEFORE, SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
 from ..plan.uboot import UBootCommand
 from ..targets import Deadlines, GuestSpec
@@ -47,8 +47,6 @@ class Status(enum.Enum):
 # What a quiet dom0 command can end the boot with: a busy command may look like a spin, never like these.
 COMMAND_CONCLUSIVE = frozenset({"xen-hung", "events-undelivered"})
 
-SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
-DUMP_RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/char/console.c)
 
 
 @target_factory.reg_driver
@@ -174,7 +172,7 @@ class XenStrategy(Strategy):
         back = self.focused
         self._give_input(None, "Xen")
         dumps = self.monitor.ring_dumps
-        self.console.write(DUMP_RING_KEY)
+        self.console.write(RING_KEY)
         self.wait_until(lambda: self.monitor.ring_dumps > dumps, "Xen's console ring dump ('w')")
         if back is not None:
             self._give_input(back.domid, f"{back.name} (DOM{back.domid})")
@@ -191,13 +189,19 @@ class XenStrategy(Strategy):
         # The monitor consumed that prompt: ask for a fresh one for the ShellDriver, which would
         # otherwise wait its await_login_timeout of silence before asking itself.
         self.console.write(b"\n")
+        # dom0 quiet while its shell is taken: asked where it is, as while it runs a command
+        self.console.quiet = self.command_watch() if guest.domid == 0 else None
         try:
             self.target.activate(self.shell(guest.name))  # deactivates the other guests' shells
         except (pexpect.TIMEOUT, pexpect.EOF) as exc:  # the guest died or froze after its prompt
+            if self.monitor.failure is not None:  # a probe found why
+                raise BootFailure(self.monitor.conclude()) from None
             if isinstance(exc, pexpect.EOF) or (self.machine is not None and not self.machine.running()):
                 raise BootFailure(self.machine_stopped()) from None
             self.monitor.hang(f"{guest.name}'s shell did not answer after its prompt", "shell-unanswered")
             raise BootFailure(self.monitor.conclude()) from None
+        finally:
+            self.console.quiet = None
         self.focused = guest
 
     def _power_on(self) -> None:
@@ -363,6 +367,9 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
         if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or due):
             WHERE_REQUESTED.clear()
             probes += 1
+            if powered and not powered():  # a board without power answers nothing: that is no hang
+                monitor.exited(MachineExit(seen="its power went off"))
+                raise BootFailure(monitor.conclude())
             before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
             diagnosis = probe()
             next_probe = monitor.clock() + deadlines.probe
