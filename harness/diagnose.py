@@ -9,10 +9,11 @@ for the deadline as before, and the hung verdict carries the diagnosis.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pexpect
 
@@ -128,6 +129,7 @@ def parse_qemu_registers(text: str, t: float = 0.0) -> list[VcpuSample]:
 
 QEMU_SAMPLES = 3  # `info registers -a` samples: enough to tell a spin from progress
 QEMU_SAMPLE_GAP_S = 0.2
+QEMU_ANSWER_S = 5.0  # QEMU's monitor answers in milliseconds once its console is read
 SWITCH_ANSWER_S = 2.5  # Xen prints "*** Serial input to …" from its interrupt handler: at once when alive,
 # within a second when its pCPU's thread is starved on a loaded host
 KEY_QUIET_S = 0.4  # a dump is over when Xen has printed nothing more for this long
@@ -185,6 +187,7 @@ class Prober:
         self.guests = guests  # domains on Xen's serial input round, besides Xen
         self.count = 0
         self._last: Diagnosis | None = None  # the last probe (a spin is believed when two probes see it)
+        self._asking: threading.Thread | None = None  # the question to QEMU's monitor in flight
 
     def probe(self, keys: str = "", samples: int = QEMU_SAMPLES, enough=None) -> Diagnosis:
         """One look at the machine: `samples` of QEMU's vCPUs, then `keys` pressed (default: all of PROBE_KEYS).
@@ -228,14 +231,29 @@ class Prober:
         for i in range(count):
             if i:
                 self._read_for(QEMU_SAMPLE_GAP_S)  # keep the console drained meanwhile
-            try:
-                text = self.qemu("info registers -a")
-            except Exception:  # noqa: BLE001 (QEMU went away: the caller learns it from the console)
+            text = self._ask_qemu("info registers -a")
+            if text is None:
                 break
             t = round(self.monitor.now(), 3)
             samples.append([VcpuSample(s.cpu, s.pc, s.el, s.mode, t, self.symbolizer.name(s.pc, s.el))
                             for s in parse_qemu_registers(text, t)])
         return samples
+
+    def _ask_qemu(self, command: str) -> str | None:
+        """QEMU's answer, read while the console is drained: a vCPU blocked writing to a full console holds the
+        lock QEMU's monitor needs, so an answer awaited without reading would never come. None: no answer."""
+        if self._asking is not None and self._asking.is_alive():
+            return None  # an earlier question is still out: a second one would read its answer
+        answer: list[str | None] = [None]
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):  # QEMU went away: the caller learns it from the console
+                answer[0] = self.qemu(command)
+
+        self._asking = worker = threading.Thread(target=ask, name="qemu-monitor", daemon=True)
+        worker.start()
+        self._read_for(QEMU_ANSWER_S, until=lambda: not worker.is_alive())
+        return answer[0]
 
     def _ask_xen(self, diag: Diagnosis, keys: str, enough) -> None:
         """Give Xen the serial input, press `keys` (until `enough(diag)`), reading each dump into `diag`, and give
@@ -254,11 +272,18 @@ class Prober:
         for key in keys:
             self._send(key.encode())
             self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
-            diag.dump = parse(ln.text for ln in m.lines[max(0, before - m._dropped):] if ln.source == "xen")
+            diag.dump = self._named(parse(ln.text for ln in m.lines[max(0, before - m._dropped):]
+                                          if ln.source == "xen"))
             if enough is not None and enough(diag):
                 break
         self._switch_to(back)
         diag.dumps = self._save(diag.dump.lines)
+
+    def _named(self, dump: DebugDump) -> DebugDump:
+        """The dump with its guests' PCs named from the booted kernel's symbols (Xen names only its own)."""
+        dump.registers = [r if r.symbol or r.domain is None else replace(r, symbol=self.symbolizer.name(r.pc, r.el))
+                          for r in dump.registers]
+        return dump
 
     def _switch_to(self, domid: int | None) -> bool:
         for _ in range(self.guests + 2):
@@ -378,12 +403,11 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
         return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no '*** Serial input' "
                                     f"line): Xen is hung: {where}")
     if hypervisor and "xen-handover" in reached and "dom0-loading" in reached and "dom0" not in sources:
-        running = [s for s in latest if s.el in (0, 1)]
-        guest_regs = [r for r in (dump.registers if dump else []) if r.domain == 0 and r.el in (0, 1)]
-        vcpus = [v for v in (dump.vcpus if dump else []) if v.domain == 0]
-        if running or guest_regs or (vcpus and not all(v.blocked for v in vcpus)):
-            where = _where(running) if running else "; ".join(f"{r.who} pc {r.pc:#x}" for r in guest_regs) or \
-                "dom0's vCPUs are not blocked"
+        # dom0's kernel proper, named from its own symbols: a 32-bit zImage unpacks itself first, in silence
+        running = [s for s in latest if s.el in (0, 1) and s.symbol]
+        guest_regs = [r for r in (dump.registers if dump else []) if r.domain == 0 and r.el in (0, 1) and r.symbol]
+        if running or guest_regs:
+            where = _where(running) if running else "; ".join(f"{r.who} pc {r.pc:#x} {r.symbol}" for r in guest_regs)
             return conclude("dom0-console-silent", "dom0 is running but has printed nothing since Xen handed over: "
                                                    f"its console is not Xen's (console=hvc0): {where}")
     if dump is not None and "dom0" in sources:

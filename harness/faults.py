@@ -49,7 +49,7 @@ FAULTS = (
     Fault("dom0-console-not-hvc0",
           Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*(earlycon|panic)=\S+", _ttyama0, c),
                  deadlines=SHORT_HANG),
-          Verdict.HUNG, "xen-handover", "dom0-console-silent", "init memory"),  # Xen's last words: "Freed …"
+          Verdict.HUNG, "xen-handover", "dom0-console-silent"),
     Fault("wrong-dtuart", Tweaks(xen_args="dtuart=/pl011@9001000", deadlines=SHORT_HANG),
           Verdict.HUNG, "power-on", "xen-console-silent"),
     Fault("no-virtualization",

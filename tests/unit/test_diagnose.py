@@ -67,8 +67,13 @@ def test_xen_hung():
 
 def test_dom0_console_silent():
     assert judged(HANDOVER, samples=samples(IDLE, DOM0)).signature == "dom0-console-silent"
-    guest = Registers("CPU0 guest d0v0", 0, 0, 0, 0xffff800008010000, None, "64-bit EL1h", 1)
+    guest = Registers("CPU0 guest d0v0", 0, 0, 0, 0xffff800008010000, "_stext+0x0/0x10 [linux]", "64-bit EL1h", 1)
     assert judged(HANDOVER, dump=DebugDump("d", [guest]), xen_answered=True).signature == "dom0-console-silent"
+    # a 32-bit zImage unpacking itself (MMU off, no symbol): silent, and healthy
+    unpacking = (1, 0x67a01234, None)
+    assert judged(HANDOVER, samples=samples(IDLE, unpacking, step=0x100)).signature is None
+    unnamed = Registers("CPU0 guest d0v0", 0, 0, 0, 0x67a01234, None, "32-bit Guest SVC", 1)
+    assert judged(HANDOVER, dump=DebugDump("d", [unnamed]), xen_answered=True).signature is None
     assert judged(DOM0_TALKS, samples=samples(IDLE, DOM0, step=0x100)).signature is None  # dom0 printed: slow
     assert judged(HANDOVER, samples=samples(IDLE, IDLE)).signature is None  # dom0 not running: no proof
 
