@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import pexpect
 
-from .debugkeys import DebugDump, Registers
+from .debugkeys import PROBE_KEYS, DebugDump, Registers, parse
+from .monitor import SERIAL_INPUT
 from .xenlog import EVENT_PPI
 
 
@@ -30,7 +31,7 @@ class VcpuSample:
     el: int | None  # exception level: 2 Xen, 1 a guest's kernel, 0 user space (None: unknown)
     mode: str  # QEMU's word for it: "EL2h", "EL1h", "hyp32", "svc32", …
     t: float = 0.0  # seconds since power-on
-    symbol: str | None = None  # "idle_loop+0x128/0x140 [xen]", "default_idle_call+0x3c/0x1d0 [dom0]"
+    symbol: str | None = None  # "domain.c#idle_loop+0x124/0x140 [xen]", "default_idle_call+0x3c/0x1d0 [linux]"
 
     def to_dict(self) -> dict:
         return {"cpu": self.cpu, "pc": f"{self.pc:#x}", "el": self.el, "mode": self.mode, "t": self.t,
@@ -64,8 +65,6 @@ class Diagnosis:
     @property
     def complete(self) -> bool:
         """Xen answered every debug key of PROBE_KEYS."""
-        from .debugkeys import PROBE_KEYS
-
         return self.dump is not None and set(PROBE_KEYS) <= set(self.dump.keys)
 
     def latest(self) -> list[VcpuSample]:
@@ -173,7 +172,7 @@ class Prober:
     """Asks a quiet machine where it is, without ending the boot: QEMU's vCPUs, then Xen's debug keys.
 
     `console` is a ConsoleTap whose reads feed `monitor`; `qemu(command)` runs a QEMU human-monitor
-    command (None on a board); `give_back()` returns Xen's serial input to the guest that had it.
+    command (None on a board); `guests` is how many domains share Xen's serial input with it.
     """
 
     def __init__(self, console, monitor, qemu=None, hypervisor: bool = True, symbolizer: Symbolizer | None = None,
@@ -184,7 +183,7 @@ class Prober:
         self.hypervisor = hypervisor
         self.symbolizer = symbolizer or Symbolizer()
         self.artifacts = artifacts  # where dumps are saved (None: kept in memory only)
-        self.guests = guests  # domains on Xen's serial input round, besides Xen
+        self.guests = guests
         self.count = 0
         self._last: Diagnosis | None = None  # the last probe (a spin is believed when two probes see it)
         self._asking: threading.Thread | None = None  # the question to QEMU's monitor in flight
@@ -212,8 +211,6 @@ class Prober:
         return diag
 
     def _probe(self, diag: Diagnosis, keys: str, samples: int, enough) -> None:
-        from .debugkeys import PROBE_KEYS
-
         m = self.monitor
         if self.qemu is not None:
             diag.samples = self._sample(samples)
@@ -258,8 +255,6 @@ class Prober:
     def _ask_xen(self, diag: Diagnosis, keys: str, enough) -> None:
         """Give Xen the serial input, press `keys` (until `enough(diag)`), reading each dump into `diag`, and give
         the input back to whoever had it."""
-        from .debugkeys import parse
-
         m = self.monitor
         back, before = m.focus, m.line_count
         diag.xen_answered = self._switch_to(None)
@@ -296,8 +291,6 @@ class Prober:
         return self.monitor.focus == domid
 
     def _switched(self, after: int) -> bool:
-        from .monitor import SERIAL_INPUT
-
         m = self.monitor
         return any(ln.source == "xen" and SERIAL_INPUT.match(ln.text) for ln in m.lines[max(0, after - m._dropped):])
 

@@ -249,7 +249,11 @@ class XenStrategy(Strategy):
         return QuietWatch(due, act)
 
     def _qemu_command(self, command: str) -> str:
-        return self.machine.monitor_command("human-monitor-command", {"command-line": command})
+        """A QEMU human-monitor command, on QMP directly: the prober asks from a thread, and labgrid's step
+        stack (monitor_command is a step) belongs to the thread reading the console."""
+        if not self.machine.status:
+            raise StrategyError("QEMU is not running")
+        return self.machine.qmp.execute("human-monitor-command", {"command-line": command})
 
     def probe(self) -> Diagnosis:
         """Ask the machine where it is (QEMU's vCPUs, Xen's debug keys) and say what that means; the boot goes on."""
