@@ -23,7 +23,9 @@ KEYS: dict[str, str] = {
     "e": "event channels (pending, masked)",
     "g": "grant table usage",
 }
-PROBE_KEYS = "d0qreg"
+# The order they are pressed in: what the conclusive patterns read comes first ('q' and 'e': dom0 blocked
+# with an event pending), so that a probe can stop early; the rest for the record.
+PROBE_KEYS = "dqe0rg"
 
 
 @dataclass(frozen=True)
