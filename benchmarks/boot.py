@@ -33,14 +33,16 @@ from harness.monitor import BootFailure  # noqa: E402
 PROMPT = b"dom0# "
 
 
-def harness_boot(spec, workdir: Path) -> tuple[float, float, list[str]]:
-    """(QEMU start to prompt, boot() call to prompt, the raw QEMU command line to replay)."""
+def harness_boot(spec, workdir: Path) -> tuple[float, float, list[str] | None]:
+    """(power-on to prompt, boot() call to prompt, the raw QEMU command line to replay; None for a board)."""
     session = BootSession(spec, workdir)
     started = time.monotonic()
     try:
         session.boot()
         wall = time.monotonic() - started
-        qemu = session.env.get_target("main").get_driver("XenQEMUDriver", activate=False)
+        qemu = session.strategy.machine
+        if qemu is None:  # a board: no QEMU command line to replay
+            return session.result.milestones["dom0:shell"], wall, None
         # The same machine, files and options, minus labgrid's QMP and socket console: serial on stdio.
         raw = [*qemu.get_qemu_base_args(), *qemu.loader_args]
         return session.result.milestones["dom0:shell"], wall, raw
@@ -112,13 +114,17 @@ def main() -> int:
             to_prompt, wall, command = harness_boot(spec, work / f"good-{i}")
             harness_prompt.append(to_prompt)
             harness_wall.append(wall)
-            raw_times.append(raw_qemu_boot(command))
+            if command is not None:
+                raw_times.append(raw_qemu_boot(command))
         print(f"good boot on {spec.name}, {args.repeat} runs (median, min, max in seconds)")
         for label, values in (
             ("harness: QEMU start -> dom0 prompt", harness_prompt),
             ("harness: boot() call -> dom0 prompt", harness_wall),
             ("raw QEMU: start -> dom0 prompt", raw_times),
         ):
+            if not values:
+                print(f"  {label:40}    n/a (a board: no QEMU command line to replay)")
+                continue
             print(f"  {label:40} {statistics.median(values):6.2f} {min(values):6.2f} {max(values):6.2f}")
 
         if args.no_faults:

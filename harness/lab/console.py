@@ -75,15 +75,19 @@ class ConsoleTap:
             except pexpect.TIMEOUT:
                 if time.monotonic() >= end:
                     raise
-            self.quiet, self._kept = None, bytearray()  # the act reads this console itself
-            try:
-                watch.act()
-            finally:
-                self.quiet, self._pending[:0], self._kept = watch, self._kept, None
-            if self.abort and self.abort():
-                raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
+            self._act(watch)
             if self._pending:
                 return self._read(timeout=0, max_size=limit)
+
+    def _act(self, watch: QuietWatch) -> None:
+        """Let the QuietWatch act; what it reads goes to the next reader. EOF when it found the boot failed."""
+        self.quiet, self._kept = None, bytearray()  # the act reads this console itself
+        try:
+            watch.act()
+        finally:
+            self.quiet, self._pending[:0], self._kept = watch, self._kept, None
+        if self.abort and self.abort():
+            raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
 
     def _tapped(self, data: bytes) -> bytes:
         for listener in self.listeners:
@@ -100,13 +104,20 @@ class ConsoleTap:
         return len(data)
 
     def _await_echo(self, count: int) -> None:
-        """Wait until the console printed `count` more bytes (the echo), keeping them for _read."""
+        """Wait until the console printed `count` more bytes (the echo), keeping them for _read; a guest that
+        echoes nothing for long enough is asked where it is (QuietWatch), as a reader would."""
         deadline = time.monotonic() + ECHO_WAIT_S
         received = 0
         while received < count and (remaining := deadline - time.monotonic()) > 0:
+            watch = self.quiet
             try:
-                data = self._tapped(self._receive_raw(READ_LIMIT, remaining))
-            except (pexpect.TIMEOUT, pexpect.EOF):
+                data = self._tapped(self._receive_raw(READ_LIMIT, remaining if watch is None
+                                                      else max(0.0, min(remaining, watch.due()))))
+            except pexpect.TIMEOUT:
+                if watch is not None and watch.due() <= 0:
+                    self._act(watch)
+                continue
+            except pexpect.EOF:
                 return  # the next _read reports a closed console
             self._pending += data
             received += len(data)
