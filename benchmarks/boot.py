@@ -118,7 +118,7 @@ def main() -> int:
                 raw_times.append(raw_qemu_boot(command))
         print(f"good boot on {spec.name}, {args.repeat} runs (median, min, max in seconds)")
         for label, values in (
-            ("harness: QEMU start -> dom0 prompt", harness_prompt),
+            ("harness: power-on -> dom0 prompt", harness_prompt),
             ("harness: boot() call -> dom0 prompt", harness_wall),
             ("raw QEMU: start -> dom0 prompt", raw_times),
         ):
