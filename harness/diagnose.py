@@ -136,8 +136,11 @@ KEY_DEADLINE_S = 3.0  # longest wait for one key's dump
 SWITCH_INPUT = b"\x01\x01\x01"  # Ctrl-a three times: Xen moves its serial input to the next domain
 RING_KEY = b"w"  # Xen's debug key: print the console ring (xen/drivers/char/console.c)
 
-# Where an idle CPU waits: never "stuck" there, whatever the samples say.
+# Where a healthy CPU waits: idle, a delay loop, a lock whose holder's thread the host has descheduled.
+# Never "stuck" there, whatever the samples say (a real deadlock there waits for the deadline, described).
 IDLE = re.compile(r"idle_loop|cpu_do_idle|default_idle_call|arch_cpu_idle|do_idle|cpu_idle_poll|wfi")
+WAITING = re.compile(f"{IDLE.pattern}|delay|arch_counter_get_cnt|arch_timer_read|spin_lock|queued_spin|rwlock"
+                     r"|read_lock|write_lock")
 
 
 class Symbolizer:
@@ -261,8 +264,8 @@ class Prober:
         if not diag.xen_answered:
             return
         if not m.ring_dumps:  # the dumps would wrap Xen's console ring, which the checks read later ('w')
-            self._send(RING_KEY)
-            self._read_for(KEY_DEADLINE_S, until=lambda: m.ring_dumps > 0)
+            self._send(RING_KEY)  # from a tasklet: a pCPU that never lets tasklets run never answers it
+            self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S, until=lambda: m.ring_dumps > 0)
             before = m.line_count
         for key in keys:
             self._send(key.encode())
@@ -344,7 +347,7 @@ def _spinning(samples: list[list[VcpuSample]]) -> list[VcpuSample]:
             continue
         func = {_function(s) for s in mine}
         span = max(s.pc for s in mine) - min(s.pc for s in mine)
-        if len(func) == 1 and "" not in func and span <= SPIN_BYTES and not IDLE.search(mine[-1].symbol or ""):
+        if len(func) == 1 and "" not in func and span <= SPIN_BYTES and not WAITING.search(mine[-1].symbol or ""):
             found.append(mine[-1])
     return found
 
@@ -415,9 +418,12 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
                             f"the event channel interrupt does not reach dom0: its vCPUs are all blocked waiting for "
                             f"an event while {ports} is pending and their upcall is raised ({raised}; dom0 is "
                             f"listening elsewhere)")
-    # A spin seen by two probes of one quiet spell: under TCG on a loaded host, a vCPU waits on a lock for a
-    # second whenever its holder's thread is descheduled, and that is no hang.
+    # A spin seen twice: by two probes of one quiet spell, or by QEMU and then by Xen's own 'd' dump (which a
+    # CPU spinning with its interrupts off never answers). Under TCG on a loaded host a vCPU waits on a lock
+    # for a second whenever its holder's thread is descheduled, and that is no hang.
     before = {(s.cpu, _function(s)) for s in _spinning(diag.earlier)}
+    before |= {(r.cpu, (r.symbol or "").split("+")[0]) for r in (dump.registers if dump else [])
+               if r.cpu is not None and r.symbol and r.who.startswith("CPU")}
     confirmed = [s for s in spinning if (s.cpu, _function(s)) in before]
     if confirmed:
         return conclude("cpu-spinning", "a CPU spins in one place: " + _where(confirmed))

@@ -64,11 +64,15 @@ FAULTS = (
 )
 
 # Xen built with the harness's fault hooks (images/patches/xen-harness-faults.patch), one chosen on its command
-# line: CPU0 spinning with its interrupts off while Xen builds dom0; dom0's device tree naming an event PPI
-# that Xen never raises. Targets with the `xen-fault-hooks` capability (arm64: the builder's arch).
+# line: CPU0 spinning while Xen builds dom0, with its interrupts off (Xen deaf) or on (Xen answers from its
+# interrupt handler); dom0's device tree naming an event PPI that Xen never raises. Targets with the
+# `xen-fault-hooks` capability (arm64: the builder's arch).
 XEN_HOOK_FAULTS = (
     Fault("xen-spins", Tweaks(xen_args="harness-fault=xen-spins", xen_patches=XEN_FAULT_HOOKS, deadlines=SHORT_HANG),
           Verdict.HUNG, "dom0-loading", "xen-hung"),
+    Fault("xen-spins-irqs-on",
+          Tweaks(xen_args="harness-fault=xen-spins-irqs-on", xen_patches=XEN_FAULT_HOOKS, deadlines=SHORT_HANG),
+          Verdict.HUNG, "dom0-loading", "cpu-spinning"),
     Fault("event-ppi-unwired",
           Tweaks(xen_args="harness-fault=event-ppi-unwired", xen_patches=XEN_FAULT_HOOKS, deadlines=SHORT_HANG),
           Verdict.HUNG, "dom0:shell", "events-undelivered"),

@@ -108,3 +108,19 @@ def test_a_cpu_spinning():
     assert judged(DOM0_TALKS, samples=idle, earlier=idle).signature is None  # idle is not stuck
     lock = samples(IDLE, (2, 0x220a38, "_spin_lock_irq+0x48/0x64 [xen]"))
     assert judged(DOM0_TALKS, samples=lock, xen_answered=True).signature is None  # the false red once seen
+
+
+def test_a_spin_confirmed_by_xens_own_dump():
+    """QEMU saw CPU0 spin, then Xen's 'd' dump (answered from its interrupt handler) found it in the same
+    function: seen twice, a spin. A CPU that waits on a lock, or found elsewhere by the dump, is no proof."""
+    spin = (2, 0x2aeab4, "domain_build.c#harness_fault_spin+0x4/0x10 [xen]")
+    there = Registers("CPU0 host", 0, None, None, 0x2aeab4, "domain_build.c#harness_fault_spin+0x4/0x10", "EL2h", 2)
+    found = judged(XEN_BOOT, samples=samples(spin, IDLE), dump=DebugDump("d", [there]), xen_answered=True)
+    assert found.signature == "cpu-spinning" and "harness_fault_spin" in found.conclusion
+    moved = Registers("CPU0 host", 0, None, None, 0x2b0000, "setup.c#start_xen+0x10/0x900", "EL2h", 2)
+    assert judged(XEN_BOOT, samples=samples(spin, IDLE), dump=DebugDump("d", [moved]),
+                  xen_answered=True).signature is None
+    lock = (2, 0x220a38, "_spin_lock_irq+0x48/0x64 [xen]")
+    held = Registers("CPU0 host", 0, None, None, 0x220a38, "_spin_lock_irq+0x48/0x64", "EL2h", 2)
+    assert judged(XEN_BOOT, samples=samples(lock, IDLE), dump=DebugDump("d", [held]),
+                  xen_answered=True).signature is None
