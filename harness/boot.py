@@ -328,7 +328,6 @@ class BootSession:
                     strategy.diagnosis = diagnose.decide(found, strategy.monitor)
                 else:
                     strategy.diagnosis.dumps += found.dumps
-        self.result.diagnosis = strategy.diagnosis
 
     def close(self) -> BootResult:
         """Power off, release labgrid, decide the verdict and write result.json (once)."""
@@ -342,7 +341,7 @@ class BootSession:
             self.result.record_failure(monitor.conclude())  # seen on the console while no one was waiting
         if self.result.failure is not None or failures(self.result.findings):
             self._last_words()
-        if self.strategy is not None and self.strategy.diagnosis is not None:
+        if self.strategy is not None and self.strategy.diagnosis is not None:  # a probe's, or the last words'
             self.result.diagnosis = self.strategy.diagnosis
         if self._ssh is not None:
             self._ssh.close()
