@@ -110,6 +110,12 @@ QEMU_PSR = re.compile(r"\bPSR=[0-9a-f]+ \S+ (?:\S+ )?(usr32|fiq32|irq32|svc32|mo
 ARM32_EL = {"usr32": 0, "hyp32": 2, "mon32": 3}  # every other mode is a kernel's (EL1)
 
 
+def sample_of(registers: Registers, t: float) -> VcpuSample:
+    """A pCPU as Xen's 'd' dump showed it, as if QEMU had sampled it (a board has no QEMU to ask)."""
+    symbol = f"{registers.symbol} [xen]" if registers.domain is None and registers.symbol else registers.symbol
+    return VcpuSample(registers.cpu, registers.pc, registers.el, registers.mode, t, symbol)
+
+
 def parse_qemu_registers(text: str, t: float = 0.0) -> list[VcpuSample]:
     """Every vCPU's PC and exception level in QEMU's `info registers -a` output."""
     samples = []
@@ -267,15 +273,34 @@ class Prober:
             self._send(RING_KEY)  # from a tasklet: a pCPU that never lets tasklets run never answers it
             self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S, until=lambda: m.ring_dumps > 0)
             before = m.line_count
+        if self.qemu is None and "d" in keys:  # a board: Xen's 'd' dumps are the samples (its PCs, a few times)
+            for _ in range(QEMU_SAMPLES):
+                start = m.line_count
+                self._press("d")
+                diag.samples.append([sample_of(r, round(m.now(), 3)) for r in self._dump_since(start).registers
+                                     if r.cpu is not None and r.who.startswith("CPU")])
+            keys = keys.replace("d", "")
+            diag.dump = self._dump_since(before)
+            if enough is not None and enough(diag):
+                keys = ""
         for key in keys:
-            self._send(key.encode())
-            self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
-            diag.dump = self._named(parse(ln.text for ln in m.lines[max(0, before - m._dropped):]
-                                          if ln.source == "xen"))
+            self._press(key)
+            diag.dump = self._dump_since(before)
             if enough is not None and enough(diag):
                 break
+        diag.dump = self._dump_since(before)
         self._switch_to(back)
         diag.dumps = self._save(diag.dump.lines)
+
+    def _press(self, key: str) -> None:
+        """A debug key, and its dump read until Xen has printed nothing more for a while."""
+        self._send(key.encode())
+        self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
+
+    def _dump_since(self, start: int) -> DebugDump:
+        """What Xen's dumps said since console line `start`, guests' PCs named."""
+        m = self.monitor
+        return self._named(parse(ln.text for ln in m.lines[max(0, start - m._dropped):] if ln.source == "xen"))
 
     def _named(self, dump: DebugDump) -> DebugDump:
         """The dump with its guests' PCs named from the booted kernel's symbols (Xen names only its own)."""

@@ -224,22 +224,27 @@ class XenStrategy(Strategy):
                              len(self.guests))
 
     def command_watch(self) -> QuietWatch | None:
-        """While a dom0 command runs: a console quiet for `deadlines.probe` is probed once per quiet spell, and
-        only what no busy command can look like ends the boot (Xen not answering; dom0 blocked on an event that
-        never arrives). None when there is nothing to ask (no probe deadline, or no Xen)."""
+        """While a dom0 command runs: a console quiet for `deadlines.probe` is probed, again after as long again,
+        up to PROBES_PER_SPELL times in one quiet spell, and only what no busy command can look like ends the
+        boot (Xen not answering; dom0 blocked on an event that never arrives). None when there is nothing to
+        ask (no probe deadline, or no Xen)."""
         if not self.deadlines.probe or not self.hypervisor:
             return None
-        monitor, probed = self.monitor, [None]
+        monitor = self.monitor
+        spell = {"output": None, "probes": 0, "after": 0.0}  # the quiet spell, its probes, when the next may be
 
         def due() -> float:
-            if probed[0] == monitor.last_output:
+            if spell["output"] != monitor.last_output:
+                spell.update(output=monitor.last_output, probes=0, after=0.0)
+            if spell["probes"] >= PROBES_PER_SPELL:
                 return float("inf")
-            return self.deadlines.probe - (monitor.clock() - monitor.last_output)
+            return max(self.deadlines.probe - (monitor.clock() - monitor.last_output), spell["after"] - monitor.clock())
 
         def act() -> None:
-            probed[0] = monitor.last_output
+            spell["probes"] += 1
             before = monitor.lines[-EVIDENCE_BEFORE:]
             diag = self.probe()
+            spell["after"] = monitor.clock() + self.deadlines.probe
             if diag.signature not in COMMAND_CONCLUSIVE:
                 diag.signature = None  # described, not concluded
             elif not monitor.failure:
