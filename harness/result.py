@@ -46,7 +46,8 @@ FIELDS: dict[str, str] = {
     "error": "a lab or input problem that stopped the boot, as one sentence ('' when none)",
     "timings": "wall seconds of the harness's steps: {boot, probe}",
     "diagnosis": "where a quiet or failed machine was, when the harness asked: {method, stage, conclusion, "
-                 "signature, vcpus: [QEMU's latest {cpu, pc, el, mode, t, symbol}], samples, xen_answered, "
+                 "signature, vcpus: [each vCPU's latest {cpu, pc, el, mode, t, symbol}, from QEMU or, on a board, "
+                 "Xen's 'd' dump], samples, xen_answered, "
                  "xen_registers: [{who, cpu, pc, el, symbol}], dumps: [debug-key dump files, relative to artifacts], "
                  "quiet_since, seconds_from_quiet}; null when it did not ask",
 }
