@@ -7,6 +7,7 @@ each stage adds to it; it is written as result.json beside the console log and t
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import labgrid
 from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, xenlog
+from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, symbols, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding, failures
 from .images import IMAGES_DIR, Artifact, Images
@@ -365,14 +366,8 @@ class BootSession:
 
 def symbol_sources(arts: Mapping[str, Artifact]) -> dict:
     """How to read the symbol tables of the Xen and the kernel that boot (on first use: see diagnose.Symbolizer)."""
-
-    def read(artifact: Artifact, kind: str):
-        from . import symbols
-
-        return symbols.table_for(artifact.path, kind, sha256=artifact.sha256)
-
-    return {kind: (lambda a=arts[name], k=kind: read(a, k)) for kind, name in (("xen", "xen"), ("linux", "kernel"))
-            if name in arts}
+    return {kind: functools.partial(symbols.table_for, arts[name].path, kind, sha256=arts[name].sha256)
+            for kind, name in (("xen", "xen"), ("linux", "kernel")) if name in arts}
 
 
 def read_board_dtb(spec: TargetSpec, images: Images, fetched: Mapping[str, Artifact]) -> bytes:

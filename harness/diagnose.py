@@ -10,6 +10,7 @@ for the deadline as before, and the hung verdict carries the diagnosis.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field, replace
 import pexpect
 
 from .debugkeys import PROBE_KEYS, DebugDump, Registers, parse
-from .monitor import SERIAL_INPUT
 from .xenlog import EVENT_PPI
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,6 @@ class Symbolizer:
 
     def __init__(self, tables: dict | None = None) -> None:
         self.tables = dict(tables or {})
-        self.problems: list[str] = []  # tables that could not be read, in one sentence each
 
     def table(self, kind: str):
         table = self.tables.get(kind)
@@ -165,7 +166,7 @@ class Symbolizer:
             try:
                 table = table()
             except Exception as exc:  # noqa: BLE001 (no symbols is a weaker diagnosis, not a failure)
-                self.problems.append(f"no {kind} symbols: {exc}")
+                log.warning("PCs go unnamed: no %s symbols (%s)", kind, exc)
                 table = None
             self.tables[kind] = table
         return table
@@ -203,7 +204,7 @@ class Prober:
         With `enough(diagnosis)`, asking stops as soon as it finds what was learnt conclusive (the whole dump
         is then taken after the verdict: a verdict within seconds of quiet)."""
         m = self.monitor
-        quiet_since = round(m.last_output - m.t0, 3) if m.line_count or m._partial else 0.0
+        quiet_since = round(m.last_output - m.t0, 3)  # 0.0 when nothing was printed: last_output starts at t0
         diag = Diagnosis(method="none", stage=m.stage, quiet_since=quiet_since)
         if self._last is not None and self._last.quiet_since == quiet_since and self._last.stage == m.stage:
             diag.earlier = self._last.samples
@@ -299,8 +300,7 @@ class Prober:
 
     def _dump_since(self, start: int) -> DebugDump:
         """What Xen's dumps said since console line `start`, guests' PCs named."""
-        m = self.monitor
-        return self._named(parse(ln.text for ln in m.lines[max(0, start - m._dropped):] if ln.source == "xen"))
+        return self._named(parse(ln.text for ln in self.monitor.since(start) if ln.source == "xen"))
 
     def _named(self, dump: DebugDump) -> DebugDump:
         """The dump with its guests' PCs named from the booted kernel's symbols (Xen names only its own)."""
@@ -314,13 +314,9 @@ class Prober:
                 return True
             seen = self.monitor.line_count
             self._send(SWITCH_INPUT)
-            if not self._read_for(SWITCH_ANSWER_S, until=lambda s=seen: self._switched(s)):
+            if not self._read_for(SWITCH_ANSWER_S, until=lambda s=seen: self.monitor.input_moved_since(s)):
                 return False
         return self.monitor.focus == domid
-
-    def _switched(self, after: int) -> bool:
-        m = self.monitor
-        return any(ln.source == "xen" and SERIAL_INPUT.match(ln.text) for ln in m.lines[max(0, after - m._dropped):])
 
     def _send(self, data: bytes) -> None:
         self.console._send_raw(data)  # not paced by its echo: Xen echoes no key, and a dead Xen none at all

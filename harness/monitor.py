@@ -485,6 +485,14 @@ class ConsoleMonitor:
         after = self.line_count - 1 - self._failure_index
         return after >= EVIDENCE_AFTER or self.clock() - self._failure_at >= EVIDENCE_WINDOW_S
 
+    def since(self, start: int) -> list[Line]:
+        """The lines kept from line index `start` (a `line_count` taken earlier) on."""
+        return self._kept(start)
+
+    def input_moved_since(self, start: int) -> bool:
+        """Xen has said where its serial input went ("*** Serial input to …") since line index `start`."""
+        return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self._kept(start))
+
     def _kept(self, start: int, stop: int | None = None) -> list[Line]:
         """Lines by index among all seen: those still kept."""
         return self.lines[max(0, start - self._dropped) : None if stop is None else max(0, stop - self._dropped)]

@@ -26,14 +26,14 @@ from labgrid.step import step
 from labgrid.strategy import Strategy, StrategyError
 
 from ..diagnose import RING_KEY, SWITCH_INPUT, WHERE_REQUESTED, Diagnosis, Prober, Symbolizer, decide
-from ..monitor import EVIDENCE_BEFORE, SERIAL_INPUT, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
+from ..monitor import EVIDENCE_BEFORE, BootFailure, ConsoleMonitor, Failure, MachineExit, Verdict
 from ..plan.uboot import UBootCommand
 from ..targets import Deadlines, GuestSpec
 from .console import ConsoleTap, QuietWatch
 
 POLL_S = 0.2
 POWER_CHECK_S = 3.0  # console silence after which a board's power state is asked (a PDU is slow)
-PROBES_PER_SPELL = 3  # probes of one quiet spell, `deadlines.probe` apart
+PROBES_PER_SPELL = 3  # probes of one quiet spell (QuietSpells)
 
 
 class Status(enum.Enum):
@@ -154,9 +154,10 @@ class XenStrategy(Strategy):
         for _ in range(len(self.guests) + 2):
             if self.monitor.focus == domid:
                 return
-            seen = len(self.monitor.lines)
+            seen = self.monitor.line_count
             self.console.write(SWITCH_INPUT)
-            self.wait_until(functools.partial(self._input_moved, seen), "Xen's '*** Serial input to …' line")
+            self.wait_until(functools.partial(self.monitor.input_moved_since, seen),
+                            "Xen's '*** Serial input to …' line")
         self.monitor.hang(f"Xen never gave its serial input to {name}", "input-switch")
         raise BootFailure(self.monitor.conclude())
 
@@ -176,9 +177,6 @@ class XenStrategy(Strategy):
         self.wait_until(lambda: self.monitor.ring_dumps > dumps, "Xen's console ring dump ('w')")
         if back is not None:
             self._give_input(back.domid, f"{back.name} (DOM{back.domid})")
-
-    def _input_moved(self, after: int) -> bool:
-        return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self.monitor.lines[after:])
 
     def _take_shell(self, guest: GuestSpec) -> None:
         self.wait_for(f"{guest.source}:init")
@@ -224,34 +222,24 @@ class XenStrategy(Strategy):
                              len(self.guests))
 
     def command_watch(self) -> QuietWatch | None:
-        """While a dom0 command runs: a console quiet for `deadlines.probe` is probed, again after as long again,
-        up to PROBES_PER_SPELL times in one quiet spell, and only what no busy command can look like ends the
-        boot (Xen not answering; dom0 blocked on an event that never arrives). None when there is nothing to
-        ask (no probe deadline, or no Xen)."""
+        """While a dom0 command runs: a quiet console is probed on the QuietSpells schedule, and only what no busy
+        command can look like ends the boot (Xen not answering; dom0 blocked on an event that never arrives).
+        None when there is nothing to ask (no probe deadline, or no Xen)."""
         if not self.deadlines.probe or not self.hypervisor:
             return None
-        monitor = self.monitor
-        spell = {"output": None, "probes": 0, "after": 0.0}  # the quiet spell, its probes, when the next may be
-
-        def due() -> float:
-            if spell["output"] != monitor.last_output:
-                spell.update(output=monitor.last_output, probes=0, after=0.0)
-            if spell["probes"] >= PROBES_PER_SPELL:
-                return float("inf")
-            return max(self.deadlines.probe - (monitor.clock() - monitor.last_output), spell["after"] - monitor.clock())
+        monitor, spells = self.monitor, QuietSpells(self.monitor, self.deadlines.probe)
 
         def act() -> None:
-            spell["probes"] += 1
             before = monitor.lines[-EVIDENCE_BEFORE:]
             diag = self.probe()
-            spell["after"] = monitor.clock() + self.deadlines.probe
+            spells.probed()
             if diag.signature not in COMMAND_CONCLUSIVE:
                 diag.signature = None  # described, not concluded
             elif not monitor.failure:
                 monitor.hang(diag.conclusion, diag.signature).evidence = before
                 _concluded(monitor, diag)
 
-        return QuietWatch(due, act)
+        return QuietWatch(spells.due, act)
 
     def _qemu_command(self, command: str) -> str:
         """A QEMU human-monitor command, on QMP directly: the prober asks from a thread, and labgrid's step
@@ -345,15 +333,14 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
     its power (`powered()`, asked every POWER_CHECK_S of silence: a board's console never closes), or
     past the boot deadline: counted from power-on while `booting`, else from this call.
 
-    With `probe`, a console quiet for `deadlines.probe` seconds is asked where it is, again after as long
-    again, up to PROBES_PER_SPELL times in one quiet spell (a slow machine may only have been on its way),
-    and whenever someone asks (WHERE_REQUESTED): a conclusive diagnosis ends the boot at once, any other
-    is carried by the hang verdict should the deadline come.
+    With `probe`, a quiet console is asked where it is on the QuietSpells schedule, and whenever someone
+    asks (WHERE_REQUESTED): a conclusive diagnosis ends the boot at once, any other is carried by the hang
+    verdict should the deadline come.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
     checked = started
-    spell, probes, next_probe = None, 0, 0.0  # the quiet spell (its last output), probes of it, when the next may be
+    spells = QuietSpells(monitor, deadlines.probe, since=started)
     diagnosis = None
     while True:
         if monitor.failure:
@@ -369,19 +356,14 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
             failure = stopped() if stopped else monitor.exited(MachineExit(seen="its console closed"))
             raise BootFailure(failure) from None
         silence = monitor.clock() - max(monitor.last_output, started)
-        if spell != monitor.last_output:
-            spell, probes = monitor.last_output, 0
-        due = (deadlines.probe and silence > deadlines.probe and probes < PROBES_PER_SPELL
-               and monitor.clock() >= next_probe)
-        if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or due):
+        if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or spells.due() <= 0):
             WHERE_REQUESTED.clear()
-            probes += 1
             if powered and not powered():  # a board without power answers nothing: that is no hang
                 monitor.exited(MachineExit(seen="its power went off"))
                 raise BootFailure(monitor.conclude())
             before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
             diagnosis = probe()
-            next_probe = monitor.clock() + deadlines.probe
+            spells.probed()
             if diagnosis.conclusive and not monitor.failure:
                 monitor.hang(diagnosis.conclusion, diagnosis.signature).evidence = before
                 raise BootFailure(_concluded(monitor, diagnosis))
@@ -397,6 +379,32 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
         if monitor.now() - deadline_base > deadlines.boot:
             monitor.hang(f"no {what} within the deadline of {deadlines.boot:.0f} s")
             raise BootFailure(_concluded(monitor, diagnosis))
+
+
+class QuietSpells:
+    """When to ask a quiet console where the machine is: `probe` seconds into a quiet spell (the console's
+    silence since its last output, or since `since` if later), then again `probe` seconds after each probe,
+    up to PROBES_PER_SPELL probes a spell: a slow machine may only have been on its way."""
+
+    def __init__(self, monitor: ConsoleMonitor, probe: float, since: float | None = None) -> None:
+        self.monitor, self.probe, self.since = monitor, probe, since
+        self.output: float | None = None  # the spell: the console's last output before it
+        self.probes, self.after = 0, 0.0  # probes of this spell, and no next one before `after`
+
+    def due(self) -> float:
+        """Seconds until the next probe (<= 0: now; inf: none in this spell, or probing is off)."""
+        m = self.monitor
+        if self.output != m.last_output:
+            self.output, self.probes, self.after = m.last_output, 0, 0.0
+        if not self.probe or self.probes >= PROBES_PER_SPELL:
+            return float("inf")
+        quiet_from = m.last_output if self.since is None else max(m.last_output, self.since)
+        return max(self.probe - (m.clock() - quiet_from), self.after - m.clock())
+
+    def probed(self) -> None:
+        """A probe of this spell just ended."""
+        self.probes += 1
+        self.after = self.monitor.clock() + self.probe
 
 
 def _concluded(monitor: ConsoleMonitor, diagnosis: Diagnosis | None) -> Failure:

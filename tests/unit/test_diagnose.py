@@ -124,3 +124,23 @@ def test_a_spin_confirmed_by_xens_own_dump():
     held = Registers("CPU0 host", 0, None, None, 0x220a38, "_spin_lock_irq+0x48/0x64", "EL2h", 2)
     assert judged(XEN_BOOT, samples=samples(lock, IDLE), dump=DebugDump("d", [held]),
                   xen_answered=True).signature is None
+
+
+def test_quiet_spells_probe_three_times_a_spell_and_start_again_on_output():
+    from harness.lab.strategy import PROBES_PER_SPELL, QuietSpells
+
+    now = [0.0]
+    m = ConsoleMonitor(clock=lambda: now[0])
+    m.start()
+    spells = QuietSpells(m, 1.5)
+    assert spells.due() == 1.5  # nothing yet: 1.5 s of quiet to go
+    for probe in range(1, PROBES_PER_SPELL + 1):
+        now[0] += 2.0
+        assert spells.due() <= 0
+        spells.probed()
+        # the next one as long again after this one; none after the last of the spell
+        assert spells.due() == (1.5 if probe < PROBES_PER_SPELL else float("inf"))
+    m.feed(b"news\n")
+    assert spells.due() == 1.5  # a new spell
+    assert QuietSpells(m, 0).due() == float("inf")  # probing off
+    assert QuietSpells(m, 1.5, since=now[0] + 1.0).due() == 2.5  # a wait that began later counts from its start
