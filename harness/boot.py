@@ -19,7 +19,7 @@ from pathlib import Path
 import labgrid
 from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, symbols, xenlog
+from . import acpidump, checks, diagnose, dom0net, guest, inputs, rootfs, sshguest, symbols, toolstack, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding, failures
 from .images import IMAGES_DIR, Artifact, Images
@@ -135,8 +135,13 @@ class BootSession:
             arts["xen"] = build_xen(self.images.cache, xen_source(), self.spec.arch, config=self.spec.xen_build or {},
                                     patches=patches)
         if "initrd" not in arts:
-            extra = dom0net.extra(self.spec, self.images, arts["kernel"])  # dom0's network and SSH server, if any
+            if self.spec.toolstack is not None:  # what finds dom0's root disk
+                extra = rootfs.loader_extra(self.spec, self.images)
+            else:  # dom0's network and SSH server, if any
+                extra = dom0net.extra(self.spec, self.images, arts["kernel"])
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache, extra=extra)
+        if self.spec.toolstack is not None:
+            arts["rootfs"] = rootfs.dom0_rootfs(self.spec, self.images, arts)
         return arts
 
     def _plan(self, target) -> BootPlan:
@@ -279,9 +284,41 @@ class BootSession:
                                            acpi=acpi)
             if acpi and spec.domid == 0:
                 findings += self._check_acpi_tables()
+        if self.spec.toolstack is not None:
+            findings += self._check_toolstack(claims)
         self.result.findings = findings
         self.result.timings["probe"] = round(time.monotonic() - started, 2)
         return findings
+
+    def _check_toolstack(self, claims: xenlog.XenClaims) -> list[Finding]:
+        """dom0's toolstack at work: xenstore, xl, its disk; then a domU `xl create` starts, probed like any guest,
+        moving data through its PV disk and network (harness/toolstack.py)."""
+        spec, domu = self.spec.toolstack, self.spec.toolstack.domu
+        report = self.result.toolstack = toolstack.ToolstackReport()
+        dom0 = self.shell("dom0")
+        self._guarded(lambda: toolstack.probe_dom0(dom0, report))
+        self._guarded(lambda: toolstack.write_pv_disk(dom0, report))
+        monitor = self.strategy.monitor
+        start = monitor.line_count
+        driver = self._guarded(lambda: self.strategy.attach(domu, f"xl create -c {toolstack.DOMU_CONFIG_PATH}"))
+        report.xl_create = toolstack.xl_lines(line.text for line in monitor.since(start) if line.source == domu.source)
+        shell = guest.GuestShell(driver, domu.name, monitor)
+        view = self.result.views[domu.name] = self._guarded(lambda: guest.probe(shell))
+        if view.fdt:
+            (self.artifacts / f"{domu.name}.dtb").write_bytes(view.fdt)
+        (self.artifacts / f"{domu.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
+        self._guarded(lambda: toolstack.exercise_domu(shell, report))
+        self._guarded(self.strategy.detach)
+        self._guarded(lambda: toolstack.finish_dom0(self.shell("dom0"), report))
+        xen_cmdline = self.result.cmdlines["xen"]
+        return [
+            *checks.check_guest(claims, view, domu.domid, is_32bit=self.spec.arch == "arm32",
+                                event_chip=domu.event_chip, events_fire=True),
+            *toolstack.check(report, claims, cpus=self.spec.cpus,
+                             dom0_vcpus=checks.dom0_vcpus(xen_cmdline, self.spec.cpus),
+                             dom0_memory_mb=toolstack.dom0_memory_mb(xen_cmdline), domu_name=domu.name,
+                             domu_memory_mb=spec.domu_memory_mb),
+        ]
 
     def _check_acpi_tables(self) -> list[Finding]:
         """dom0's ACPI tables against the bindings and against the machine's own."""

@@ -46,7 +46,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                                             spec.name))
     from .boot import BootSession, milestone_title  # the lab, once the arguments are known to be good
     out = sys.stderr if args.json else sys.stdout
-    names = {g.source: g.name for g in spec.guests}
+    names = {g.source: g.name for g in spec.every_guest}
 
     def progress(key: str, line: Line) -> None:
         print(f"  {line.t:7.2f} s  {milestone_title(key, names)}", file=out, flush=True)
@@ -106,7 +106,7 @@ def summary(result, spec) -> str:
     from .boot import milestone_title
     from .validate import dt
 
-    names = {g.source: g.name for g in spec.guests}
+    names = {g.source: g.name for g in spec.every_guest}
     lines = ["", f"{'milestone':34} {'since power-on':>14}"]
     lines += [f"{milestone_title(k, names):34} {t:12.2f} s" for k, t in result.milestones.items()]
     claims = result.claims

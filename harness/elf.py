@@ -255,8 +255,10 @@ def modinfo(data: bytes, name: str = "the module") -> dict[str, str]:
 
 def module(path: str, data: bytes) -> Module:
     info = modinfo(data, path)
-    name = info.get("name") or posixpath.basename(path).removesuffix(".ko").replace("-", "_")
-    depends = tuple(d for d in info.get("depends", "").split(",") if d)
+    # The kernel knows a module by its name with "_" for "-" (xen-privcmd.ko is xen_privcmd); `depends` may
+    # spell it either way.
+    name = (info.get("name") or posixpath.basename(path).removesuffix(".ko")).replace("-", "_")
+    depends = tuple(d.replace("-", "_") for d in info.get("depends", "").split(",") if d)
     return Module(path, name, depends, info.get("vermagic", ""))
 
 

@@ -21,12 +21,13 @@ import re
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
+from . import elf
 from .cache import Cache, full_disk_reported, sha256_bytes, sha256_file
 from .data import data_dir
 from .elf import Node
@@ -258,7 +259,37 @@ class Images:
                 name, package, version, url, sha, size, member.removeprefix("./"), sha256_bytes(data)
             )
             log.info("%s/%s: %s %s", profile, name, package, version)
+        if roots := spec.get("closure"):
+            locked |= self._lock_closure(apt, profile, locked, roots)
         return locked
+
+    def _lock_closure(self, apt: PrivateApt, profile: str, locked: dict[str, LockedArtifact],
+                      roots: list[str]) -> dict[str, LockedArtifact]:
+        """The packages the programs `roots` (artifacts of `profile`) need to run, found from their own ELF
+        dependencies over their packages' dependency closure in the archive, each pinned as an artifact named
+        after the package with the first file of it they need. The rest of the closure (python3 for Debian's
+        scripts, udev, …) is left out: those programs never load it."""
+        programs = {locked[r].package for r in roots}
+        tree: dict[str, Node] = {}
+        owner: dict[str, LockedArtifact] = {}
+        for package in apt.depends_closure(sorted(programs)):
+            version, url, size, sha = apt.resolve(package)
+            pin = LockedArtifact(package, package, version, url, sha, size, "", "")
+            for path, node in read_members(self.fetch_deb(pin), lambda p: not p.startswith("usr/share/")).items():
+                if path not in tree:
+                    tree[path], owner[path] = node, pin
+        try:
+            closure = elf.library_closure([locked[r].file for r in roots], tree)
+        except elf.ElfError as exc:
+            raise InfrastructureError(f"image profile {profile}: {exc}: the archive's dependencies do not give "
+                                      "what the programs load; pin the missing package as an artifact.") from None
+        needed: dict[str, LockedArtifact] = {}
+        for path, node in closure.items():
+            pin = owner[path]
+            if node.link is None and pin.package not in programs and pin.package not in needed:
+                needed[pin.package] = replace(pin, file=path, file_sha256=sha256_bytes(node.data))
+                log.info("%s/%s: %s %s (for %s)", profile, pin.package, pin.package, pin.version, path)
+        return needed
 
     def lock_sources(self, manifest: dict | None = None) -> dict[str, LockedSource]:
         """Resolve the manifest's `sources` to exact files, and fetch them once to prove the pool serves them."""
@@ -377,6 +408,8 @@ def read_members(deb: Path, wanted: Callable[[str], bool]) -> dict[str, Node]:
     for path, member, read in iter_members(deb):
         if member.issym():
             members[path] = Node(member.mode & 0o7777, link=member.linkname)
+        elif member.islnk():  # a hard link within the package (xenstore-read …): as good as a symlink here
+            members[path] = Node(member.mode & 0o7777, link="/" + member.linkname.removeprefix("./"))
         elif member.isfile() and wanted(path):
             members[path] = Node(member.mode & 0o7777, read())
     return members
@@ -470,6 +503,16 @@ class PrivateApt:
         if proc.returncode != 0 or not m:
             raise InfrastructureError(f"apt cannot locate {package} {version}: {proc.stderr.strip()[-300:]}")
         return version, m.group(1), int(m.group(2)), m.group(3)
+
+    def depends_closure(self, packages: list[str]) -> list[str]:
+        """Every package installing `packages` would bring (Depends and Pre-Depends, no Recommends), as apt
+        resolves them against the archive's own metadata: `packages` included."""
+        proc = self._run("apt-get", "install", "--simulate", "--no-install-recommends", *packages)
+        found = re.findall(r"^Inst (\S+) ", proc.stdout, re.M)
+        if proc.returncode != 0 or not found:
+            raise InfrastructureError(f"apt cannot resolve what {', '.join(packages)} ({self.architecture}) depend "
+                                      f"on: {proc.stderr.strip()[-300:]}")
+        return sorted(found)
 
     def _show(self, package: str) -> dict[str, str]:
         proc = self._run("apt-cache", "show", "--no-all-versions", package)

@@ -70,6 +70,8 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone("grant-table", "grant table initialized", _re(r"Grant table initialized"), "guest"),
     Milestone("events", "events ABI", _re(r"xen:events: Using \S+ ABI"), "guest"),
     Milestone("init", "init", _re(r"Run /init as init process|harness-init: \S+ ready"), "guest"),
+    # A domU dom0's toolstack starts: xl's first line, on the domU's console that dom0 relays.
+    Milestone("xl-create", "xl create", _re(r"^Parsing config from "), "guest"),
 )
 
 # Lines every healthy boot prints that look alarming: never a failure (seen in every boot of every target).
@@ -111,6 +113,15 @@ SIGNATURES: tuple[Signature, ...] = (
               "the guest could not request Xen's event channel interrupt", 3, True),
     Signature("gnttab-unmapped", Verdict.FAILED, _re(r"gnttab share frames .* is not mapped"),
               "the guest could not map its grant frames", 3, True),
+    # dom0's toolstack (toolstack targets): libxl refusing or failing a domU, and a domU's PV frontend whose
+    # backend never connects (drivers/xen/xenbus/xenbus_probe_frontend.c).
+    Signature("libxl-error", Verdict.FAILED, _re(r"libxl: error: |^xl: (?:unable|cannot|failed)"),
+              "the toolstack (xl, libxl) failed", 2, True),
+    Signature("xenconsoled-error", Verdict.FAILED, _re(r"^xenconsoled: Failed|^xenconsole: Could not"),
+              "xenconsoled or xl console could not give a domU its console", 3, True),
+    Signature("xenbus-unconnected", Verdict.FAILED,
+              _re(r"XENBUS: (Waiting for devices to initialise|Timeout connecting to device)"),
+              "a PV device of the domU never connected to its backend (xenbus)", 3, True),
     # A board's U-Boot, before it starts Xen. The harness checked Xen's image and every file's CRC32
     # before booting, so what U-Boot refuses here is the lab's or the boot plan's doing, not the build's.
     Signature("uboot-tftp-error", Verdict.INFRASTRUCTURE,
@@ -284,6 +295,7 @@ class ConsoleMonitor:
         hypervisor: bool = True,
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
+        self.relay: str | None = None  # a domU whose console dom0 relays (`xl console`): its unprefixed lines
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
         self.ring_dumps = 0  # Xen console ring dumps read to their end
         self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
@@ -439,8 +451,11 @@ class ConsoleMonitor:
             return "xen", body
         if d := GUEST_DEBUG.match(text):
             return f"dom{d.group(1)}", text[d.end():]
-        # Unprefixed lines are dom0's console (hvc0), or before Xen's banner the firmware's.
-        return ("dom0" if "xen-banner" in self.reached or not self.hypervisor else "firmware"), text
+        # Unprefixed lines are dom0's console (hvc0) or a domU's that dom0 relays, or before Xen's banner the
+        # firmware's.
+        if "xen-banner" not in self.reached and self.hypervisor:
+            return "firmware", text
+        return self.relay or "dom0", text
 
     def mark(self, key: str) -> None:
         """Record milestone `key` as reached now (one the harness saw happen, not a console line)."""

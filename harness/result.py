@@ -50,6 +50,12 @@ FIELDS: dict[str, str] = {
                  "Xen's 'd' dump], samples, xen_answered, "
                  "xen_registers: [{who, cpu, pc, el, symbol}], dumps: [debug-key dump files, relative to artifacts], "
                  "quiet_since, seconds_from_quiet}; null when it did not ask",
+    "toolstack": "toolstack targets: what dom0 and the domU xl created said: {xenstore_dom0, xl_info, xl_list, "
+                 "xen_bus_dom0, backends, disk_device, disk_sha256, disk_irq: {row, irq, hwirq, chip, before, after}, "
+                 "disk_seconds, xl_create, domu_devices, xenbus: {device end: state}, pv_disk_size, "
+                 "pv_disk_sha256_dom0, pv_disk_sha256_domu, pv_read_seconds, written_sha256_domu, "
+                 "written_sha256_dom0, domu_events and dom0_events: {before, after: {row: count}}, "
+                 "ping_domu_to_dom0, ping_dom0_to_domu}; null on other targets",
 }
 
 
@@ -71,6 +77,7 @@ class BootResult:
     error_verdict: Verdict = Verdict.INFRASTRUCTURE  # what `error` makes of the boot
     timings: dict[str, float] = field(default_factory=dict)
     diagnosis: Diagnosis | None = None  # where the machine was when it went quiet or failed
+    toolstack: Any = None  # toolstack.ToolstackReport (toolstack targets)
 
     def record_failure(self, failure: Failure) -> Failure:
         """The boot's failure: the first one recorded is the one that counts (what followed is its consequence)."""
@@ -114,6 +121,7 @@ class BootResult:
             "error": self.error,
             "timings": self.timings,
             "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
+            "toolstack": self.toolstack.to_dict() if self.toolstack else None,
         }
 
     def write(self) -> Path:

@@ -152,6 +152,8 @@ class BoardSpec:
     ssh_known_hosts: str | None = None
 
 
+ROOT_ARGUMENT = "harness.root="  # on dom0's command line: where its root disk is; images/initramfs/init reads it
+ROOT_LABEL = "harness-dom0"  # the ext4 label of dom0's root disk (harness/rootfs.py)
 NET_ARGUMENT = "harness.net="  # on dom0's command line: ADDRESS/PREFIX[,GATEWAY]; images/initramfs/init reads it
 
 
@@ -167,6 +169,23 @@ class NetworkSpec:
 
     modules: tuple[str, ...] = ()  # network drivers from dom0's kernel package, loaded with what they depend on
     ssh: str | None = None  # the image profile of dom0's SSH server (dropbear and its libraries' packages)
+
+
+@dataclass(frozen=True)
+class ToolstackSpec:
+    """dom0 with Debian's toolstack (`toolstack:`): its root on a disk, and a domU that `xl create` starts.
+
+    dom0's initramfs only finds the disk (`loader_modules`) and switches to it; the disk (harness/rootfs.py)
+    carries busybox, the toolstack's programs and libraries (image profile `profile`), the kernel modules
+    the backends need (`dom0_modules`), and the domU's kernel (dom0's own), initramfs and config."""
+
+    profile: str  # image profile of the toolstack's programs (e.g. dom0-toolstack-arm64)
+    loader_modules: tuple[str, ...]  # in dom0's initramfs: what finds its root disk
+    dom0_modules: tuple[str, ...]  # on the disk: xenfs, privcmd, evtchn, gntdev, the PV backends …
+    domu: GuestSpec  # the domU `xl create` starts (domid 1: the first domain after dom0)
+    domu_modules: tuple[str, ...] = ()  # in the domU's initramfs: its PV frontends
+    domu_memory_mb: int = 256
+    root_device: str = "virtio-blk-device"  # QEMU's device for dom0's root disk
 
 
 @dataclass(frozen=True)
@@ -188,6 +207,7 @@ class TargetSpec:
     cpus: int = 1  # the machine's CPUs: QEMU's -smp, or the board's
     board: BoardSpec | None = None  # uboot-tftp only
     network: NetworkSpec | None = None  # dom0's network and SSH server
+    toolstack: ToolstackSpec | None = None  # dom0's toolstack and the domU it creates
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -195,6 +215,11 @@ class TargetSpec:
     @property
     def guests(self) -> tuple[GuestSpec, ...]:
         return ((self.dom0,) if self.dom0 else ()) + self.domus
+
+    @property
+    def every_guest(self) -> tuple[GuestSpec, ...]:
+        """The guests Xen boots and the domU the toolstack starts."""
+        return self.guests + ((self.toolstack.domu,) if self.toolstack else ())
 
     @property
     def console_guest(self) -> GuestSpec:
@@ -227,6 +252,12 @@ def check_guests(spec: TargetSpec) -> None:
     if spec.can("ssh") and (spec.network is None or spec.network.ssh is None):
         raise UsageError(f"{where}: the ssh capability needs dom0's SSH server: give dom0 a network: section with "
                          "ssh: PROFILE (e.g. dom0-ssh-arm64).")
+    if spec.can("toolstack") and spec.toolstack is None:
+        raise UsageError(f"{where}: the toolstack capability needs a toolstack: section (profile, modules, domU): "
+                         "compare it with targets/qemu-virt-xl.yaml.")
+    if spec.toolstack is not None and (spec.dom0 is None or ROOT_ARGUMENT not in spec.dom0.cmdline):
+        raise UsageError(f"{where}: dom0's root disk is used only when its command line says so: add "
+                         f"{ROOT_ARGUMENT}LABEL={ROOT_LABEL} to dom0's cmdline.")
     if spec.network is not None and (spec.dom0 is None or net_argument(spec.dom0.cmdline) is None):
         raise UsageError(f"{where}: dom0's network is brought up only when its command line says so: add "
                          f"{NET_ARGUMENT}ADDRESS/PREFIX[,GATEWAY] to dom0's cmdline.")
@@ -274,6 +305,25 @@ def _network(data: dict | None) -> NetworkSpec | None:
     return NetworkSpec(modules=tuple(str(m) for m in data.get("modules") or ()), ssh=data.get("ssh"))
 
 
+def _toolstack(data: dict | None) -> ToolstackSpec | None:
+    if data is None:
+        return None
+    known = {"profile", "loader_modules", "dom0_modules", "domU", "root_device"}
+    if not isinstance(data, dict) or set(data) - known or not isinstance(data.get("domU"), dict):
+        raise ValueError(f"toolstack: {data!r} is not a mapping of {', '.join(sorted(known))} (domU: name, cmdline, "
+                         "memory in MiB, modules)")
+    domu = data["domU"]
+    return ToolstackSpec(
+        profile=str(data["profile"]),
+        loader_modules=tuple(str(m) for m in data.get("loader_modules") or ()),
+        dom0_modules=tuple(str(m) for m in data.get("dom0_modules") or ()),
+        domu=GuestSpec(str(domu["name"]), 1, str(domu["cmdline"]), domu.get("event_chip")),
+        domu_modules=tuple(str(m) for m in domu.get("modules") or ()),
+        domu_memory_mb=int(domu.get("memory", 256)),
+        root_device=str(data.get("root_device", "virtio-blk-device")),
+    )
+
+
 def _pinned_dtb(ref: str, profile: str) -> tuple[str, str]:
     """`image:ARTIFACT` (of the target's own profile) or `image:PROFILE/ARTIFACT` -> (profile, artifact)."""
     named, slash, artifact = ref.removeprefix(PINNED_DTB).rpartition("/")
@@ -315,6 +365,7 @@ def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
             cpus=int(section.get("cpus") or qemu_smp(data) or 1),
             board=_board(section.get("board"), section["images"]),
             network=_network(dom0.get("network")) if dom0 else None,
+            toolstack=_toolstack(section.get("toolstack")),
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"{path} is not a valid target ({exc!r}): compare it with targets/qemu-virt.yaml.") from exc

@@ -44,6 +44,8 @@ class Status(enum.Enum):
     shell = 4  # the console guest's shell answers
 
 
+CONSOLE_ESCAPE = b"\x1d"  # Ctrl-]: xl console's (xenconsole's) escape back to dom0's shell
+
 # What a quiet dom0 command can end the boot with: a busy command may look like a spin, never like these.
 COMMAND_CONCLUSIVE = frozenset({"xen-hung", "events-undelivered"})
 
@@ -145,6 +147,32 @@ class XenStrategy(Strategy):
             self._take_shell(guest)
         return self.shell(guest.name)
 
+    def attach(self, guest: GuestSpec, command: str):
+        """The shell of a domU whose console dom0 relays: dom0 runs `command` (`xl create -c …`, `xl console …`),
+        which hands dom0's console to the domU until detach(); returns the domU's active ShellDriver."""
+        self.focus(self.guests[0])
+        seen = self.monitor.line_count
+        self.console.write(command.encode() + b"\n")
+        # dom0's echo of the command is dom0's; what follows is the domU's
+        self.wait_until(lambda: any(command in line.text for line in self.monitor.since(seen)),
+                        f"dom0's echo of `{command}`")
+        self.monitor.relay = guest.source
+        self.focused = None
+        # Until the domU's kernel speaks, dom0 is busy in the command (loading the kernel): judged as a command
+        self.wait_until(lambda: f"{guest.source}:kernel" in self.monitor.reached, f"{guest.source}:kernel",
+                        probe=self._command_probe)
+        self._take_shell(guest)
+        return self.shell(guest.name)
+
+    def detach(self) -> None:
+        """Back from a relayed domU's console to dom0's shell (xenconsole's escape, Ctrl-])."""
+        if self.monitor.relay is None:
+            return
+        self.console.write(CONSOLE_ESCAPE)
+        self.monitor.relay = None
+        self.focused = None
+        self.focus(self.guests[0])
+
     def _give_input(self, domid: int | None, name: str) -> None:
         """Move Xen's serial input to domain `domid` (None: Xen itself).
 
@@ -231,15 +259,20 @@ class XenStrategy(Strategy):
 
         def act() -> None:
             before = monitor.lines[-EVIDENCE_BEFORE:]
-            diag = self.probe()
+            diag = self._command_probe()
             spells.probed()
-            if diag.signature not in COMMAND_CONCLUSIVE:
-                diag.signature = None  # described, not concluded
-            elif not monitor.failure:
+            if diag.conclusive and not monitor.failure:
                 monitor.hang(diag.conclusion, diag.signature).evidence = before
                 _concluded(monitor, diag)
 
         return QuietWatch(spells.due, act)
+
+    def _command_probe(self) -> Diagnosis:
+        """A probe while a dom0 command runs: only COMMAND_CONCLUSIVE findings conclude; the rest are described."""
+        diag = self.probe()
+        if diag.signature not in COMMAND_CONCLUSIVE:
+            diag.signature = None
+        return diag
 
     def _qemu_command(self, command: str) -> str:
         """A QEMU human-monitor command, on QMP directly: the prober asks from a thread, and labgrid's step

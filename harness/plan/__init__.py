@@ -8,6 +8,7 @@ touches labgrid, so every plan is unit-tested without a machine.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UsageError
@@ -25,13 +26,27 @@ def make_plan(spec: TargetSpec, images: dict[str, Artifact], xen_cmdline: str, a
               machine_dtb: bytes | None = None, omit_modules: frozenset[str] = frozenset()) -> BootPlan:
     """The plan of `spec`'s boot method. `machine_dtb` is the machine's own DT (QEMU's dump, or the
     board's DTB file): the loader and U-Boot methods build Xen's boot DTB from it."""
+    if "rootfs" in images and spec.boot not in QEMU_METHODS:
+        raise UsageError(f"{spec.path.name}: dom0's root disk (toolstack:) is given by QEMU; the {spec.boot} boot "
+                         "method has no disk to give it.")
     if spec.boot == "qemu-loader":
-        return qemu_loader_plan(spec, images, xen_cmdline, _needs(machine_dtb, spec), omit_modules)
+        return with_root_disk(qemu_loader_plan(spec, images, xen_cmdline, _needs(machine_dtb, spec), omit_modules),
+                              spec, images)
     if spec.boot == "qemu-uefi":
-        return qemu_uefi_plan(spec, images, xen_cmdline, artifacts)
+        return with_root_disk(qemu_uefi_plan(spec, images, xen_cmdline, artifacts), spec, images)
     if spec.boot == "uboot-tftp":
         return uboot_tftp_plan(spec, images, xen_cmdline, _needs(machine_dtb, spec), omit_modules)
     raise UsageError(f"{spec.path.name}: boot method {spec.boot!r} is not known: use one of {', '.join(METHODS)}.")
+
+
+def with_root_disk(plan: BootPlan, spec: TargetSpec, images: dict[str, Artifact]) -> BootPlan:
+    """`plan` with dom0's root disk (toolstack targets) on QEMU's `root_device`. The image is a cache entry:
+    QEMU writes to a temporary overlay (snapshot=on), never to it."""
+    if "rootfs" not in images:
+        return plan
+    drive = f"if=none,id=dom0-root,format=raw,snapshot=on,file={images['rootfs'].path}"
+    return replace(plan, qemu_args=(*plan.qemu_args, "-drive", drive,
+                                    "-device", f"{spec.toolstack.root_device},drive=dom0-root"))
 
 
 def _needs(machine_dtb: bytes | None, spec: TargetSpec) -> bytes:
