@@ -13,6 +13,7 @@ import libfdt
 import pytest
 
 from harness import targets
+from harness.validate import dt
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(sys.executable).parent / "harness"
@@ -59,10 +60,12 @@ def test_console_script_is_installed():
 def test_check_dtb_healthy_dom0():
     proc = harness("check", "dtb", DOM0_DTB, "--profile", "dom0", "--xen-version", "4.17")
     assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
-    assert proc.stdout.strip() == "no findings"
+    arch = dt.domain_arch(DOM0_DTB.read_bytes())
+    assert proc.stdout.splitlines() == [f"read {DOM0_DTB} as a DTB", f"domain: arm64 ({arch.why})", "", "no findings"]
     json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
-    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (
-        0, {"input": str(DOM0_DTB), "profile": "dom0", "xen_version": "4.17", "findings": []})
+    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, {
+        "input": str(DOM0_DTB), "read": [{"path": str(DOM0_DTB), "layout": "a DTB", "parts": [], "ignored": []}],
+        "profile": "dom0", "xen_version": "4.17", "arch": {"name": "arm64", "why": arch.why}, "findings": []})
 
 
 @pytest.fixture
@@ -87,7 +90,7 @@ def test_check_dtb_json(swapped_compatible):
     proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
     assert proc.returncode == 1
     record = json.loads(proc.stdout)
-    assert {k: v for k, v in record.items() if k != "findings"} == {
+    assert {k: v for k, v in record.items() if k not in ("findings", "read", "arch")} == {
         "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17"}
     findings = record["findings"]
     assert isinstance(findings, list) and findings
@@ -156,8 +159,11 @@ def test_check_acpi_wrong_vcpu_count():
     proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", found + 1, "--json")
     assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     record = json.loads(proc.stdout)
-    assert {k: v for k, v in record.items() if k != "findings"} == {
+    assert {k: v for k, v in record.items() if k not in ("findings", "read")} == {
         "input": str(ACPI_DOM0), "host": str(ACPI_HOST), "vcpus": found + 1, "hypervisor_id": None}
+    assert [(r["path"], r["layout"]) for r in record["read"]] == [
+        (str(ACPI_DOM0), "a copy of /sys/firmware/acpi/tables"), (str(ACPI_HOST), "a copy of /sys/firmware/acpi/tables")]
+    assert record["read"][0]["parts"] == sorted(p.name for p in ACPI_DOM0.iterdir())
     count = [f for f in record["findings"] if f["rule"] == "acpi.madt.gicc-count"]
     assert count and count[0]["severity"] == "error", proc.stdout
     assert (count[0]["expected"], count[0]["found"]) == (str(found + 1), str(found)), count[0]
