@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -76,8 +77,10 @@ def compile_dts(path: pathlib.Path, text: bytes) -> bytes:
 
 
 def _dtc_error(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode == -signal.SIGXFSZ:
+        return f"it compiles to more than the {inputs.human(inputs.DTB.limit)} a DTB may be"
     if proc.returncode < 0:
-        return f"dtc was stopped by signal {-proc.returncode}, over the {inputs.human(inputs.DTB.limit)} a DTB may be"
+        return f"dtc was stopped by signal {-proc.returncode}"
     lines = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith(("Error", "FATAL"))] or lines or [f"exit status {proc.returncode}"]
     return errors[0][:200]
