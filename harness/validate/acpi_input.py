@@ -43,13 +43,13 @@ def read(path: Path) -> Tables:
     if stat.S_ISDIR(inputs.examine(path, inputs.ACPI_DUMP).st_mode):
         return _read_directory(path)
     data = inputs.read_file(path, inputs.ACPI_TEXT)
+    if _is_text(data):  # first: an old acpidump's text starts "RSD PTR @" as a binary RSDP starts "RSD PTR "
+        return _from_acpidump(path, data.decode("latin-1"))
     if data.startswith(RSDP_SIGNATURE):
         return Tables({}, data, whole=False, reading=inputs.Reading(str(path), ONE_TABLE, ("RSDP",)))
-    if SIGNATURE.match(data) and not _is_text(data):
+    if SIGNATURE.match(data):
         name = data[:4].decode("ascii")
         return Tables({name: data}, whole=False, reading=inputs.Reading(str(path), ONE_TABLE, (name,)))
-    if _is_text(data):
-        return _from_acpidump(path, data.decode("latin-1"))
     seen = "empty" if not data else f"neither an ACPI table (it starts {data[:8]!r}, no signature) nor text"
     raise UnusableInput(f"{path} is {seen}: {inputs.ACPI_HINT}")
 
@@ -62,9 +62,10 @@ def check_path(path: Path, host: Path | None = None, vcpus: int | None = None,
 
 
 def _is_text(data: bytes) -> bool:
-    """What acpixtract takes for text: printable ASCII and white space (NULs are tolerated), judged on the start."""
+    """Text, judged on its start: no control character but white space (NULs are tolerated, as acpixtract does;
+    bytes over 0x7f too, for a dump inside a mail). A binary table always has one: its revision byte, at least."""
     head = data[:4096].replace(b"\0", b"")
-    return bool(head) and all(32 <= b < 127 or b in b"\t\r\n\f\v" for b in head)
+    return bool(head) and not any(b < 32 and b not in b"\t\r\n\f\v" or b == 127 for b in head)
 
 
 def _read_directory(directory: Path) -> Tables:

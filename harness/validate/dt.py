@@ -84,13 +84,17 @@ IRQ_TYPE_NAMES = {
 }
 GUEST_EVTCHN_PPI = 31  # xen/include/public/arch-arm.h
 GUEST_IRQ_CELLS = (1, GUEST_EVTCHN_PPI - PPI_BASE, 0xF08)
-GIC_COMPATIBLES = (
+GIC_COMPATIBLES = (  # what Linux's GIC drivers match (irq-gic.c, irq-gic-v3.c): the GICs a guest may be given
     "arm,gic-v3",
     "arm,cortex-a15-gic",
     "arm,gic-400",
     "arm,cortex-a9-gic",
     "arm,cortex-a7-gic",
     "arm,arm11mp-gic",
+    "arm,arm1176jzf-devchip-gic",
+    "arm,pl390",
+    "qcom,msm-8660-qgic",
+    "qcom,msm-qgic2",
 )
 UEFI_PROPS = (
     "xen,uefi-system-table",

@@ -151,6 +151,29 @@ def test_acpidump_text_with_crlf_line_ends_reads_the_same(made, tmp_path):
     assert acpi_input.read(crlf) == acpi_input.read(made["text"])
 
 
+def test_an_older_acpidumps_text_in_a_mail_reads_as_acpixtract_reads_it(made, tmp_path):
+    """Older acpidumps (pmtools) wrote `RSD PTR @ 0x…`, two-space indents and lower-case hex; people paste them
+    into mails, whose other lines need not be ASCII. acpixtract -f (forced past the non-ASCII) is the reference."""
+    old = []
+    for line in made["text"].read_text().splitlines():
+        if line.startswith("RSD  @"):
+            line = "RSD PTR @ 0xf6cd0"
+        elif line.startswith("    "):
+            offset, rest = line.strip().split(": ", 1)
+            line = f"  {offset}: {rest[:48].lower()} {rest[48:]}"
+        old.append(line)
+    mail = tmp_path / "mail.txt"
+    mail.write_bytes("\n".join(["From: someone", "Subject: Re: dom0 hangs at boot", "",
+                                 "Grüße, here is the acpidump you asked for:", "", *old, "-- ", ""]).encode())
+    tables = read_as(mail, acpi_input.ACPIDUMP_TEXT)
+    assert tables == acpi_input.read(made["text"])
+    out = tmp_path / "xtract"
+    out.mkdir()
+    tool("acpixtract", "-f", "-a", mail, cwd=out)
+    assert {p.name.removesuffix(".dat").upper(): p.read_bytes() for p in out.iterdir()} == {
+        **tables.tables, "RSDP": tables.rsdp}
+
+
 def test_acpidump_text_finding_on_a_wrong_table(made, tmp_path):
     bad = tmp_path / "bad.acpidump"
     psci_smc = with_boot_flags((DOM0 / "FACP").read_bytes(), 0x0001)  # PSCI over SMC: the host's, not Xen's
@@ -229,6 +252,20 @@ def test_sysfs_copy_says_what_it_read_and_what_it_could_not_check(made):
     rsdp = next(f for f in findings if f.where == "RSDP")
     assert "acpi.rsdp.checksum.v1" in rsdp.note and rsdp.note.startswith("not applied: ")
     assert str(tables.reading).startswith(f"read {made['sysfs']} as a copy of /sys/firmware/acpi/tables: APIC, ")
+
+
+def test_a_facs_has_no_checksum_to_check(made, tmp_path):
+    """iasl's FACS template, compiled: a real FACS, whose bytes need not sum to 0 (it has no checksum field)."""
+    tool("iasl", "-T", "FACS", cwd=tmp_path)
+    tool("iasl", tmp_path / "facs.asl", cwd=tmp_path)
+    facs = (tmp_path / "facs.aml").read_bytes()
+    assert facs[:4] == b"FACS" and sum(facs) % 256 != 0
+    sysfs = tmp_path / "tables"
+    shutil.copytree(made["sysfs"], sysfs)
+    (sysfs / "FACS").write_bytes(facs)
+    assert failures(acpi_input.check_path(sysfs, vcpus=VCPUS)) == []
+    (sysfs / "FACP").write_bytes((DOM0 / "FACP").read_bytes()[:-1] + b"\x01")  # and a table that has one still fails
+    assert "acpi.checksum" in rules(failures(acpi_input.check_path(sysfs, vcpus=VCPUS)))
 
 
 def test_sysfs_copy_with_a_wrong_table(made, tmp_path):
