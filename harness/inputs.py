@@ -53,8 +53,8 @@ ACPI_DUMP = Kind(
     max_entries=4096,
 )
 ACPI_TEXT = Kind(
-    "acpidump's text", 256 * MiB, ACPI_HINT,
-    "a real dump's text is a few MiB",
+    "acpidump's text", 64 * MiB, ACPI_HINT,
+    "a real dump's text is a few MiB (a big server's, 20 MiB)",
 )
 CONSOLE_LOG = Kind(
     "a console log", 8 * GiB,

@@ -15,6 +15,7 @@ whole machine's tables (a table it lacks is missing); one table given alone leav
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 from pathlib import Path
@@ -44,7 +45,7 @@ def read(path: Path) -> Tables:
         return _read_directory(path)
     data = inputs.read_file(path, inputs.ACPI_TEXT)
     if _is_text(data):  # first: an old acpidump's text starts "RSD PTR @" as a binary RSDP starts "RSD PTR "
-        return _from_acpidump(path, data.decode("latin-1"))
+        return _from_acpidump(path, data)
     if data.startswith(RSDP_SIGNATURE):
         return Tables({}, data, whole=False, reading=inputs.Reading(str(path), ONE_TABLE, ("RSDP",)))
     if SIGNATURE.match(data):
@@ -111,13 +112,19 @@ def _read_directory(directory: Path) -> Tables:
     return Tables(tables, rsdp, whole=True, reading=reading)
 
 
-def _from_acpidump(path: Path, text: str) -> Tables:
+def _from_acpidump(path: Path, text: bytes) -> Tables:
     """Every table block of acpidump's text, as acpixtract extracts it; the offsets must run on without a gap."""
     blocks: list[tuple[str, bytearray]] = []
     expected = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(io.BytesIO(text), start=1):  # line by line: no list of every line in memory
+        line = raw.rstrip(b"\r\n").decode("latin-1")
         if line and not line[0].isspace() and " @ " in line and len(line) + 1 < HEADER_MAX:
             signature = "RSDP" if line.startswith("RSD ") else line[:4]
+            if blocks and not blocks[-1][1]:
+                blocks.pop()  # a header without data: acpixtract drops it too
+            if len(blocks) == inputs.ACPI_DUMP.max_entries:
+                raise UnusableInput(f"{path} holds more than {len(blocks)} tables, more than a dump may: "
+                                    f"{inputs.ACPI_DUMP.too_big}; {inputs.ACPI_HINT}")
             blocks.append((signature, bytearray()))
             expected = 0
         elif blocks and (m := DATA_LINE.match(line)):
@@ -128,7 +135,8 @@ def _from_acpidump(path: Path, text: str) -> Tables:
             chunk = bytes.fromhex(m.group(2))
             blocks[-1][1].extend(chunk)
             expected += len(chunk)
-    blocks = [(sig, data) for sig, data in blocks if data]  # acpixtract drops a header without data too
+    if blocks and not blocks[-1][1]:
+        blocks.pop()
     if not blocks:
         raise UnusableInput(f"{path} is text without an acpidump table in it (a line such as 'FACP @ 0x…' followed "
                             f"by lines of hex bytes): {inputs.ACPI_HINT}")

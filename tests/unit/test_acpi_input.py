@@ -202,6 +202,13 @@ def test_text_that_holds_no_table_is_refused(tmp_path):
         acpi_input.read(notes)
 
 
+def test_acpidump_text_with_more_tables_than_a_dump_holds_is_refused(tmp_path):
+    path = tmp_path / "many.acpidump"
+    path.write_text("".join(acpidump_block(f"T{i % 100:03d}", b"A") for i in range(5000)))
+    with pytest.raises(UnusableInput, match=r"many.acpidump holds more than 4096 tables, more than a dump may"):
+        acpi_input.read(path)
+
+
 # --- acpixtract's .dat files ----------------------------------------------------------------------
 
 
