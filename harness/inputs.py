@@ -32,7 +32,7 @@ class Kind:
 
 DTB = Kind(
     "a DTB", 16 * MiB,
-    "pass a .dtb (e.g. a copy of /sys/firmware/fdt) or a copy of /proc/device-tree",
+    "pass a .dtb (e.g. a copy of /sys/firmware/fdt), a .dts, or a copy of /proc/device-tree",
     "a real one is under 2 MiB (the FDT header's totalsize)",
 )
 DT_COPY = Kind(

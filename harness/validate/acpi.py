@@ -210,8 +210,10 @@ def _err(rule: str, where: str, expected: str, found: str, note: str = "") -> Fi
 def _names_with(tables: Mapping[str, bytes], sig: str) -> list[str]:
     return sorted(n for n in tables if signature_of(n) == sig)
 
+
 def _not_applied(signature: str, *prefixes: str) -> Finding:
     """The info that a table is not in the input, so the rules under `prefixes` (e.g. acpi.rsdp) were not applied."""
+
     def needs(rule: str, prefix: str) -> bool:
         return rule == prefix or (rule.startswith(f"{prefix}.") and rule not in XSDT_RULES - {prefix})
 

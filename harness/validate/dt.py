@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import libfdt
 
+from harness import inputs
 from harness.errors import UnusableInput
 from harness.findings import MAX_PER_RULE, Finding, Severity, capped
 
@@ -114,7 +115,6 @@ ARM32_ONLY_CPUS = frozenset({
     "arm,cortex-a17", "arm,arm1176jzf-s", "arm,arm11mpcore", "arm,arm926ej-s", "brcm,brahma-b15", "marvell,pj4b",
     "qcom,krait", "qcom,scorpion",
 })
-ARCHES = ("arm32", "arm64")
 _VERSION_RE = re.compile(r"xen,xen-(\d+)\.(\d+)")
 _EXPECT_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 
@@ -171,7 +171,7 @@ class Expectation:
 class Arch:
     """Whether a domain is 32-bit, and what says so."""
 
-    name: str  # one of ARCHES
+    name: str  # "arm32" or "arm64"
     why: str  # "from /cpus: arm,cortex-a15", "given (--arch)"...
 
     @property
@@ -230,7 +230,7 @@ class _Tree:
 
 def _load(dtb: bytes, label: str = "the input") -> _Tree:
     """Check the blob with libfdt, then mirror it as Python nodes; UnusableInput if unreadable."""
-    hint = "pass a .dtb such as /sys/firmware/fdt or a copy of /proc/device-tree"
+    hint = inputs.DTB.hint
     if not isinstance(dtb, bytes | bytearray | memoryview):
         raise UnusableInput(f"{label} is a {type(dtb).__name__}, not bytes: {hint}")
     buf = bytearray(dtb)

@@ -62,7 +62,8 @@ def test_what_is_neither_a_dtb_nor_a_dts_is_refused(tmp_path):
     with pytest.raises(UnusableInput) as caught:
         dt_input.read(notes)
     assert str(caught.value) == (f"{notes} is neither a DTB (no FDT magic d00dfeed) nor a DTS (no /dts-v1/ tag): "
-                                 "pass a .dtb (e.g. a copy of /sys/firmware/fdt) or a copy of /proc/device-tree")
+                                 "pass a .dtb (e.g. a copy of /sys/firmware/fdt), a .dts, or a copy of "
+                                 "/proc/device-tree")
 
 
 # --- a DTS --------------------------------------------------------------------------------------
