@@ -35,7 +35,7 @@ from .plan.uboot import with_serverip
 from .result import BootResult
 from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
 from .tweaks import Tweaks
-from .validate import acpi
+from .validate import acpi, acpi_input
 from .xenbuild import build_xen, xen_source
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class BootSession:
         self._guarded(lambda: acpidump.capture(self.shell("dom0"), tables, self.result.views["dom0"].dmesg))
         shutil.copytree(self.host_acpi, host, dirs_exist_ok=True)
         vcpus = checks.dom0_vcpus(self.result.cmdlines["xen"], self.spec.cpus)
-        return acpi.validate_tables(acpi.load_tables(tables), acpi.load_tables(host), acpi.Profile(vcpus=vcpus))
+        return acpi.validate_tables(acpi_input.read(tables), acpi_input.read(host), acpi.Profile(vcpus=vcpus))
 
     def _probe(self, name: str) -> guest.GuestView:
         return self._guarded(lambda: guest.probe(self.shell(name)))

@@ -156,31 +156,44 @@ def cmd_check(args: argparse.Namespace) -> int:
         from .checks import RULES as BOOT_RULES
         from .validate import acpi, dt
 
-        for rule, text in {**BOOT_RULES, **dt.RULES, **acpi.RULES}.items():
-            print(f"{rule:28} {text}")
+        rules = {**BOOT_RULES, **dt.RULES, **acpi.RULES}
+        if args.json:
+            print(json.dumps(rules, indent=2))
+        else:
+            for rule, text in rules.items():
+                print(f"{rule:28} {text}")
         return EXIT_GOOD
     try:
         if args.kind == "dtb":
-            from .validate import dt
+            from .validate import dt, dt_input
 
-            expect = dt.Expectation(xen_version=args.xen_version) if args.xen_version else None
-            findings = dt.check_path(Path(args.path), profile=args.profile, expect=expect)
-            asked = {"profile": args.profile, "xen_version": args.xen_version}
+            data, reading = dt_input.read(Path(args.path))
+            is_32bit = None if args.arch is None else args.arch == "arm32"  # None: as the tree's CPUs say
+            expect = dt.Expectation(xen_version=args.xen_version, is_32bit=is_32bit)
+            findings = dt.validate_dtb(data, profile=args.profile, expect=expect, label=args.path)
+            arch = dt.Arch(args.arch, "given (--arch)") if args.arch else dt.domain_arch(data)
+            readings = [reading]
+            asked = {"profile": args.profile, "xen_version": args.xen_version,
+                     "arch": {"name": arch.name, "why": arch.why}}
+            said = [f"domain: {arch.name} ({arch.why})"]
         else:
-            from .validate import acpi
+            from .validate import acpi, acpi_input
 
-            findings = acpi.check_path(
-                Path(args.path), host=Path(args.host) if args.host else None, vcpus=args.vcpus,
-                hypervisor_id=args.hypervisor_id,
-            )
+            guest = acpi_input.read(Path(args.path))
+            host = acpi_input.read(Path(args.host)) if args.host else None
+            findings = acpi.validate_tables(guest, host, acpi.Profile(vcpus=args.vcpus,
+                                                                      hypervisor_id=args.hypervisor_id))
+            readings = [t.reading for t in (guest, host) if t is not None]
             asked = {"host": args.host, "vcpus": args.vcpus, "hypervisor_id": args.hypervisor_id}
+            said = []
     except UnusableInput as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return EXIT_CHECK_UNUSABLE
-    if args.json:  # what was checked, as asked (null: not given), then what was found
-        print(json.dumps({"input": args.path, **asked, "findings": [f.to_dict() for f in findings]}, indent=2))
+    if args.json:  # what was read, what was asked (null: not given), then what was found
+        print(json.dumps({"input": args.path, "read": [r.to_dict() for r in readings], **asked,
+                          "findings": [f.to_dict() for f in findings]}, indent=2))
     else:
-        print(render_table(findings))
+        print("\n".join([*map(str, readings), *said, "", render_table(findings)]))
     return EXIT_BAD if failures(findings) else EXIT_GOOD
 
 
@@ -274,35 +287,51 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .images import Images, StaleLock, load_lock, load_source_lock
 
     images = Images()
+    said: list[str] = []  # what lock and refresh did: printed as it happens, and in the JSON record
+
+    def say(text: str) -> None:
+        said.append(text)
+        print(f"harness: {text}", file=sys.stderr if args.json else sys.stdout)
+
     if args.profile and args.action != "lock":
         raise UsageError("--profile goes with `images lock` only: the other actions cover every profile.")
     if args.action == "lock":
         if args.profile:
             images.lock_profiles(args.profile)
-            print(f"harness: pinned {', '.join(args.profile)} into {images.lock_path}; every other pin is unchanged")
+            say(f"pinned {', '.join(args.profile)} into {images.lock_path}; every other pin is unchanged")
         else:
             images.lock()
-            print(f"harness: wrote {images.lock_path}")
-        return EXIT_GOOD
-    if args.action == "refresh":
+            say(f"wrote {images.lock_path}")
+    elif args.action == "refresh":
         # CI's explicit re-pin: only when a pinned package has left the archive, and said loudly.
         try:
             fetch_all(images, load_lock(), load_source_lock())
-            print("harness: every pinned image is still in the archive and in the cache")
+            say("every pinned image is still in the archive and in the cache")
         except StaleLock as exc:
-            print(f"harness: REFRESHING THE LOCK: {exc}")
+            say(f"REFRESHING THE LOCK: {exc}")
             images.lock()
             fetch_all(images, load_lock(), load_source_lock())
-            print(f"harness: re-pinned {images.lock_path}; commit it to make the new pins the project's")
+            say(f"re-pinned {images.lock_path}; commit it to make the new pins the project's")
+    if args.action in ("lock", "refresh"):
+        if args.json:
+            print(json.dumps({"action": args.action, "lock": str(images.lock_path), "said": said}, indent=2))
         return EXIT_GOOD
+    pinned, sources = [], []
     for profile, entries in load_lock().items():
         for name, entry in entries.items():
             path = images.fetch(entry) if args.action == "fetch" else None
-            print(f"{profile:16} {name:8} {entry.package} {entry.version}" + (f"  {path}" if path else ""))
+            pinned.append({"profile": profile, "name": name, "package": entry.package, "version": entry.version,
+                           "path": str(path) if path else None})
+            if not args.json:
+                print(f"{profile:16} {name:8} {entry.package} {entry.version}" + (f"  {path}" if path else ""))
     for name, source in load_source_lock().items():
         if args.action == "fetch":
             images.fetch_source(source)
-        print(f"{'source':16} {name:8} {source.package} {source.version} ({source.suite})")
+        sources.append({"name": name, "package": source.package, "version": source.version, "suite": source.suite})
+        if not args.json:
+            print(f"{'source':16} {name:8} {source.package} {source.version} ({source.suite})")
+    if args.json:
+        print(json.dumps({"action": args.action, "images": pinned, "sources": sources}, indent=2))
     return EXIT_GOOD
 
 
@@ -314,10 +343,23 @@ def fetch_all(images, profiles, sources) -> None:
         images.fetch_source(source)
 
 
-def cmd_targets(args: argparse.Namespace) -> int:  # noqa: ARG001
-    for name in targets.target_names():
-        spec = targets.load_spec(name)
-        print(f"{name:20} {spec.description}  [{', '.join(sorted(spec.capabilities))}]")
+def cmd_targets(args: argparse.Namespace) -> int:
+    specs = [targets.load_spec(name) for name in targets.target_names()]
+    if args.json:
+        print(json.dumps([{"name": spec.name, "description": spec.description, "arch": spec.arch, "boot": spec.boot,
+                           "capabilities": sorted(spec.capabilities), "path": str(spec.path)} for spec in specs],
+                         indent=2))
+        return EXIT_GOOD
+    for spec in specs:
+        print(f"{spec.name:20} {spec.description}  [{', '.join(sorted(spec.capabilities))}]")
+    return EXIT_GOOD
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps({"harness": data.version(), "commit": data.commit()}, indent=2))
+    else:
+        print(f"harness {data.describe()}")
     return EXIT_GOOD
 
 
@@ -325,8 +367,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does in detail")
-    p.add_argument("--version", action="version", version=f"harness {data.describe()}")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="store_true", help="print the harness's version and commit, and exit")
+    p.add_argument("--json", action="store_true", dest="json_anywhere",
+                   help="machine-readable output, for --version and every verb (as each verb's own --json)")
+    sub = p.add_subparsers(dest="command")
 
     boot = sub.add_parser("boot", help="boot Xen + dom0 on a target and report what it verified")
     boot.add_argument("--target", default="qemu-virt",
@@ -349,18 +393,24 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a DTB or a directory of ACPI tables you bring")
     kinds = check.add_subparsers(dest="kind", required=True)
-    dtb = kinds.add_parser("dtb", help="a DTB (or a copy of /proc/device-tree): Xen's hypervisor node")
+    dtb = kinds.add_parser("dtb", help="a DTB, a DTS (compiled with dtc) or a copy of /proc/device-tree: "
+                                       "Xen's hypervisor node")
     dtb.add_argument("path")
     dtb.add_argument("--profile", default="dom0", choices=["dom0", "domU", "acpi-dom0"])
     dtb.add_argument("--xen-version", help="the Xen X.Y that booted, checked against compatible")
+    dtb.add_argument("--arch", choices=["arm32", "arm64"],
+                     help="the domain's arch (default: arm32 when its CPUs are 32-bit only, e.g. arm,cortex-a15)")
     dtb.add_argument("--json", action="store_true")
-    acpi = kinds.add_parser("acpi", help="a directory of raw ACPI tables (as in /sys/firmware/acpi/tables)")
+    acpi = kinds.add_parser("acpi", help="ACPI tables: a copy of /sys/firmware/acpi/tables, acpixtract -a's .dat "
+                                         "files, acpidump's text output, or one binary table")
     acpi.add_argument("path")
-    acpi.add_argument("--host", help="the host's tables, to tell rewritten from passed-through ones")
+    acpi.add_argument("--host", help="the host's tables (any of those layouts), to tell rewritten from passed-through "
+                                     "ones")
     acpi.add_argument("--vcpus", type=int, help="dom0's vCPU count: enabled GICC entries expected")
     acpi.add_argument("--hypervisor-id", help="expected FADT hypervisor vendor id (default: report only)")
     acpi.add_argument("--json", action="store_true")
-    kinds.add_parser("rules", help="list every rule id (a boot's checks, both validators), with what it checks")
+    rules = kinds.add_parser("rules", help="list every rule id (a boot's checks, both validators), with what it checks")
+    rules.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
 
     images = sub.add_parser("images", help="pinned Debian images: list, fetch, re-lock, or refresh (CI)")
@@ -368,6 +418,7 @@ def parser() -> argparse.ArgumentParser:
                         help="refresh: fetch all, and re-lock only if a pin left the archive (what CI runs)")
     images.add_argument("--profile", action="append",
                         help="with lock: pin only this profile (repeatable) and leave every other pin as it is")
+    images.add_argument("--json", action="store_true", help="print a JSON record on stdout, progress on stderr")
     images.set_defaults(func=cmd_images)
 
     tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, "
@@ -378,12 +429,19 @@ def parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_triage)
 
     tl = sub.add_parser("targets", help="list the targets")
+    tl.add_argument("--json", action="store_true")
     tl.set_defaults(func=cmd_targets)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    args.json = getattr(args, "json", False) or args.json_anywhere
+    if args.version:
+        return cmd_version(args)
+    if args.command is None:
+        cli.error("choose a verb: boot, check, images, triage or targets (harness -h says what each does)")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="harness: %(message)s", stream=sys.stderr
     )

@@ -32,7 +32,7 @@ class Kind:
 
 DTB = Kind(
     "a DTB", 16 * MiB,
-    "pass a .dtb (e.g. a copy of /sys/firmware/fdt) or a copy of /proc/device-tree",
+    "pass a .dtb (e.g. a copy of /sys/firmware/fdt), a .dts, or a copy of /proc/device-tree",
     "a real one is under 2 MiB (the FDT header's totalsize)",
 )
 DT_COPY = Kind(
@@ -41,16 +41,20 @@ DT_COPY = Kind(
     "a real tree holds a few thousand entries and well under 2 MiB of properties",
     max_entries=100_000,
 )
+ACPI_HINT = ("give a copy of /sys/firmware/acpi/tables, acpixtract -a's .dat files (a directory), acpidump's text "
+             "output, or one binary table")
 ACPI_TABLE = Kind(
-    "an ACPI table", 8 * MiB,
-    "give the directory of tables copied from /sys/firmware/acpi/tables",
+    "an ACPI table", 8 * MiB, ACPI_HINT,
     "a real table, even a big server's DSDT, is under a few MiB",
 )
 ACPI_DUMP = Kind(
-    "a directory of ACPI tables", 64 * MiB,
-    "give the directory of tables copied from /sys/firmware/acpi/tables",
+    "a directory of ACPI tables", 64 * MiB, ACPI_HINT,
     "a real dump holds tens of tables and a few MiB",
     max_entries=4096,
+)
+ACPI_TEXT = Kind(
+    "acpidump's text", 64 * MiB, ACPI_HINT,
+    "a real dump's text is a few MiB (a big server's, 20 MiB)",
 )
 CONSOLE_LOG = Kind(
     "a console log", 8 * GiB,
@@ -195,3 +199,32 @@ def _what(item: os.DirEntry) -> str:
     if item.is_file(follow_symlinks=False):
         return FILE
     return describe(item.stat(follow_symlinks=False).st_mode)
+
+
+MAX_NAMED = 40  # parts or left-aside entries a reading names in its sentence; JSON carries them all
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a reader made of a path a user gave: the layout it recognised, what it read, what it left aside."""
+
+    path: str
+    layout: str  # "a DTB", "a copy of /proc/device-tree", "acpidump's text output"...
+    parts: tuple[str, ...] = ()  # what it read there, e.g. the tables
+    ignored: tuple[str, ...] = ()  # entries left aside, each with why: "data/ (table data, not tables)"
+
+    def __str__(self) -> str:
+        text = f"read {self.path} as {self.layout}"
+        if self.parts:
+            text += f": {_named(self.parts)}"
+        if self.ignored:
+            text += f"; left aside: {_named(self.ignored)}"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "layout": self.layout, "parts": list(self.parts), "ignored": list(self.ignored)}
+
+
+def _named(items: tuple[str, ...]) -> str:
+    shown = ", ".join(items[:MAX_NAMED])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > MAX_NAMED else "")

@@ -9,7 +9,7 @@ from probing import probed
 from harness import checks
 from harness.boot import BootSession
 from harness.findings import Severity, failures, render_table
-from harness.validate import acpi, dt
+from harness.validate import acpi_input, dt
 
 pytestmark = [pytest.mark.boot, pytest.mark.requires("acpi")]
 
@@ -24,8 +24,8 @@ def test_xen_booted_on_acpi(booted: BootSession) -> None:
 def test_dom0_acpi_tables_follow_the_bindings(booted: BootSession) -> None:
     """STAO, FADT flags, MADT GICCs = dom0's vCPUs, XSDT, checksums; rewritten vs passed through."""
     probed(booted)
-    tables = acpi.load_tables(booted.artifacts / "dom0-acpi")
-    assert acpi.load_tables(booted.artifacts / "host-acpi").tables, "the machine's own tables are missing"
+    tables = acpi_input.read(booted.artifacts / "dom0-acpi")
+    assert acpi_input.read(booted.artifacts / "host-acpi").tables, "the machine's own tables are missing"
     assert {"FACP", "APIC", "STAO", "GTDT", "DSDT", "SPCR"} <= set(tables.tables), sorted(tables.tables)
     assert tables.rsdp is not None and "XSDT" in tables.tables, "the RSDP and the XSDT were not captured"
     findings = [f for f in booted.result.findings if f.rule.startswith("acpi.")]  # what the boot found

@@ -1,10 +1,9 @@
 """Validate the ACPI tables an ACPI-booted Xen dom0 on arm64 receives.
 
-Input is a directory dumped from the guest's ``/sys/firmware/acpi/tables`` (one file per
-table, named by signature, ``SSDT1``/``SSDT2`` when a signature repeats), plus the files the
-harness adds because Linux does not expose them: ``RSDP`` (raw bytes read from the guest) and
-``XSDT``. Optionally the host's tables in the same layout, to tell what Xen rewrote from what
-it passed through.
+Input is a set of tables named as Linux names them in ``/sys/firmware/acpi/tables`` (by signature,
+``SSDT1``/``SSDT2`` when a signature repeats), with the RSDP apart, whatever layout they came in
+(harness/validate/acpi_input.py reads them); optionally the host's tables, to tell what Xen
+rewrote from what it passed through.
 
 What Xen 4.17 does (xen/arch/arm/acpi/domain_build.c, ``prepare_acpi``): it copies the host
 FADT and ORs PSCI_COMPLIANT|PSCI_USE_HVC into ``arm_boot_flags``; builds a new MADT (host
@@ -13,7 +12,7 @@ header, the host GICD, one GICC per dom0 vCPU, GICR/ITS for GICv3); builds an ST
 points its FADT and MADT entries at the new tables and appends the STAO; copies the RSDP and
 points it at the new XSDT. Every other table is mapped 1:1 and reaches dom0 byte-identical.
 
-Everything here is a pure function of bytes, except :func:`load_tables` and :func:`check_path`.
+Everything here is a pure function of bytes: harness/validate/acpi_input.py reads what users bring.
 Every offset is bounds-checked: a malformed table becomes a finding, never an exception.
 """
 
@@ -22,11 +21,9 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from harness import inputs
-from harness.errors import UnusableInput
 from harness.findings import Finding, Severity, capped
 
 HEADER_LEN = 36
@@ -45,6 +42,8 @@ GTDT_PPI_RANGES = ((16, 31), (1056, 1119))  # PPIs and GICv3.1 extended PPIs
 
 # Reached through the FADT (X_DSDT, X_FIRMWARE_CTRL), never listed in the XSDT.
 NOT_IN_XSDT = frozenset({"DSDT", "FACS"})
+# The FACS has a signature and a length but no checksum (ACPI 6.5 5.2.10): bytes 8.. are its hardware signature.
+NO_CHECKSUM = frozenset({"FACS"})
 # Linux does not expose these in sysfs: present only when the harness captured them.
 CAPTURE_ONLY = frozenset({"RSDP", "XSDT"})
 # Tables Xen hides from dom0. Xen 4.17 on Arm hides none: acpi_map_other_tables() maps every
@@ -53,17 +52,19 @@ CAPTURE_ONLY = frozenset({"RSDP", "XSDT"})
 XEN_HIDES: frozenset[str] = frozenset()
 
 TABLE_NAME = re.compile(r"^([A-Z0-9_]{4})(\d*)$")  # Linux sysfs: signature + instance number
+XSDT_RULES = frozenset({"acpi.stao.xsdt"})  # under acpi.stao, but it compares the XSDT with the host's
+DYNAMIC = "dynamic/"  # tables Linux loaded at run time (sysfs's dynamic/): checked, but no XSDT lists them
 _HEADER = struct.Struct("<4sIBB6s8sI4sI")
 
 RULES: dict[str, str] = {
-    "acpi.capture.missing": "RSDP or XSDT was not captured beside the sysfs dump: the checks that need it "
-    "were skipped (info)",
+    "acpi.not-applied": "a table the rules need is not in the input (RSDP and XSDT are not in a sysfs copy; one "
+    "table given holds no other): its rules were not applied (info)",
     "acpi.header.short": "a table file is shorter than the 36-byte ACPI header, so nothing in it can be read",
     "acpi.header.signature": "the header signature differs from the file name's signature "
     "(sysfs names files by signature)",
     "acpi.length": "the header length disagrees with the file: below 36, past the end of the file (error), "
     "or followed by trailing bytes (warning)",
-    "acpi.checksum": "the bytes of a table (all `length` of them) do not sum to 0 mod 256",
+    "acpi.checksum": "the bytes of a table (all `length` of them) do not sum to 0 mod 256 (the FACS has no checksum)",
     "acpi.duplicate": "a table that must be unique (FACP, APIC, STAO) appears more than once",
     "acpi.rsdp.short": "the RSDP is shorter than 20 bytes (any revision) or 36 bytes (revision 2+)",
     "acpi.rsdp.signature": "the RSDP does not start with 'RSD PTR '",
@@ -81,7 +82,7 @@ RULES: dict[str, str] = {
     "entries cannot be resolved to signatures; only the count is compared",
     "acpi.stao.xsdt": "with the host XSDT: the guest XSDT must be the host's plus one appended entry per "
     "expected new table (Xen appends the STAO last), at an address the host does not use",
-    "acpi.fadt.missing": "there is no FADT (FACP)",
+    "acpi.fadt.missing": "a whole dump has no FADT (FACP)",
     "acpi.fadt.short": "the FADT is too short to hold the ARM boot flags and minor version (132 bytes)",
     "acpi.fadt.revision": "the FADT version (major at header offset 8, minor at offset 131) is below 5.1, "
     "the first with ARM boot flags",
@@ -91,19 +92,19 @@ RULES: dict[str, str] = {
     "through Xen with HVC, and Xen sets it",
     "acpi.fadt.hypervisor-id": "FADT hypervisor vendor identity (offset 268, ACPI 6.0+): reported (info), "
     "an error only when the profile expects a value and it differs",
-    "acpi.madt.missing": "there is no MADT (APIC)",
+    "acpi.madt.missing": "a whole dump has no MADT (APIC)",
     "acpi.madt.short": "the MADT is shorter than its 44-byte fixed part",
     "acpi.madt.entry": "a MADT subtable has a length below 2, runs past the table, or is a GICC too "
     "short for its flags",
     "acpi.madt.gicc-count": "the number of enabled GICC entries (flags bit 0) differs from the expected "
     "dom0 vCPU count (reported as info when no count is expected)",
     "acpi.madt.gicd": "the MADT does not hold exactly one GICD (none: error, several: warning)",
-    "acpi.gtdt.missing": "there is no GTDT: dom0 Linux has no architected timer without it",
+    "acpi.gtdt.missing": "a whole dump has no GTDT: dom0 Linux has no architected timer without it",
     "acpi.gtdt.short": "the GTDT is too short to hold the non-secure EL1 and virtual timer GSIVs",
     "acpi.gtdt.timer": "a GTDT non-secure EL1 or virtual timer GSIV is not a PPI (16-31 or 1056-1119)",
     "acpi.spcr.short": "the SPCR is too short to hold the UART base address",
     "acpi.spcr.uart": "the UART the SPCR describes, which Xen keeps for itself (info)",
-    "acpi.stao.missing": "there is no STAO: Xen adds one so dom0 ignores the UART Xen owns",
+    "acpi.stao.missing": "a whole dump has no STAO: Xen adds one so dom0 ignores the UART Xen owns",
     "acpi.stao.short": "the STAO is shorter than 37 bytes (header + Ignore UART)",
     "acpi.stao.uart": "STAO Ignore UART is not 1 although an SPCR describes a UART, or is not a boolean",
     "acpi.stao.names": "the STAO name list (after offset 37) is not NUL-terminated ASCII",
@@ -142,8 +143,12 @@ class TableHeader:
 
 @dataclass(frozen=True)
 class Tables:
-    tables: dict[str, bytes]  # file name (signature + optional instance) -> raw bytes
+    tables: dict[str, bytes]  # name (signature + optional instance; DYNAMIC + name if loaded at run time) -> bytes
     rsdp: bytes | None = None
+    # a whole dump: a table it lacks is missing from the machine (an error); else (one table given) its rules
+    # are only not applied
+    whole: bool = True
+    reading: inputs.Reading | None = field(default=None, compare=False)  # what acpi_input made of the user's path
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,9 @@ class _Malformed(Exception):
 
 
 def signature_of(name: str) -> str:
-    """The ACPI signature a sysfs file name stands for: 'SSDT2' -> 'SSDT', 'DBG2' -> 'DBG2'."""
+    """The ACPI signature a sysfs file name stands for: 'SSDT2' -> 'SSDT', 'DBG2' -> 'DBG2', 'dynamic/SSDT1' -> 'SSDT'.
+    """
+    name = name.removeprefix(DYNAMIC)
     m = TABLE_NAME.match(name)
     return m.group(1) if m else name[:4]
 
@@ -203,12 +210,28 @@ def _err(rule: str, where: str, expected: str, found: str, note: str = "") -> Fi
 def _names_with(tables: Mapping[str, bytes], sig: str) -> list[str]:
     return sorted(n for n in tables if signature_of(n) == sig)
 
+
+def _not_applied(signature: str, *prefixes: str) -> Finding:
+    """The info that a table is not in the input, so the rules under `prefixes` (e.g. acpi.rsdp) were not applied."""
+
+    def needs(rule: str, prefix: str) -> bool:
+        return rule == prefix or (rule.startswith(f"{prefix}.") and rule not in XSDT_RULES - {prefix})
+
+    rules = sorted(r for r in RULES if any(needs(r, p) for p in prefixes) and not r.endswith(".missing"))
+    return Finding("acpi.not-applied", Severity.INFO, signature, "present", "absent from the input",
+                   f"not applied: {', '.join(rules)}")
+
+
 def _the_table(
-    tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], signature: str, rule: str, min_len: int,
+    guest: Tables, headers: Mapping[str, TableHeader], signature: str, rule: str, min_len: int,
     missing: str = "present",
 ) -> tuple[str, bytes] | Finding:
-    """The first `signature` table and its bytes, or the finding that it is absent or too short to read."""
+    """The first `signature` table and its bytes, or the finding that it is absent (missing from a whole dump,
+    else its rules not applied) or too short to read."""
+    tables = guest.tables
     names = _names_with(headers, signature)
+    if not names and not guest.whole and not _names_with(tables, signature):
+        return _not_applied(signature, rule)
     if not names:
         return _err(f"{rule}.missing", signature, missing, "absent")
     name = names[0]
@@ -251,30 +274,6 @@ def xsdt_entries(raw: bytes, header: TableHeader) -> list[int]:
     return [struct.unpack_from("<Q", body, i)[0] for i in range(0, len(body) - 7, 8)]
 
 
-def load_tables(directory: Path) -> Tables:
-    """Read a sysfs-style dump. Sub-directories (sysfs ``data/``, ``dynamic/``) and files whose
-    name is not a signature (``XSDT.addrs``, notes) are ignored; ``RSDP`` goes to ``rsdp``. A table
-    name that is not a regular file (a FIFO, a device), or is too big to be a table, is refused."""
-    directory = Path(directory)
-    budget = inputs.Budget(directory, inputs.ACPI_DUMP)
-    tables: dict[str, bytes] = {}
-    rsdp: bytes | None = None
-    for entry in inputs.list_dir(directory, budget):
-        if not (entry.name == "RSDP" or TABLE_NAME.match(entry.name)) or entry.what == inputs.DIRECTORY:
-            continue
-        data = inputs.read_file(entry.path, inputs.ACPI_TABLE, budget)  # a link is followed to a file only
-        if entry.name == "RSDP":
-            rsdp = data
-        else:
-            tables[entry.name] = data
-    if not tables and rsdp is None:
-        raise UnusableInput(
-            f"{directory} holds no ACPI tables (files named by signature, e.g. FACP, APIC): "
-            "copy /sys/firmware/acpi/tables from the guest"
-        )
-    return Tables(tables=tables, rsdp=rsdp)
-
-
 # ---------------------------------------------------------------------------- checks
 
 
@@ -308,7 +307,7 @@ def _check_header(name: str, raw: bytes, h: TableHeader) -> list[Finding]:
                 f"{len(raw) - h.length} trailing bytes after the table",
             )
         )
-    total = _sum8(raw[: h.length])
+    total = 0 if h.signature in NO_CHECKSUM else _sum8(raw[: h.length])
     if total:
         out.append(
             _err(
@@ -376,7 +375,7 @@ def _check_rsdp(raw: bytes) -> list[Finding]:
 
 
 def _listed_in_xsdt(tables: Iterable[str]) -> list[str]:
-    return sorted(n for n in tables if signature_of(n) not in NOT_IN_XSDT | CAPTURE_ONLY)
+    return sorted(n for n in tables if signature_of(n) not in NOT_IN_XSDT | CAPTURE_ONLY and not n.startswith(DYNAMIC))
 
 
 def _check_xsdt(
@@ -406,7 +405,10 @@ def _check_xsdt(
         else:
             first_at[addr] = i
     listed = _listed_in_xsdt(guest.tables)
-    if len(entries) != len(listed):
+    if not guest.whole:
+        out.append(Finding("acpi.not-applied", Severity.INFO, "XSDT entries", "the tables the XSDT lists",
+                           "only the XSDT in the input", "not applied: acpi.xsdt.count"))
+    elif len(entries) != len(listed):
         out.append(
             _err(
                 "acpi.xsdt.count",
@@ -448,8 +450,8 @@ def _check_xsdt(
     return out
 
 
-def _check_fadt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
-    found = _the_table(tables, headers, "FACP", "acpi.fadt", FADT_MIN_LEN)
+def _check_fadt(guest: Tables, headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
+    found = _the_table(guest, headers, "FACP", "acpi.fadt", FADT_MIN_LEN)
     if isinstance(found, Finding):
         return [found]
     name, data = found
@@ -478,8 +480,8 @@ def _check_fadt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader],
     return out
 
 
-def _check_madt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
-    found = _the_table(tables, headers, "APIC", "acpi.madt", MADT_FIXED_LEN)
+def _check_madt(guest: Tables, headers: Mapping[str, TableHeader], profile: Profile) -> list[Finding]:
+    found = _the_table(guest, headers, "APIC", "acpi.madt", MADT_FIXED_LEN)
     if isinstance(found, Finding):
         return [found]
     name, data = found
@@ -527,8 +529,8 @@ def _check_madt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader],
     return out
 
 
-def _check_gtdt(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader]) -> list[Finding]:
-    found = _the_table(tables, headers, "GTDT", "acpi.gtdt", GTDT_MIN_LEN)
+def _check_gtdt(guest: Tables, headers: Mapping[str, TableHeader]) -> list[Finding]:
+    found = _the_table(guest, headers, "GTDT", "acpi.gtdt", GTDT_MIN_LEN)
     if isinstance(found, Finding):
         return [found]
     name, data = found
@@ -561,8 +563,8 @@ def _check_spcr(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader])
     return out
 
 
-def _check_stao(tables: Mapping[str, bytes], headers: Mapping[str, TableHeader], spcr_present: bool) -> list[Finding]:
-    found = _the_table(tables, headers, "STAO", "acpi.stao", STAO_MIN_LEN, "present (Xen adds it for dom0)")
+def _check_stao(guest: Tables, headers: Mapping[str, TableHeader], spcr_present: bool) -> list[Finding]:
+    found = _the_table(guest, headers, "STAO", "acpi.stao", STAO_MIN_LEN, "present (Xen adds it for dom0)")
     if isinstance(found, Finding):
         return [found]
     name, data = found
@@ -679,11 +681,11 @@ def validate_tables(guest: Tables, host: Tables | None = None, profile: Profile 
 def _findings(guest: Tables, host: Tables | None, profile: Profile) -> list[Finding]:
     out: list[Finding] = []
     if guest.rsdp is None:
-        out.append(Finding("acpi.capture.missing", Severity.INFO, "RSDP", "captured", "absent", "RSDP checks skipped"))
+        out.append(_not_applied("RSDP", "acpi.rsdp"))
     else:
         out.extend(_check_rsdp(guest.rsdp))
     if "XSDT" not in guest.tables:
-        out.append(Finding("acpi.capture.missing", Severity.INFO, "XSDT", "captured", "absent", "XSDT checks skipped"))
+        out.append(_not_applied("XSDT", "acpi.xsdt", *XSDT_RULES))
     headers: dict[str, TableHeader] = {}
     for name in sorted(guest.tables):
         raw = guest.tables[name]
@@ -699,23 +701,11 @@ def _findings(guest: Tables, host: Tables | None, profile: Profile) -> list[Find
             out.append(_err("acpi.duplicate", sig, "one table", ", ".join(dups)))
     spcr_present = bool(_names_with(guest.tables, "SPCR") or (host and _names_with(host.tables, "SPCR")))
     out.extend(_check_xsdt(guest, headers, host, profile))
-    out.extend(_check_fadt(guest.tables, headers, profile))
-    out.extend(_check_madt(guest.tables, headers, profile))
-    out.extend(_check_gtdt(guest.tables, headers))
+    out.extend(_check_fadt(guest, headers, profile))
+    out.extend(_check_madt(guest, headers, profile))
+    out.extend(_check_gtdt(guest, headers))
     out.extend(_check_spcr(guest.tables, headers))
-    out.extend(_check_stao(guest.tables, headers, spcr_present))
+    out.extend(_check_stao(guest, headers, spcr_present))
     if host is not None:
         out.extend(_compare_host(guest, host, profile))
     return out
-
-
-def check_path(
-    directory: Path,
-    host: Path | None = None,
-    vcpus: int | None = None,
-    hypervisor_id: str | None = None,
-) -> list[Finding]:
-    """Load a guest dump (and optionally the host's) and validate it; UnusableInput if unreadable."""
-    guest_tables = load_tables(Path(directory))
-    host_tables = load_tables(Path(host)) if host is not None else None
-    return validate_tables(guest_tables, host_tables, Profile(vcpus=vcpus, hypervisor_id=hypervisor_id))

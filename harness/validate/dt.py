@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import pathlib
 import re
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -50,14 +48,15 @@ RULES: dict[str, str] = {
     "dt.ext.reserved": "extended regions overlap no /reserved-memory region",
     "dt.ext.device": "extended regions overlap no device's reg (translated through bus ranges)",
     "dt.ext.bus-window": "extended regions overlap no bus ranges window (e.g. PCI MMIO, where BARs go)",
-    "dt.ext.32bit": "a 32-bit domain gets no extended regions",
+    "dt.ext.32bit": "a 32-bit domain (--arch, else its CPUs' compatible) gets no extended regions, in every profile",
     "dt.irq.missing": "the node has an interrupts property (the event-channel PPI)",
     "dt.irq.cells": "interrupts is exactly three cells <type number flags>",
     "dt.irq.type": "interrupts cell 0 is 1: the event channel is a PPI",
     "dt.irq.ppi-range": "interrupts cell 1 is a PPI number 0..15 (INTID 16..31)",
     "dt.irq.trigger": "interrupts flags & 0xf is 8 (IRQ_TYPE_LEVEL_LOW), usually 0xf08",
-    "dt.irq.parent": "interrupt-parent resolves (own, else inherited) to an existing node, without a loop",
-    "dt.irq.parent.gic": "the interrupt parent is a GIC (interrupt-controller, GIC compatible, 3 cells)",
+    "dt.irq.parent": "interrupt-parent (own, else inherited) is a phandle of an existing node",
+    "dt.irq.parent.gic": "the node interrupt-parent names is a GIC (interrupt-controller, GIC compatible, 3 cells); "
+    "a node that is not is named, even when Linux would walk on past it",
     "dt.dom0.grant": "dom0: reg[0] equals the grant table range Xen logged",
     "dt.dom0.ext": "dom0: reg[1..] equal the extended regions Xen logged, in order",
     "dt.dom0.irq": "dom0: the event-channel INTID equals the PPI Xen logged",
@@ -86,13 +85,17 @@ IRQ_TYPE_NAMES = {
 }
 GUEST_EVTCHN_PPI = 31  # xen/include/public/arch-arm.h
 GUEST_IRQ_CELLS = (1, GUEST_EVTCHN_PPI - PPI_BASE, 0xF08)
-GIC_COMPATIBLES = (
+GIC_COMPATIBLES = (  # what Linux's GIC drivers match (irq-gic.c, irq-gic-v3.c): the GICs a guest may be given
     "arm,gic-v3",
     "arm,cortex-a15-gic",
     "arm,gic-400",
     "arm,cortex-a9-gic",
     "arm,cortex-a7-gic",
     "arm,arm11mp-gic",
+    "arm,arm1176jzf-devchip-gic",
+    "arm,pl390",
+    "qcom,msm-8660-qgic",
+    "qcom,msm-qgic2",
 )
 UEFI_PROPS = (
     "xen,uefi-system-table",
@@ -103,9 +106,15 @@ UEFI_PROPS = (
 )
 EFI_MEMORY_DESCRIPTOR_SIZE = 40  # sizeof(EFI_MEMORY_DESCRIPTOR); Xen passes exactly this
 MAX_DEPTH = 64  # real trees nest < 10 deep; a deeper one is hostile or corrupt
-MAX_PHANDLE_HOPS = 32
 MAX_LISTED = 3  # overlaps named per finding; the rest are counted
 MAX_SHOWN = 8  # regions shown in a finding's text; a longer list is counted
+# CPUs that implement only AArch32 (ARMv7 and older): a domain on them is 32-bit. An ARMv8 CPU (Xen and libxl
+# write "arm,armv8" into a guest's tree) runs 32-bit domains too, so a tree with one cannot tell: --arch can.
+ARM32_ONLY_CPUS = frozenset({
+    "arm,cortex-a5", "arm,cortex-a7", "arm,cortex-a8", "arm,cortex-a9", "arm,cortex-a12", "arm,cortex-a15",
+    "arm,cortex-a17", "arm,arm1176jzf-s", "arm,arm11mpcore", "arm,arm926ej-s", "brcm,brahma-b15", "marvell,pj4b",
+    "qcom,krait", "qcom,scorpion",
+})
 _VERSION_RE = re.compile(r"xen,xen-(\d+)\.(\d+)")
 _EXPECT_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 
@@ -155,7 +164,19 @@ class Expectation:
     grant: Region | None = None
     extended: tuple[Region, ...] | None = None  # () means "none expected"
     event_intid: int | None = None
-    is_32bit: bool = False  # a 32-bit domain gets no extended regions
+    is_32bit: bool | None = None  # a 32-bit domain gets no extended regions; None = as the tree says (domain_arch)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Whether a domain is 32-bit, and what says so."""
+
+    name: str  # "arm32" or "arm64"
+    why: str  # "from /cpus: arm,cortex-a15", "given (--arch)"...
+
+    @property
+    def is_32bit(self) -> bool:
+        return self.name == "arm32"
 
 
 GUEST_GNTTAB = Region(0x38000000, 0x01000000)  # GUEST_GNTTAB_BASE, GUEST_GNTTAB_SIZE in arch-arm.h
@@ -209,7 +230,7 @@ class _Tree:
 
 def _load(dtb: bytes, label: str = "the input") -> _Tree:
     """Check the blob with libfdt, then mirror it as Python nodes; UnusableInput if unreadable."""
-    hint = "pass a .dtb such as /sys/firmware/fdt or a copy of /proc/device-tree"
+    hint = inputs.DTB.hint
     if not isinstance(dtb, bytes | bytearray | memoryview):
         raise UnusableInput(f"{label} is a {type(dtb).__name__}, not bytes: {hint}")
     buf = bytearray(dtb)
@@ -369,6 +390,23 @@ def read_hypervisor_node(dtb: bytes) -> HypervisorNode | None:
     tree = _load(dtb)
     node = _pick(tree)
     return _describe(tree, node) if node is not None else None
+
+
+def domain_arch(dtb: bytes) -> Arch:
+    """Whether the tree's domain is 32-bit, from its CPUs' compatible (ARM32_ONLY_CPUS)."""
+    return _domain_arch(_load(dtb))
+
+
+def _domain_arch(tree: _Tree) -> Arch:
+    cpus = [n for n in tree.nodes() if n.depth == 2 and n.parent is not None and n.parent.name == "cpus"
+            and n.name.split("@", 1)[0] == "cpu"]
+    models = sorted({(n.strings("compatible") or ["no compatible"])[0] for n in cpus})
+    shown = ", ".join(models[:MAX_LISTED]) + (", ..." if len(models) > MAX_LISTED else "")
+    if cpus and all(m in ARM32_ONLY_CPUS for m in models):
+        return Arch("arm32", f"from /cpus: {shown}, 32-bit only")
+    if not cpus:
+        return Arch("arm64", "assumed: the tree has no /cpus/cpu nodes; give --arch arm32 for a 32-bit domain")
+    return Arch("arm64", f"from /cpus: {shown}, which a 32-bit domain may run on too; give --arch arm32 for one")
 
 
 def memory_regions(dtb: bytes) -> list[Region]:
@@ -808,54 +846,35 @@ def _check_ext_clashes(path: str, regions: list[Region], occupied: list[_Occupie
             )
 
 
-def _resolve_irq_parent(tree: _Tree, node: _Node) -> tuple[_Node | None, Finding | None]:
-    """Follow interrupt-parent like Linux's of_irq_find_parent: own, else an ancestor's, until a
-    node with #interrupt-cells; loops, dangling phandles and a missing parent are findings."""
-    where = f"{node.path} interrupt-parent"
-    trail = [node.path]
-    seen = {node}
-    current = node
-    for _ in range(MAX_PHANDLE_HOPS + MAX_DEPTH):
-        raw = current.props.get("interrupt-parent")
+def _resolve_irq_parent(tree: _Tree, node: _Node) -> tuple[_Node | None, str, Finding | None]:
+    """The node's interrupt parent, where it was named, and the finding when there is none: the target of its
+    own interrupt-parent, else of the nearest ancestor's (or that ancestor itself when it is an interrupt
+    controller, as Linux's of_irq_find_parent takes it). Unlike Linux, a target that is no interrupt controller
+    is not walked past: the event channel's parent must be the GIC itself, so the target is returned and judged."""
+    for holder in (node, *node.ancestors()):
+        if holder is not node and "#interrupt-cells" in holder.props:
+            return holder, f"{holder.path}, itself an interrupt controller", None
+        raw = holder.props.get("interrupt-parent")
         if raw is None:
-            nxt = current.parent
-            if nxt is None:
-                return None, _err(
-                    "dt.irq.parent",
-                    where,
-                    "an interrupt-parent on the node or an ancestor, pointing at the GIC",
-                    "none on the node, its ancestors or /",
-                )
-        else:
-            phandle = int.from_bytes(raw, "big") if len(raw) == 4 else None
-            target = tree.by_phandle(phandle) if phandle is not None else None
-            if target is None:
-                shown = f"phandle {phandle:#x}" if phandle is not None else _show_raw(raw)
-                return None, _err(
-                    "dt.irq.parent",
-                    f"{current.path} interrupt-parent",
-                    "a phandle of an existing node (the GIC)",
-                    f"{shown} matches no node",
-                    "Linux cannot map the event-channel interrupt",
-                )
-            nxt = target
-        trail.append(nxt.path)
-        if nxt in seen:
-            return None, _err(
+            continue
+        named = f"{holder.path} interrupt-parent"
+        phandle = int.from_bytes(raw, "big") if len(raw) == 4 else None
+        target = tree.by_phandle(phandle) if phandle is not None else None
+        if target is None:
+            shown = f"phandle {phandle:#x}" if phandle is not None else _show_raw(raw)
+            return None, named, _err(
                 "dt.irq.parent",
-                where,
-                "a chain that ends at a node with #interrupt-cells (the GIC)",
-                "loop: " + " -> ".join(trail),
+                named,
+                "a phandle of an existing node (the GIC)",
+                f"{shown} matches no node",
+                "Linux cannot map the event-channel interrupt",
             )
-        seen.add(nxt)
-        if "#interrupt-cells" in nxt.props:
-            return nxt, None
-        current = nxt
-    return None, _err(
+        return target, named, None
+    return None, "", _err(
         "dt.irq.parent",
-        where,
-        "a short chain ending at the GIC",
-        f"no interrupt controller after {len(trail)} hops: " + " -> ".join(trail[:8]) + " ...",
+        f"{node.path} interrupt-parent",
+        "an interrupt-parent on the node or an ancestor, pointing at the GIC",
+        "none on the node, its ancestors or /",
     )
 
 
@@ -894,12 +913,13 @@ def _check_irq(tree: _Tree, node: _Node) -> Iterator[Finding]:
             f"flags {cells[2]:#x} ({IRQ_TYPE_NAMES.get(trig, 'invalid')})",
             "Xen injects the event-channel PPI as level-triggered, active low",
         )
-    parent, problem = _resolve_irq_parent(tree, node)
+    parent, named, problem = _resolve_irq_parent(tree, node)
     if problem is not None:
         yield problem
     if parent is None:
         return
-    gic_where = f"{node.path} interrupt-parent -> {parent.path}"
+    inherited = "" if named.startswith(f"{node.path} ") else f" (inherited from {named})"
+    gic_where = f"{node.path} interrupt-parent -> {parent.path}{inherited}"
     compat = parent.strings("compatible") or []
     icells = parent.u32("#interrupt-cells")
     missing = []
@@ -915,7 +935,7 @@ def _check_irq(tree: _Tree, node: _Node) -> Iterator[Finding]:
             "dt.irq.parent.gic",
             gic_where,
             f"a GIC: interrupt-controller, compatible in {', '.join(GIC_COMPATIBLES)}, #interrupt-cells = 3",
-            "; ".join(missing),
+            f"{parent.path}: " + "; ".join(missing),
             "the event channel is a GIC PPI; another controller would misread the cells",
         )
 
@@ -1008,13 +1028,16 @@ def _findings(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
         if len(regions) > 1:
             bare, with_unit = _candidates(tree)
             findings.extend(_check_ext_clashes(node.path, regions, _occupied(tree, set(bare + with_unit))))
-            if expect.is_32bit:
+            given = Arch("arm32" if expect.is_32bit else "arm64", "as given: --arch or the target's arch")
+            arch = given if expect.is_32bit is not None else _domain_arch(tree)
+            if arch.is_32bit:
                 findings.append(
                     _err(
                         "dt.ext.32bit",
                         f"{node.path} reg[1..]",
-                        "no extended regions (a 32-bit domain gets none)",
+                        f"no extended regions, only the grant table: a 32-bit domain ({arch.why})",
                         _show_regions(regions[1:]),
+                        "Xen gives no extended regions to 32-bit guests",
                     )
                 )
     findings.extend(_check_irq(tree, node))
@@ -1027,76 +1050,19 @@ def _findings(tree: _Tree, profile: str, expect: Expectation) -> list[Finding]:
     return findings
 
 
-def _check_profile(profile: str) -> None:
+def check_profile(profile: str) -> None:
     if profile not in PROFILES:
         raise UnusableInput(f"unknown DT profile {profile!r}: use one of {', '.join(PROFILES)}")
 
 
-def validate_dtb(dtb: bytes, profile: str = "dom0", expect: Expectation | None = None) -> list[Finding]:
+def validate_dtb(
+    dtb: bytes, profile: str = "dom0", expect: Expectation | None = None, label: str = "the input"
+) -> list[Finding]:
     """Findings about the /hypervisor node of a DTB; UnusableInput if it is not a readable DT.
 
     ``dom0`` and ``domU`` check the whole node and compare it with ``expect`` where given (domU
     also with Xen's fixed guest layout); ``acpi-dom0`` checks only the compatible and the
     ``uefi`` child, as that node carries nothing else (``expect.xen_version`` still applies).
     """
-    _check_profile(profile)
-    return _validate(_load(dtb), profile, expect or Expectation())
-
-
-# --- inputs from disk -----------------------------------------------------------------------
-
-
-def dtb_from_procfs(root: pathlib.Path) -> bytes:
-    """Rebuild a DTB from a copy of /proc/device-tree: files are properties, directories nodes.
-
-    Linux adds a ``name`` pseudo-property to every node; it is dropped when it only repeats
-    the node name, as it was not in the blob Linux was given. Symbolic links are skipped (never
-    followed: no loops); the walk reads at most what a DTB may hold (harness/inputs.py).
-    """
-    root = pathlib.Path(root)
-    hint = inputs.DT_COPY.hint
-    budget = inputs.Budget(root, inputs.DT_COPY)
-    top = inputs.list_dir(root, budget)
-    if not top:
-        raise UnusableInput(f"{root} is empty: {hint}")
-    sw = libfdt.FdtSw()
-    sw.finish_reservemap()
-
-    def emit(directory: pathlib.Path, entries: list[inputs.Entry], name: str, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            raise UnusableInput(f"{directory} nests more than {MAX_DEPTH} levels deep: {hint}")
-        for entry in entries:
-            if not entry.name.isascii():  # DT names are ASCII; libfdt's binding takes only text
-                raise UnusableInput(f"{entry.path} is not an ASCII node or property name: {hint}")
-            if entry.what not in (inputs.FILE, inputs.DIRECTORY, inputs.SYMLINK):
-                raise UnusableInput(f"{entry.path} is {entry.what}, not a property file: {hint}")
-        sw.begin_node(name)
-        base = name.split("@", 1)[0].encode()
-        for entry in entries:
-            if entry.what != inputs.FILE:
-                continue
-            value = inputs.read_file(entry.path, inputs.DTB, budget)
-            if entry.name == "name" and value == base + b"\0":
-                continue
-            sw.property(entry.name, value)
-        for entry in entries:
-            if entry.what == inputs.DIRECTORY:
-                emit(entry.path, inputs.list_dir(entry.path, budget), entry.name, depth + 1)
-        sw.end_node()
-
-    try:
-        emit(root, top, "", 0)
-        return bytes(sw.as_fdt().as_bytearray())
-    except libfdt.FdtException as exc:
-        raise UnusableInput(f"{root} cannot be turned into a DTB ({exc}): {hint}") from exc
-
-
-def check_path(path: pathlib.Path, profile: str = "dom0", expect: Expectation | None = None) -> list[Finding]:
-    """Validate a DTB file, or a directory copied from /proc/device-tree."""
-    _check_profile(profile)
-    path = pathlib.Path(path)
-    if stat.S_ISDIR(inputs.examine(path, inputs.DTB).st_mode):
-        data = dtb_from_procfs(path)
-    else:
-        data = inputs.read_file(path, inputs.DTB)
-    return _validate(_load(data, str(path)), profile, expect or Expectation())
+    check_profile(profile)
+    return _validate(_load(dtb, label), profile, expect or Expectation())

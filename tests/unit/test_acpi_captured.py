@@ -14,19 +14,19 @@ from captured import DATA
 
 from harness import acpidump
 from harness.findings import Severity, failures
-from harness.validate import acpi, dt
+from harness.validate import acpi, acpi_input, dt
 
 CAPTURED = DATA / "acpi" / "captured-xen417"
 
 
 @pytest.fixture(scope="module")
 def guest() -> acpi.Tables:
-    return acpi.load_tables(CAPTURED / "dom0")
+    return acpi_input.read(CAPTURED / "dom0")
 
 
 @pytest.fixture(scope="module")
 def host() -> acpi.Tables:
-    return acpi.load_tables(CAPTURED / "host")
+    return acpi_input.read(CAPTURED / "host")
 
 
 def test_real_dom0_tables_pass_with_xens_known_rsdp_defect(guest, host):

@@ -13,6 +13,7 @@ import libfdt
 import pytest
 
 from harness import targets
+from harness.validate import dt
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(sys.executable).parent / "harness"
@@ -59,10 +60,12 @@ def test_console_script_is_installed():
 def test_check_dtb_healthy_dom0():
     proc = harness("check", "dtb", DOM0_DTB, "--profile", "dom0", "--xen-version", "4.17")
     assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
-    assert proc.stdout.strip() == "no findings"
+    arch = dt.domain_arch(DOM0_DTB.read_bytes())
+    assert proc.stdout.splitlines() == [f"read {DOM0_DTB} as a DTB", f"domain: arm64 ({arch.why})", "", "no findings"]
     json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
-    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (
-        0, {"input": str(DOM0_DTB), "profile": "dom0", "xen_version": "4.17", "findings": []})
+    assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, {
+        "input": str(DOM0_DTB), "read": [{"path": str(DOM0_DTB), "layout": "a DTB", "parts": [], "ignored": []}],
+        "profile": "dom0", "xen_version": "4.17", "arch": {"name": "arm64", "why": arch.why}, "findings": []})
 
 
 @pytest.fixture
@@ -87,7 +90,7 @@ def test_check_dtb_json(swapped_compatible):
     proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
     assert proc.returncode == 1
     record = json.loads(proc.stdout)
-    assert {k: v for k, v in record.items() if k != "findings"} == {
+    assert {k: v for k, v in record.items() if k not in ("findings", "read", "arch")} == {
         "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17"}
     findings = record["findings"]
     assert isinstance(findings, list) and findings
@@ -156,8 +159,11 @@ def test_check_acpi_wrong_vcpu_count():
     proc = harness("check", "acpi", ACPI_DOM0, "--host", ACPI_HOST, "--vcpus", found + 1, "--json")
     assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     record = json.loads(proc.stdout)
-    assert {k: v for k, v in record.items() if k != "findings"} == {
+    assert {k: v for k, v in record.items() if k not in ("findings", "read")} == {
         "input": str(ACPI_DOM0), "host": str(ACPI_HOST), "vcpus": found + 1, "hypervisor_id": None}
+    sysfs = "a copy of /sys/firmware/acpi/tables"
+    assert [(r["path"], r["layout"]) for r in record["read"]] == [(str(ACPI_DOM0), sysfs), (str(ACPI_HOST), sysfs)]
+    assert record["read"][0]["parts"] == sorted(p.name for p in ACPI_DOM0.iterdir())
     count = [f for f in record["findings"] if f["rule"] == "acpi.madt.gicc-count"]
     assert count and count[0]["severity"] == "error", proc.stdout
     assert (count[0]["expected"], count[0]["found"]) == (str(found + 1), str(found)), count[0]
@@ -169,6 +175,23 @@ def test_check_acpi_directory_of_junk(tmp_path):
     proc = harness("check", "acpi", tmp_path)
     assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert str(tmp_path) in one_line_error(proc)
+
+
+def test_check_acpi_one_table_says_what_it_read_and_what_it_did_not_check():
+    proc = harness("check", "acpi", ACPI_DOM0 / "FACP")
+    assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert proc.stdout.splitlines()[0] == f"read {ACPI_DOM0 / 'FACP'} as one binary table: FACP"
+    record = json.loads(harness("check", "acpi", ACPI_DOM0 / "FACP", "--json").stdout)
+    assert sorted(f["where"] for f in record["findings"] if f["rule"] == "acpi.not-applied") == [
+        "APIC", "GTDT", "RSDP", "STAO", "XSDT"]
+
+
+def test_check_acpi_text_without_tables_is_one_sentence(tmp_path):
+    path = tmp_path / "acpidump.txt"
+    path.write_text("acpidump: command not found\n")
+    proc = harness("check", "acpi", path)
+    assert proc.returncode == 2, f"expected exit 2, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert one_line_error(proc).startswith(f"harness: {path} is text without an acpidump table in it")
 
 
 # --- what a user brings: never a hang, never a traceback -----------------------------------------
@@ -238,6 +261,31 @@ def test_targets_lists_qemu_virt():
     row = next((ln for ln in lines if ln.split()[0] == "qemu-virt"), None)
     assert row is not None, proc.stdout
     assert spec.description in row and f"[{', '.join(sorted(spec.capabilities))}]" in row, row
+
+
+def test_targets_json_lists_every_target():
+    proc = harness("targets", "--json")
+    assert proc.returncode == 0 and proc.stderr == ""
+    listed = {t["name"]: t for t in json.loads(proc.stdout)}
+    assert set(listed) == set(targets.target_names())
+    spec = targets.load_spec("qemu-a15")
+    assert listed["qemu-a15"] == {"name": "qemu-a15", "description": spec.description, "arch": "arm32",
+                                  "boot": spec.boot, "capabilities": sorted(spec.capabilities), "path": str(spec.path)}
+
+
+def test_every_verb_but_triage_and_boot_has_json():
+    """boot's --json and triage's are tested with them; these are the rest, and --version."""
+    version = json.loads(harness("--version", "--json").stdout)
+    assert set(version) == {"harness", "commit"}
+    assert harness("--version").stdout == f"harness {version['harness']} (commit {version['commit']})\n"
+    rules = json.loads(harness("check", "rules", "--json").stdout)
+    assert rules["dt.ext.32bit"].startswith("a 32-bit domain") and "acpi.not-applied" in rules
+    proc = harness("images", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(proc.stdout)
+    text_rows = harness("images", "list").stdout.splitlines()
+    assert len(listing["images"]) + len(listing["sources"]) == len(text_rows)
+    assert all({"profile", "name", "package", "version", "path"} == set(row) for row in listing["images"])
 
 
 def test_check_rules_lists_the_boot_checks_too():

@@ -10,7 +10,7 @@ import pytest
 
 from harness import inputs
 from harness.errors import UnusableInput
-from harness.validate import acpi, dt
+from harness.validate import acpi_input, dt_input
 
 DATA = Path(__file__).parent / "data"
 DOM0_DTB = DATA / "qemu-virt-gicv3-dom0.dtb"
@@ -43,14 +43,14 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
     # no writer ever opens it: reading it would block forever
     path = fifo(tmp_path / "dump.dtb")
     with pytest.raises(UnusableInput, match=r"dump\.dtb is a FIFO, not a file: pass a \.dtb"):
-        dt.check_path(path)
+        dt_input.check_path(path)
     with pytest.raises(UnusableInput, match="is a FIFO, not a file: give the path of a saved console log"):
         inputs.open_file(path, inputs.CONSOLE_LOG)
 
 
 def test_a_character_device_is_refused():
     with pytest.raises(UnusableInput, match="/dev/zero is a character device, not a file"):
-        dt.check_path(Path("/dev/zero"))
+        dt_input.check_path(Path("/dev/zero"))
     with pytest.raises(UnusableInput, match="/dev/null is a character device, not a file"):
         inputs.read_file(Path("/dev/null"), inputs.CONSOLE_LOG)
 
@@ -58,11 +58,11 @@ def test_a_character_device_is_refused():
 def test_an_oversized_dtb_is_refused_with_its_size_and_the_limit(tmp_path):
     path = sparse(tmp_path / "x.dtb", 300 * inputs.MiB)
     with pytest.raises(UnusableInput) as caught:
-        dt.check_path(path)
+        dt_input.check_path(path)
     assert str(caught.value).startswith(f"{path} is 300 MiB, over the 16 MiB a DTB may be: a real one is under 2 MiB")
     just_over = sparse(tmp_path / "y.dtb", 16 * inputs.MiB + 1)
     with pytest.raises(UnusableInput, match=f"is {16 * inputs.MiB + 1} bytes, over the 16 MiB"):
-        dt.check_path(just_over)
+        dt_input.check_path(just_over)
 
 
 def test_a_log_over_the_limit_is_refused_before_it_is_read(tmp_path):
@@ -94,25 +94,25 @@ def test_an_acpi_table_that_is_a_fifo_or_a_device_is_refused(tmp_path):
     dump = copy_dir(ACPI_DOM0, tmp_path / "tables")
     (dump / "GTDT").unlink()
     fifo(dump / "GTDT")
-    with pytest.raises(UnusableInput, match=r"tables/GTDT is a FIFO, not a file: give the directory of tables"):
-        acpi.check_path(dump)
+    with pytest.raises(UnusableInput, match=r"tables/GTDT is a FIFO, not a file: give a copy of /sys/firmware/acpi"):
+        acpi_input.check_path(dump)
     (dump / "GTDT").unlink()
     (dump / "GTDT").symlink_to("/dev/zero")  # a link is followed to a regular file only
     with pytest.raises(UnusableInput, match="GTDT is a character device, not a file"):
-        acpi.load_tables(dump)
+        acpi_input.read(dump)
 
 
 def test_an_oversized_acpi_table_is_refused(tmp_path):
     dump = copy_dir(ACPI_DOM0, tmp_path / "tables")
     sparse(dump / "SSDT", 9 * inputs.MiB)
     with pytest.raises(UnusableInput, match="SSDT is 9 MiB, over the 8 MiB an ACPI table may be"):
-        acpi.load_tables(dump)
+        acpi_input.read(dump)
 
 
 def test_what_is_not_a_table_name_is_not_opened(tmp_path):
     dump = copy_dir(ACPI_DOM0, tmp_path / "tables")
     fifo(dump / "notes.fifo")  # not a signature: never looked into
-    assert set(acpi.load_tables(dump).tables) == {p.name for p in ACPI_DOM0.iterdir()} - {"RSDP"}
+    assert set(acpi_input.read(dump).tables) == {p.name for p in ACPI_DOM0.iterdir()} - {"RSDP"}
 
 
 def test_a_procfs_copy_with_a_fifo_is_refused(tmp_path):
@@ -121,7 +121,7 @@ def test_a_procfs_copy_with_a_fifo_is_refused(tmp_path):
     (root / "compatible").write_bytes(b"linux,dummy-virt\0")
     fifo(root / "hypervisor" / "reg")
     with pytest.raises(UnusableInput, match=r"hypervisor/reg is a FIFO, not a property file: pass a copy of /proc"):
-        dt.check_path(root)
+        dt_input.check_path(root)
 
 
 def test_a_walk_is_bounded_in_entries_and_bytes(tmp_path):

@@ -28,13 +28,13 @@ from harness.validate.acpi import (
     Profile,
     TableHeader,
     Tables,
-    check_path,
     classify,
-    load_tables,
     parse_header,
     signature_of,
     validate_tables,
 )
+from harness.validate.acpi_input import check_path
+from harness.validate.acpi_input import read as read_tables
 
 DATA = Path(__file__).parent / "data" / "acpi"
 
@@ -256,7 +256,7 @@ def test_check_path_on_dumped_directories(tmp_path: Path) -> None:
 
 def test_committed_fixture_dump_matches_builder() -> None:
     for kind, tables in (("dom0", guest_set()), ("host", host_set())):
-        loaded = load_tables(DATA / kind)
+        loaded = read_tables(DATA / kind)
         assert loaded == as_tables(tables), f"regenerate {DATA / kind}: python {__file__}"
     assert failures(check_path(DATA / "dom0", DATA / "host", vcpus=2)) == []
 
@@ -406,7 +406,7 @@ def test_missing_rsdp_and_xsdt_are_reported_not_failed() -> None:
     del guest["RSDP"], guest["XSDT"]
     findings = run(guest)
     assert failures(findings) == []
-    assert sorted(f.where for f in only(findings, "acpi.capture.missing")) == ["RSDP", "XSDT"]
+    assert sorted(f.where for f in only(findings, "acpi.not-applied")) == ["RSDP", "XSDT"]
 
 
 # ---------------------------------------------------------------------------- XSDT
@@ -704,10 +704,10 @@ def test_capture_only_tables_missing_from_guest_are_not_a_host_finding() -> None
     assert only(run(guest), "acpi.host.missing") == []
 
 
-# ---------------------------------------------------------------------------- load_tables
+# ---------------------------------------------------------------------------- read_tables
 
 
-def test_load_tables_layout(tmp_path: Path) -> None:
+def test_read_tables_layout(tmp_path: Path) -> None:
     d = write_dump(tmp_path, guest_set())
     (d / "SSDT1").write_bytes(table("SSDT", bytes(4)))
     (d / "SSDT2").write_bytes(table("SSDT", bytes(5)))
@@ -715,24 +715,24 @@ def test_load_tables_layout(tmp_path: Path) -> None:
     (d / "dynamic").mkdir()
     (d / "XSDT.addrs").write_text("junk")
     (d / "notes.txt").write_text("junk")
-    loaded = load_tables(d)
+    loaded = read_tables(d)
     assert loaded.rsdp == guest_set()["RSDP"]
     assert sorted(loaded.tables) == ["APIC", "DSDT", "FACP", "GTDT", "SPCR", "SSDT1", "SSDT2", "STAO", "XSDT"]
     f = failing(validate_tables(loaded), "acpi.xsdt.count")  # SSDTs are listed in a real XSDT
     assert f.found == "5" and f.expected.startswith("7 (")
 
 
-def test_load_tables_unusable(tmp_path: Path) -> None:
+def test_read_tables_unusable(tmp_path: Path) -> None:
     with pytest.raises(UnusableInput, match="nope does not exist"):
-        load_tables(tmp_path / "nope")
+        read_tables(tmp_path / "nope")
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(UnusableInput, match="file is a regular file, not a directory"):
-        load_tables(tmp_path / "file")
+    with pytest.raises(UnusableInput, match="file is empty: give a copy of /sys/firmware/acpi/tables, acpixtract"):
+        read_tables(tmp_path / "file")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no tables here")
     with pytest.raises(UnusableInput, match="no ACPI tables"):
-        load_tables(empty)
+        read_tables(empty)
     with pytest.raises(UnusableInput):
         check_path(write_dump(tmp_path / "g", guest_set()), tmp_path / "missing-host")
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import libfdt
 import pytest
+from fdtree import flatten, write_procfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,11 +27,10 @@ from harness.validate.dt import (
     Expectation,
     HypervisorNode,
     Region,
-    check_path,
-    dtb_from_procfs,
     read_hypervisor_node,
     validate_dtb,
 )
+from harness.validate.dt_input import check_path, dtb_from_procfs
 
 DATA = pathlib.Path(__file__).parent / "data"
 DOM0_PATH = DATA / "qemu-virt-gicv3-dom0.dtb"
@@ -38,6 +38,9 @@ DOM0 = DOM0_PATH.read_bytes()
 HOST = (DATA / "qemu-virt-gicv3-host.dtb").read_bytes()
 # QEMU 7.2 `-machine virt,gic-version=2,dumpdtb=...`, packed with libfdt: a GICv2 machine
 GICV2_HOST = (DATA / "dt" / "qemu-virt-gicv2-host.dtb").read_bytes()
+# dom0's /sys/firmware/fdt from a qemu-a15 boot (Debian's Xen 4.17.5 armhf, Cortex-A15, GICv2): a 32-bit dom0
+A15_DOM0 = (DATA / "dt" / "qemu-a15-dom0.dtb").read_bytes()
+A15_GRANT = Region(0x40010000, 0x40000)  # Xen: "Grant table range: 0x00000040010000-0x00000040050000"
 
 # What Xen 4.17 printed on the boot that produced DOM0
 GRANT = Region(0x40200000, 0x40000)
@@ -441,6 +444,26 @@ def test_extended_regions_on_a_32bit_domain():
     assert run(set_hyp_reg((GRANT.start, GRANT.size)), "dom0", Expectation(is_32bit=True)) == []
 
 
+def test_a_32bit_domain_is_recognised_from_its_cpus():
+    assert dt.domain_arch(A15_DOM0) == dt.Arch("arm32", "from /cpus: arm,cortex-a15, 32-bit only")
+    assert run(A15_DOM0, "dom0", Expectation(xen_version="4.17", grant=A15_GRANT, event_intid=16)) == []
+    arm64 = dt.domain_arch(DOM0)
+    assert arm64.name == "arm64" and arm64.why.startswith("from /cpus: arm,cortex-a57, which a 32-bit domain")
+    assert dt.domain_arch(guest()).why.startswith("assumed: the tree has no /cpus/cpu nodes")
+
+
+def test_extended_region_on_the_real_32bit_dom0_in_every_profile():
+    """The real arm32 dom0's tree with one extended region past its grant table, as a 64-bit dom0 would get."""
+    blob = set_hyp_reg((A15_GRANT.start, A15_GRANT.size), (0x80000000, 0x40000000), blob=A15_DOM0)
+    for profile in ("dom0", "domU"):
+        finding = only(run(blob, profile), "dt.ext.32bit")
+        assert finding.where == "/hypervisor reg[1..]" and finding.found == "0x80000000-0xc0000000"
+        assert finding.expected.endswith("a 32-bit domain (from /cpus: arm,cortex-a15, 32-bit only)")
+        assert finding.note == "Xen gives no extended regions to 32-bit guests"
+    # --arch arm64 overrides what the CPUs say
+    assert "dt.ext.32bit" not in rules(run(blob, "dom0", Expectation(is_32bit=False)))
+
+
 def test_extended_regions_differ_from_xens_log():
     finding = only(run(DOM0, "dom0", Expectation(extended=EXT[::-1])), "dt.dom0.ext")
     assert finding.expected.startswith("0x80000000-0xc0000000, 0x40400000-0x60000000")
@@ -495,19 +518,36 @@ def test_dangling_interrupt_parent():
     assert "phandle of an existing node" in finding.expected
 
 
-def test_loop_shaped_interrupt_parent():
+def point_hypervisor_at(path: str, blob: bytes = DOM0, phandle: int = 0x78) -> bytes:
+    """dom0's tree with /hypervisor's interrupt-parent naming the node at `path` (given a phandle)."""
     def change(f: libfdt.Fdt) -> None:
-        f.setprop_u32(f.path_offset("/hypervisor"), "phandle", 0x77)
-        f.setprop_u32(f.path_offset("/psci"), "phandle", 0x78)
-        f.setprop_u32(f.path_offset("/hypervisor"), "interrupt-parent", 0x78)
-        f.setprop_u32(f.path_offset("/psci"), "interrupt-parent", 0x77)
+        f.setprop_u32(f.path_offset(path), "phandle", phandle)
+        f.setprop_u32(f.path_offset("/hypervisor"), "interrupt-parent", phandle)
 
-    finding = only(run(edit(change)), "dt.irq.parent")
-    assert finding.found == "loop: /hypervisor -> /psci -> /hypervisor"
-    # the shortest loop: a node that is its own interrupt parent
-    blob = edit(lambda f: f.setprop_u32(f.path_offset("/hypervisor"), "phandle", GIC_PHANDLE + 100))
-    blob = setprop("/hypervisor", "interrupt-parent", cells(GIC_PHANDLE + 100), blob)
-    assert only(run(blob), "dt.irq.parent").found == "loop: /hypervisor -> /hypervisor"
+    return edit(change, blob)
+
+
+def test_interrupt_parent_naming_a_node_that_is_no_controller():
+    """/psci has no #interrupt-cells: Linux would walk on from it to / and its GIC, but the event channel's
+    parent must be the GIC itself, and the finding names the node the phandle found."""
+    finding = only(run(point_hypervisor_at("/psci"), "dom0", EXPECT), "dt.irq.parent.gic")
+    assert finding.where == "/hypervisor interrupt-parent -> /psci"
+    assert finding.found.startswith("/psci: no interrupt-controller property; compatible 'arm,psci-1.0'")
+    assert "#interrupt-cells = 0 bytes <>" in finding.found
+    # a node that is its own interrupt parent is named the same way
+    own = only(run(point_hypervisor_at("/hypervisor")), "dt.irq.parent.gic")
+    assert own.where == "/hypervisor interrupt-parent -> /hypervisor" and own.found.startswith("/hypervisor: ")
+
+
+def test_inherited_interrupt_parent_naming_a_non_gic():
+    def change(f: libfdt.Fdt) -> None:
+        f.setprop_u32(f.path_offset("/psci"), "phandle", 0x78)
+        f.setprop_u32(0, "interrupt-parent", 0x78)
+        f.delprop(f.path_offset("/hypervisor"), "interrupt-parent")
+
+    finding = only(run(edit(change), "dom0", EXPECT), "dt.irq.parent.gic")
+    assert finding.where == "/hypervisor interrupt-parent -> /psci (inherited from / interrupt-parent)"
+    assert finding.found.startswith("/psci: ")
 
 
 def test_non_gic_interrupt_parent():
@@ -517,13 +557,13 @@ def test_non_gic_interrupt_parent():
     finding = only(run(blob), "dt.irq.parent.gic")
     assert finding.where == "/hypervisor interrupt-parent -> /pcie@10000000"
     assert "arm,gic-v3" in finding.expected and "#interrupt-cells = 3" in finding.expected
-    assert "no interrupt-controller" in finding.found and "#interrupt-cells = 1" in finding.found
-    assert "'pci-host-ecam-generic'" in finding.found
+    assert finding.found.startswith("/pcie@10000000: no interrupt-controller")
+    assert "#interrupt-cells = 1" in finding.found and "'pci-host-ecam-generic'" in finding.found
 
 
 def test_gic_with_four_interrupt_cells_is_flagged():
     blob = setprop("/interrupt-controller", "#interrupt-cells", cells(4))
-    assert only(run(blob), "dt.irq.parent.gic").found == "#interrupt-cells = 4"
+    assert only(run(blob), "dt.irq.parent.gic").found == "/interrupt-controller: #interrupt-cells = 4"
 
 
 # --- profiles -------------------------------------------------------------------------------
@@ -677,38 +717,6 @@ def test_check_path_on_a_dtb_file():
 # --- /proc/device-tree copies ---------------------------------------------------------------
 
 
-def flatten(blob: bytes) -> dict[str, dict[str, bytes]]:
-    """path -> {property: value} of a DTB, read with libfdt."""
-    fdt = libfdt.FdtRo(blob)
-    out: dict[str, dict[str, bytes]] = {}
-    stack = [0]
-    while stack:
-        off = stack.pop()
-        props = {}
-        p = fdt.first_property_offset(off, (libfdt.NOTFOUND,))
-        while p >= 0:
-            prop = fdt.get_property_by_offset(p)
-            props[prop.name] = bytes(prop)
-            p = fdt.next_property_offset(p, (libfdt.NOTFOUND,))
-        out[fdt.get_path(off)] = props
-        sub = fdt.first_subnode(off, (libfdt.NOTFOUND,))
-        while sub >= 0:
-            stack.append(sub)
-            sub = fdt.next_subnode(sub, (libfdt.NOTFOUND,))
-    return out
-
-
-def write_procfs(blob: bytes, root: pathlib.Path) -> None:
-    """Lay a DTB out the way Linux shows it in /proc/device-tree, `name` files included."""
-    for path, props in flatten(blob).items():
-        directory = root / path.lstrip("/")
-        directory.mkdir(parents=True, exist_ok=True)
-        base = path.rsplit("/", 1)[-1].split("@", 1)[0]
-        (directory / "name").write_bytes(base.encode() + b"\0")
-        for name, value in props.items():
-            (directory / name).write_bytes(value)
-
-
 def test_procfs_copy_round_trips(tmp_path):
     write_procfs(DOM0, tmp_path / "device-tree")
     assert (tmp_path / "device-tree/hypervisor/name").read_bytes() == b"hypervisor\0"
@@ -769,18 +777,15 @@ def test_non_utf8_node_name_is_reported_printably():
     renamed = DOM0[:at] + b"\xffsci\0" + DOM0[at + 5 :]  # same length: the struct stays valid
     assert run(renamed, "dom0", EXPECT) == []
 
-    def loop_through_it(f: libfdt.Fdt) -> None:
-        hyp = f.path_offset("/hypervisor")
-        f.setprop_u32(hyp, "phandle", 0x77)
-        f.setprop_u32(f.path_offset("/hypervisor"), "interrupt-parent", 0x78)
+    def point_at_it(f: libfdt.Fdt) -> None:
         off = f.first_subnode(0)
         while f.get_name(off) != "\udcffsci":  # how libfdt's binding hands over the raw byte
             off = f.next_subnode(off)
         f.setprop_u32(off, "phandle", 0x78)
-        f.setprop_u32(f.node_offset_by_phandle(0x78), "interrupt-parent", 0x77)
+        f.setprop_u32(f.path_offset("/hypervisor"), "interrupt-parent", 0x78)
 
-    finding = only(run(edit(loop_through_it, renamed)), "dt.irq.parent")
-    assert finding.found == "loop: /hypervisor -> /\\xffsci -> /hypervisor"
+    finding = only(run(edit(point_at_it, renamed)), "dt.irq.parent.gic")
+    assert finding.where == "/hypervisor interrupt-parent -> /\\xffsci"
     str(finding).encode("utf-8")  # printable: no lone surrogates
 
 
