@@ -112,7 +112,7 @@ def summary(result, spec) -> str:
     claims = result.claims
     if claims:
         lines += ["", f"{'Xen':34} {claims.release or '?'} on {claims.boot or 'Device Tree'}"]
-    for g in spec.guests:
+    for g in spec.every_guest:
         view = result.views.get(g.name)
         node = dt.read_hypervisor_node(view.fdt) if view and view.fdt else None
         xen_grant = claims.grant if claims and g.domid == 0 else None
@@ -127,6 +127,8 @@ def summary(result, spec) -> str:
             ppi = claims.event_ppi if claims and g.domid == 0 else dt.GUEST_EVTCHN_PPI
             lines.append(f"{g.name + ' events interrupt':34} Xen: PPI {ppi}   {g.name}: irq {irq.irq}, hwirq "
                          f"{irq.hwirq} on {irq.chip}, {irq.trigger}, count {irq.total} -> {view.event_count_later}")
+    if result.toolstack is not None:
+        lines += result.toolstack.summary(spec.toolstack.domu.name)
     if result.findings:
         lines += ["", render_table(result.findings)]
     lines.append("")

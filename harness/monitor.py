@@ -482,7 +482,7 @@ class ConsoleMonitor:
                 return
             source, tail = f"dom{self.focus}", tail[m.end():]
         else:
-            source = "dom0"
+            source = self.relay or "dom0"
         if f"{source}:shell" not in self.reached and self.prompt.match(tail):
             self._reach(f"{source}:shell", Line(round(self.now(), 3), source, tail))
 

@@ -97,6 +97,44 @@ class ToolstackReport:
         return round(self.pv_disk_size / (1 << 20) / self.pv_read_seconds, 1)
 
 
+    def summary(self, domu: str) -> list[str]:
+        """The rows `harness boot` prints for the toolstack, as wide as its other witness rows."""
+        irq = self.disk_irq
+        disk = (f"{self.disk_device}: {KNOWN_SIZE >> 20} MiB read in {self.disk_seconds:.2f} s, SHA256 "
+                f"{'as known' if self.disk_sha256 == known_sha256() else 'WRONG'}")
+        if irq:
+            disk += f"; its SPI (INTID {irq['hwirq']}) on {irq['chip']}, count {irq['before']} -> {irq['after']}"
+        info = self.xl_info
+        states = ", ".join(f"{name} {state or '-'}" for name, state in self.xenbus.items())
+        read = "as dom0 wrote it" if self.pv_disk_sha256_domu == self.pv_disk_sha256_dom0 else "WRONG"
+        back = "dom0 read it back" if self.written_sha256_dom0 == self.written_sha256_domu else "dom0 read OTHER bytes"
+        speed = f" ({self.pv_read_mib_s} MiB/s)" if self.pv_read_mib_s else ""
+        events = "; ".join(
+            f"{side} " + ", ".join(f"{n} {counts.before.get(n, 0)} -> {a}" for n, a in sorted(counts.after.items())
+                                   if a > counts.before.get(n, 0) and not n.startswith(("hvc", "xenbus")))
+            for side, counts in ((domu, self.domu_events), ("dom0", self.dom0_events)))
+        pings = "; ".join(f"{where} {_received(lines)}/3" for where, lines in
+                          ((f"{domu} -> dom0", self.ping_domu_to_dom0), (f"dom0 -> {domu}", self.ping_dom0_to_domu)))
+        return [
+            f"{'dom0 root disk':34} {disk}",
+            f"{'dom0 toolstack':34} xenstore {'answers' if self.xenstore_dom0 else 'silent'}; xl info: Xen "
+            f"{info.get('xen_version', '?')}, {info.get('nr_cpus', '?')} CPUs, {info.get('total_memory', '?')} MiB",
+            f"{domu + ' xenbus states':34} {states}",
+            f"{domu + ' PV disk':34} {self.pv_disk_size >> 20} MiB read in {self.pv_read_seconds:.2f} s{speed}, "
+            f"SHA256 {read}; {WRITE_BACK_KB} KiB written, {back}",
+            f"{domu + ' PV event channels':34} {events}",
+            f"{domu + ' PV network':34} ping {pings}",
+        ]
+
+
+def _received(lines: list[str]) -> int:
+    return next((int(m.group(1)) for line in lines if (m := re.search(r"(\d+) packets received", line))), 0)
+
+
+def known_sha256() -> str:
+    return hashlib.sha256(known_content()).hexdigest()
+
+
 # --- asking the guests -------------------------------------------------------------------------------
 
 
@@ -255,8 +293,7 @@ def check(report: ToolstackReport, claims: XenClaims, *, cpus: int, dom0_vcpus: 
     if network:
         pings = (("domU ping dom0", report.ping_domu_to_dom0), ("dom0 ping domU", report.ping_dom0_to_domu))
         for where, lines in pings:
-            received = next((int(m.group(1)) for line in lines if (m := re.search(r"(\d+) packets received", line))), 0)
-            if received == 0:
+            if _received(lines) == 0:
                 out.append(_error("pv.net.ping", where, "replies", " | ".join(lines[-2:]) or "no answer"))
     return out
 
@@ -286,7 +323,7 @@ def _check_xl_list(lines: list[str], vcpus: int, memory_mb: int | None, domu: st
 
 def _check_disk(report: ToolstackReport) -> list[Finding]:
     out = []
-    known = hashlib.sha256(known_content()).hexdigest()
+    known = known_sha256()
     if report.disk_sha256 != known:
         out.append(_error("disk.sha256", f"dom0 sha256sum {KNOWN_PATH} on {report.disk_device}",
                           f"{known} ({KNOWN_SIZE} known bytes)", report.disk_sha256 or "no hash"))
