@@ -456,4 +456,6 @@ def _tweaked(spec: TargetSpec, tweaks: Tweaks) -> TargetSpec:
         spec = replace(spec, dom0=replace(spec.dom0, cmdline=" ".join(filter(None, [cmdline, tweaks.dom0_args]))))
     if tweaks.enhanced is not None:
         spec = replace(spec, domus=tuple(replace(d, enhanced=tweaks.enhanced) for d in spec.domus))
+    if tweaks.edit_toolstack is not None and spec.toolstack is not None:
+        spec = replace(spec, toolstack=tweaks.edit_toolstack(spec.toolstack))
     return spec

@@ -145,7 +145,9 @@ def summary(result, spec) -> str:
     elif known := [f for f in result.findings if f.severity == "known"]:
         verdict += f" ({len(known)} known upstream issue{'s' if len(known) > 1 else ''}, reported above)"
     lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
-    if result.diagnosis is not None:  # its debug-key dumps are named relative to the artifacts just printed
+    # Where the machine was, for a boot that did not pass (a passed boot's quiet spells stay in result.json); its
+    # debug-key dumps are named relative to the artifacts just printed.
+    if result.diagnosis is not None and result.verdict is not Verdict.PASSED:
         lines += result.diagnosis.report()
     return "\n".join(lines)
 

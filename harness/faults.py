@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .monitor import Verdict
 from .plan.uboot import UBootScript
+from .targets import ToolstackSpec
 from .tweaks import Tweaks
 
 SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
@@ -114,4 +115,23 @@ UBOOT_FAULTS = (
           Verdict.INFRASTRUCTURE, "uboot-loaded", "uboot-bad-image"),
 )
 
-BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *UBOOT_FAULTS)}
+def _without_blkback(toolstack: ToolstackSpec) -> ToolstackSpec:
+    """dom0 never loads the PV disk's backend driver: libxl waits for a backend that never appears."""
+    return replace(toolstack, dom0_modules=tuple(m for m in toolstack.dom0_modules if m != "xen_blkback"))
+
+
+def _domu_without_init(toolstack: ToolstackSpec) -> ToolstackSpec:
+    """The domU's kernel finds no init and panics on the console dom0 relays."""
+    return replace(toolstack, domu=replace(toolstack.domu, cmdline=f"{toolstack.domu.cmdline} rdinit=/no/such/init"))
+
+
+# Faults of dom0's toolstack and the domU it creates (targets with the `toolstack` capability): each named on the
+# domU's relayed console, at the stage it reached.
+TOOLSTACK_FAULTS = (
+    Fault("pv-backend-missing", Tweaks(edit_toolstack=_without_blkback),
+          Verdict.FAILED, "dom1:xl-create", "libxl-error", "libxl: error:"),
+    Fault("domu-init-missing", Tweaks(edit_toolstack=_domu_without_init),
+          Verdict.CRASHED, "dom1:events", "kernel-panic", "Kernel panic - not syncing"),
+)
+
+BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *UBOOT_FAULTS, *TOOLSTACK_FAULTS)}

@@ -2,8 +2,8 @@
 
 What goes on it (targets with a `toolstack:` section; harness/targets.py ToolstackSpec):
 
-- busybox and images/initramfs/init (the same init as every initramfs: on this disk it finds
-  /etc/harness/on-disk, loads /etc/harness/modules and runs /etc/harness/start);
+- busybox, images/initramfs/init (the same init as every initramfs: on this disk it finds
+  /etc/harness/on-disk, loads /etc/harness/modules and runs /etc/harness/start) and the harness's guest tools;
 - Debian's toolstack for the Xen that boots: xl, xenstored, xenconsoled, xen-init-dom0 and xenstore, with
   what their ELF dependencies reach in the pinned packages (harness/elf.py), and images/rootfs/start;
 - the kernel modules the backends need, from the very kernel package dom0 boots;
@@ -31,7 +31,7 @@ from .cache import sha256_bytes
 from .elf import Node
 from .errors import InfrastructureError, UsageError
 from .images import IMAGES_DIR, RELOCK_COMMAND, Artifact, Images, LockedArtifact, load_manifest, read_members
-from .initramfs import INIT_SCRIPT, Extra, initramfs
+from .initramfs import INIT_SCRIPT, Extra, guest_tools, initramfs
 from .targets import ROOT_LABEL, TargetSpec, ToolstackSpec
 
 FORMAT = "1"  # bump when what goes on the disk changes for the same inputs, so cached images are rebuilt
@@ -101,6 +101,7 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
         sha256_bytes(":".join([FORMAT, "domu", kernel.deb_sha256, *toolstack.domu_modules]).encode()),
         lambda: dom0net.module_files(images, kernel, toolstack.domu_modules)))
     own = {path: source.read_bytes() for path, source in SCRIPTS.items()} | {
+        f"bin/{name}": data for name, data in guest_tools().items()} | {
         "init": INIT_SCRIPT.read_bytes(), DOMU_CONFIG: domu_config(toolstack).encode(), "etc/xen/xl.conf": XL_CONF}
     inputs = [FORMAT, *DIRECTORIES, arts["busybox"].sha256, arts["kernel"].sha256, domu_initrd.sha256,
               kernel.deb_sha256,
@@ -111,7 +112,8 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
     def files() -> dict[str, Node]:
         tree = program_files(images, toolstack.profile, pins, roots)
         tree |= dom0net.module_files(images, kernel, toolstack.dom0_modules)
-        tree |= {path: Node(0o755 if path in SCRIPTS or path == "init" else 0o644, data) for path, data in own.items()}
+        tree |= {path: Node(0o755 if path in SCRIPTS or path == "init" or path.startswith("bin/") else 0o644, data)
+                 for path, data in own.items()}
         tree |= {
             "bin/busybox": Node(0o755, arts["busybox"].path.read_bytes()),
             "usr/sbin/xl": Node(0o777, link="/usr/lib/xen-4.17/bin/xl"),

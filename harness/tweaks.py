@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan.uboot import UBootScript
+from .targets import ToolstackSpec
 
 
 @dataclass(frozen=True)
@@ -25,5 +26,6 @@ class Tweaks:
     # a fault in a board's lab path: given U-Boot's script and where each file was staged (host file ->
     # the file the TFTP server serves), damage the staging or return an edited script
     edit_uboot: Callable[[UBootScript, dict[Path, Path]], UBootScript] | None = None
+    edit_toolstack: Callable[[ToolstackSpec], ToolstackSpec] | None = None  # rewrites a toolstack target's section
     # boot a Xen built from the pinned source with these patches (files in images/patches/) applied
     xen_patches: tuple[str, ...] = ()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.boot import BootSession
-from harness.faults import BOARD_HANG_FAULTS, FAULTS, UBOOT_FAULTS, XEN_HOOK_FAULTS, Fault
+from harness.faults import BOARD_HANG_FAULTS, FAULTS, TOOLSTACK_FAULTS, UBOOT_FAULTS, XEN_HOOK_FAULTS, Fault
 from harness.monitor import BootFailure, Verdict
 from harness.targets import TargetSpec
 
@@ -52,6 +52,15 @@ def test_lab_path_fault_is_the_labs(fault: Fault, target_spec: TargetSpec, sessi
     or at U-Boot's boot command, and an infrastructure error, never a verdict against the build."""
     check_fault(fault, target_spec, session_artifacts, overrides, record_property)
     assert (session_artifacts / f"{target_spec.name}-{fault.name}" / "boot.cmd").is_file()
+
+
+@pytest.mark.requires("toolstack")
+@pytest.mark.parametrize("fault", TOOLSTACK_FAULTS, ids=[f.name for f in TOOLSTACK_FAULTS])
+def test_toolstack_fault_is_named(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                                  record_property) -> None:
+    """A backend dom0 never loads, a domU that panics: named on the domU's console that dom0 relays, with the
+    stage the domU reached."""
+    check_fault(fault, target_spec, session_artifacts, overrides, record_property)
 
 
 def check_fault(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides, record_property) -> None:
