@@ -46,10 +46,11 @@ ENDINGS = {
     "poweroff": 'sleep 1\npoweroff -f\n',
     "watchdog": (
         "while read -r module; do\n"
-        '    case "$module" in */xen_wdt.ko) insmod "$module" timeout=%d ;; *) insmod "$module" ;; esac\n'
-        "done < /%s\n"
+        f'    case "$module" in */xen_wdt.ko) insmod "$module" timeout={WATCHDOG_SECONDS} ;;\n'
+        '                      *) insmod "$module" ;; esac\n'
+        f"done < /{dom0net.MODULE_LIST}\n"
         "(exec 3>/dev/watchdog; exec sleep 3600) &\n"
-        "%s\n" % (WATCHDOG_SECONDS, dom0net.MODULE_LIST, SHELL)
+        f"{SHELL}\n"
     ),
     "init-exits": "exit 1\n",
 }

@@ -1,0 +1,273 @@
+"""Console logs as people bring them: one reader finds the wrapper around the console's own lines, takes it
+off, and says what it saw. The judge behind it (harness/monitor.py) sees console lines only, each with the
+number of the line it came from in the file.
+
+What wraps a console log in the wild, each recognised on the log's first lines:
+
+- a layout, at most one: LAVA's job log (one YAML flow mapping a line, `- {"dt": …, "lvl": "target", "msg": …}`;
+  only the target's own lines are console output), labgrid's serial logger (`… < DATA␍␤`, its log lines)
+  or its `--lg-log` console file (a three-line header, then raw bytes), a Jenkins console (`[Pipeline]`
+  lines, the timestamper's `[ISO] ` prefix), a terminal program's status lines (minicom, picocom), or a
+  timestamp on every line (moreutils' `ts`, ISO 8601, or `[   12.345678]` before Xen's own lines);
+- e-mail quote markers (`> `), under any of those;
+- what a terminal leaves in: CR before LF (`\\r\\n`, Xen's `\\r\\r\\n`), ANSI escapes, backspaces.
+
+Bounded work: the log is read as a stream, at most SNIFF_LINES lines (SNIFF_BYTES) are held to recognise
+it, and a line longer than LINE_LIMIT goes on in pieces, so memory does not grow with the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import NamedTuple
+
+import yaml
+
+SNIFF_LINES = 400  # lines looked at to recognise the wrapper
+SNIFF_BYTES = 256 << 10
+LINE_LIMIT = 64 << 10  # a physical line longer than this goes on in pieces (a log without newlines)
+MOST = 0.8  # a prefix is a wrapper when this share of the non-blank lines looked at carry it
+
+
+class Segment(NamedTuple):
+    number: int  # the physical line (1-based) of the file it came from
+    text: bytes  # console bytes: no wrapper, no line end
+    ends: bool  # the console line ends here (False: a piece of a longer line follows)
+
+
+Unwrap = Callable[[bytes], "bytes | list[bytes] | None"]  # a line's console text(s), or None: not console output
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str  # "lava-yaml": what --json says
+    title: str  # "LAVA job log (YAML)": what the text says
+    unwrap: Unwrap
+
+
+def _keep(line: bytes) -> bytes:
+    return line
+
+
+def _prefix(pattern: re.Pattern[bytes]) -> Unwrap:
+    return lambda line: line[m.end():] if (m := pattern.match(line)) else line
+
+
+# --- LAVA -----------------------------------------------------------------------------------------
+
+LAVA_ENTRY = re.compile(rb'^- \{"?dt"?: ')
+LAVA_CONSOLE = ("target", "feedback")  # the device's console; "input" is what LAVA typed, the rest its own
+
+
+def _lava(line: bytes) -> list[bytes] | None:
+    if not LAVA_ENTRY.match(line):
+        return None
+    body = line[2:].strip()
+    try:
+        entry = json.loads(body)
+    except ValueError:
+        try:  # LAVA writes YAML: a message JSON cannot read (single quotes, YAML escapes)
+            entry = yaml.safe_load(body)
+        except yaml.YAMLError:
+            return None
+    if not isinstance(entry, dict) or entry.get("lvl") not in LAVA_CONSOLE:
+        return None
+    msg = entry.get("msg")
+    msgs = msg if isinstance(msg, list) else [msg]
+    return [m.encode("utf-8", "replace") for m in msgs if isinstance(m, str)] or None
+
+
+# --- labgrid --------------------------------------------------------------------------------------
+
+# labgrid/logging.py SerialLoggingReporter: "{driver} < {data}" (read) or "> " (written), after the log
+# format's own fields; the data's control characters shown as symbols.
+LABGRID_SERIAL = re.compile(rb"\) ([<>]) ")
+LABGRID_SYMBOLS = {"␍": "\r", "␤": "\n", "␈": "\b", "␇": "\a", "␋": "\v", "␌": "\f"}
+LABGRID_SYMBOL = re.compile("|".join(LABGRID_SYMBOLS))
+
+
+def _labgrid_serial(line: bytes) -> list[bytes] | None:
+    m = LABGRID_SERIAL.search(line)
+    if m is None or m.group(1) != b"<":  # the harness's own log lines, and what it typed
+        return None
+    data = LABGRID_SYMBOL.sub(lambda s: LABGRID_SYMBOLS[s.group(0)], line[m.end():].decode("utf-8", "replace"))
+    return data.removesuffix("\n").encode().split(b"\n")
+
+
+# labgrid/consoleloggingreporter.py (`--lg-log`): each file (re)opened starts with these three lines
+LABGRID_HEADER = re.compile(rb"^(Labgrid Console Logfile for |Logfile started at |=== Log starts here ===)")
+
+
+# --- Jenkins, terminal programs, timestamps -------------------------------------------------------
+
+JENKINS = re.compile(rb"^\[Pipeline\] ")
+ISO = rb"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+ISO_STAMP = re.compile(rb"^(?:\[" + ISO + rb"\]|" + ISO + rb")(?: |\t|$)")
+
+
+def _jenkins(line: bytes) -> bytes | None:
+    return None if JENKINS.match(line) else _prefix(ISO_STAMP)(line)
+
+
+TERMINAL_STATUS = re.compile(
+    rb"^(Welcome to minicom |OPTIONS: |Compiled on |Port /dev/\S+|Press CTRL-A Z for help|AT S7=45 "
+    rb"|picocom v\d|Terminal ready\s*$|Terminating\.\.\.\s*$|Thanks for using picocom|Type \[C-a\] \[C-h\]"
+    rb"|Script (started|done) on \d{4}-"  # util-linux script(1), which records a terminal program's session
+    rb"|(port|flowcontrol|baudrate|parity|databits|stopbits|escape|local echo|noinit|noreset|hangup|nolock"
+    rb"|send_cmd|receive_cmd|imap|omap|emap|logfile|initstring|exit_after|exit)( is| are)?\s*: )"
+)
+TERMINAL_SIGN = re.compile(rb"^(Welcome to minicom |picocom v\d|Terminal ready\s*$|Press CTRL-A Z for help"
+                           rb"|Script started on \d{4}-)")
+
+# moreutils' ts: "%b %d %H:%M:%S " by default, "%H:%M:%S" with -s or -i, "%.S" for fractions
+TS_STAMP = re.compile(rb"^(?:[A-Z][a-z]{2} [ 0-3]\d )?\d\d:\d\d:\d\d(?:\.\d+)? ")
+# seconds in brackets before every line, Xen's too (grabserial, a lab's own logger); a guest kernel's own
+# "[    3.9] …" is the guest's line, never taken off: this wrapper is seen only in front of "(XEN)".
+SECONDS_STAMP = re.compile(rb"^\[\s*\d+\.\d+\] ")
+SECONDS_BEFORE_XEN = re.compile(rb"^\[\s*\d+\.\d+\] \(XEN\)")
+
+PLAIN = Layout("plain", "plain console log", _keep)
+LAVA = Layout("lava-yaml", "LAVA job log (YAML)", _lava)
+LABGRID_LOGGER = Layout("labgrid-serial-logger", "labgrid serial logger", _labgrid_serial)
+LABGRID_CONSOLE = Layout("labgrid-console-log", "labgrid console log (--lg-log)",
+                         lambda line: None if LABGRID_HEADER.match(line) else line)
+JENKINS_CONSOLE = Layout("jenkins", "Jenkins console", _jenkins)
+TERMINAL = Layout("terminal-program", "minicom/picocom capture",
+                  lambda line: None if TERMINAL_STATUS.match(line) else line)
+TS = Layout("ts-timestamps", "timestamp on every line (moreutils ts)", _prefix(TS_STAMP))
+ISO_TIMESTAMPS = Layout("iso-timestamps", "ISO 8601 timestamp on every line", _prefix(ISO_STAMP))
+SECONDS = Layout("seconds-timestamps", "[seconds] timestamp on every line", _prefix(SECONDS_STAMP))
+QUOTE = re.compile(rb"^(?:> ?)+")
+
+
+def _share(lines: list[bytes], pattern: re.Pattern[bytes]) -> float:
+    return sum(1 for line in lines if pattern.match(line)) / len(lines) if lines else 0.0
+
+
+def recognise(lines: list[bytes]) -> tuple[Layout, bool]:
+    """The layout of a log from its first lines (without line ends), and whether they are e-mail quoted."""
+    lines = [line.rstrip(b"\r") for line in lines if line.strip()]
+    quoted = _share(lines, QUOTE) >= MOST
+    if quoted:
+        lines = [QUOTE.sub(b"", line) for line in lines]
+    if _share(lines, LAVA_ENTRY) >= MOST:
+        return LAVA, quoted
+    if any(LABGRID_HEADER.match(line) for line in lines):
+        return LABGRID_CONSOLE, quoted
+    if sum(1 for line in lines if line.endswith("␤".encode()) and LABGRID_SERIAL.search(line)) >= 2:
+        return LABGRID_LOGGER, quoted
+    if any(JENKINS.match(line) for line in lines):
+        return JENKINS_CONSOLE, quoted
+    if any(TERMINAL_SIGN.match(line) for line in lines):
+        return TERMINAL, quoted
+    for layout, pattern in ((TS, TS_STAMP), (ISO_TIMESTAMPS, ISO_STAMP)):
+        if _share(lines, pattern) >= MOST:
+            return layout, quoted
+    if _share(lines, SECONDS_STAMP) >= MOST and any(SECONDS_BEFORE_XEN.match(line) for line in lines):
+        return SECONDS, quoted
+    return PLAIN, quoted
+
+
+ANSI_ESCAPE = re.compile(rb"\x1b\[")
+
+
+def erase_backspaces(text: bytes) -> bytes:
+    """What a terminal shows: each backspace takes back the character before it."""
+    out = bytearray()
+    for byte in text:
+        if byte == 8:
+            if out:
+                out.pop()
+        else:
+            out.append(byte)
+    return bytes(out)
+
+
+@dataclass
+class LogReader:
+    """Reads a log's chunks as console segments; afterwards says what it saw (`layout`, `quoted`, `seen`)."""
+
+    chunks: Iterable[bytes]
+    layout: Layout = PLAIN
+    quoted: bool = False
+    seen: set[str] = field(default_factory=set)  # "CRLF line ends", "ANSI escapes", "backspaces"
+    size: int = 0  # bytes read
+    printed: bool = False  # console output other than whitespace (a wrapper's own lines are none)
+    lines: int = 0  # physical lines
+
+    def segments(self) -> Iterator[Segment]:
+        physical = self._physical()
+        head: list[tuple[int, bytes, bool, bool]] = []
+        held = 0
+        for item in physical:
+            head.append(item)
+            held += len(item[1])
+            if len(head) >= SNIFF_LINES or held >= SNIFF_BYTES:
+                break
+        self.layout, self.quoted = recognise([text for _, text, first, _ in head if first])
+        dropping = False
+        for number, text, first, ends in chain(head, physical):
+            if not first:  # a later piece of a long line: its wrapper was taken off its first piece
+                if not dropping:
+                    self.printed = self.printed or bool(text.strip())
+                    yield Segment(number, text, ends)
+                continue
+            pieces = self._unwrap(text)
+            dropping = pieces is None
+            for i, piece in enumerate(pieces or ()):
+                piece = self._clean(piece)
+                self.printed = self.printed or bool(piece.strip())
+                yield Segment(number, piece, ends or i < len(pieces) - 1)
+
+    def _unwrap(self, text: bytes) -> list[bytes] | None:
+        if self.quoted:
+            text = QUOTE.sub(b"", text, count=1)
+        unwrapped = self.layout.unwrap(text)
+        return [unwrapped] if isinstance(unwrapped, bytes) else unwrapped
+
+    def _clean(self, text: bytes) -> bytes:
+        if text.endswith(b"\r"):
+            self.seen.add("CRLF line ends")  # the monitor takes every CR out
+        if b"\x1b" in text and ANSI_ESCAPE.search(text):
+            self.seen.add("ANSI escapes")  # the monitor strips them from whole lines
+        if b"\b" in text:
+            self.seen.add("backspaces")
+            text = erase_backspaces(text)
+        return text
+
+    def _physical(self) -> Iterator[tuple[int, bytes, bool, bool]]:
+        """(line number, bytes, first piece of its line, line ends here): lines without their LF, a line longer
+        than LINE_LIMIT in pieces, the last line also when no LF ends it."""
+        partial = bytearray()
+        first = True
+        for chunk in self.chunks:
+            self.size += len(chunk)
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                partial += chunk[start:end]
+                self.lines += 1
+                yield self.lines, bytes(partial), first, True
+                partial.clear()
+                first = True
+                start = end + 1
+            partial += chunk[start:]
+            while len(partial) > LINE_LIMIT:
+                yield self.lines + 1, bytes(partial[:LINE_LIMIT]), first, False
+                del partial[:LINE_LIMIT]
+                first = False
+        if partial or not first:
+            self.lines += 1
+            yield self.lines, bytes(partial), first, True
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout.name, "title": self.layout.title, "quoted": self.quoted,
+                "seen": sorted(self.seen), "lines": self.lines, "bytes": self.size}
+
+    def describe(self) -> str:
+        """'LAVA job log (YAML), e-mail quoted; CRLF line ends, ANSI escapes'."""
+        head = self.layout.title + (", e-mail quoted" if self.quoted else "")
+        return head + (f"; {', '.join(sorted(self.seen))}" if self.seen else "")
