@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import NamedTuple
 
 import yaml
 
@@ -31,12 +30,6 @@ SNIFF_LINES = 400  # lines looked at to recognise the wrapper
 SNIFF_BYTES = 256 << 10
 LINE_LIMIT = 64 << 10  # a physical line longer than this goes on in pieces (a log without newlines)
 MOST = 0.8  # a prefix is a wrapper when this share of the non-blank lines looked at carry it
-
-
-class Segment(NamedTuple):
-    number: int  # the physical line (1-based) of the file it came from
-    text: bytes  # console bytes: no wrapper, no line end
-    ends: bool  # the console line ends here (False: a piece of a longer line follows)
 
 
 Unwrap = Callable[[bytes], "bytes | list[bytes] | None"]  # a line's console text(s), or None: not console output
@@ -189,7 +182,7 @@ def erase_backspaces(text: bytes) -> bytes:
 
 @dataclass
 class LogReader:
-    """Reads a log's chunks as console segments; afterwards says what it saw (`layout`, `quoted`, `seen`)."""
+    """Reads a log's chunks as what the monitor is fed; afterwards says what it saw (`layout`, `quoted`, `seen`)."""
 
     chunks: Iterable[bytes]
     layout: Layout = PLAIN
@@ -199,53 +192,79 @@ class LogReader:
     printed: bool = False  # console output other than whitespace (a wrapper's own lines are none)
     lines: int = 0  # physical lines
 
-    def segments(self) -> Iterator[Segment]:
-        physical = self._physical()
-        head: list[tuple[int, bytes, bool, bool]] = []
-        held = 0
-        for item in physical:
-            head.append(item)
-            held += len(item[1])
-            if len(head) >= SNIFF_LINES or held >= SNIFF_BYTES:
+    def feeds(self) -> Iterator[tuple[int | None, bytes]]:
+        """(the physical line number the bytes begin, or None when the monitor's own count holds; console bytes,
+        each line ended by LF, the last one too)."""
+        chunks = self._counted()
+        head = bytearray()
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= SNIFF_BYTES or head.count(b"\n") >= SNIFF_LINES:
                 break
-        self.layout, self.quoted = recognise([text for _, text, first, _ in head if first])
+        self.layout, self.quoted = recognise(bytes(head[:SNIFF_BYTES]).split(b"\n")[:SNIFF_LINES])
+        stream = chain([bytes(head)], chunks)
+        if self.layout is PLAIN and not self.quoted:
+            yield from self._plain(stream)
+        else:
+            yield from self._wrapped(stream)
+
+    def _counted(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.size += len(chunk)
+            yield chunk
+
+    def _plain(self, stream: Iterable[bytes]) -> Iterator[tuple[int | None, bytes]]:
+        """A log with no wrapper goes on as read, chunk by chunk (the monitor counts its lines): fast."""
+        ended = True
+        for chunk in stream:
+            if not chunk:
+                continue
+            self.lines += chunk.count(b"\n")
+            self._note(chunk)
+            if b"\b" in chunk:  # erased within each chunk's lines
+                chunk = b"\n".join(erase_backspaces(line) for line in chunk.split(b"\n"))
+            ended = chunk.endswith(b"\n")
+            yield None, chunk
+        if not ended:
+            self.lines += 1
+            yield None, b"\n"
+
+    def _wrapped(self, stream: Iterable[bytes]) -> Iterator[tuple[int | None, bytes]]:
+        """Line by line: each physical line's wrapper taken off, or the line dropped, its number kept."""
         dropping = False
-        for number, text, first, ends in chain(head, physical):
+        for number, text, first, ends in self._physical(stream):
             if not first:  # a later piece of a long line: its wrapper was taken off its first piece
                 if not dropping:
-                    self.printed = self.printed or bool(text.strip())
-                    yield Segment(number, text, ends)
+                    self._note(text)
+                    yield None, text + b"\n" if ends else text
                 continue
-            pieces = self._unwrap(text)
+            if self.quoted:
+                text = QUOTE.sub(b"", text, count=1)
+            unwrapped = self.layout.unwrap(text)
+            pieces = [unwrapped] if isinstance(unwrapped, bytes) else unwrapped
             dropping = pieces is None
             for i, piece in enumerate(pieces or ()):
-                piece = self._clean(piece)
-                self.printed = self.printed or bool(piece.strip())
-                yield Segment(number, piece, ends or i < len(pieces) - 1)
+                self._note(piece)
+                if b"\b" in piece:
+                    piece = erase_backspaces(piece)
+                yield number, piece + b"\n" if ends or i < len(pieces) - 1 else piece
 
-    def _unwrap(self, text: bytes) -> list[bytes] | None:
-        if self.quoted:
-            text = QUOTE.sub(b"", text, count=1)
-        unwrapped = self.layout.unwrap(text)
-        return [unwrapped] if isinstance(unwrapped, bytes) else unwrapped
-
-    def _clean(self, text: bytes) -> bytes:
-        if text.endswith(b"\r"):
-            self.seen.add("CRLF line ends")  # the monitor takes every CR out
+    def _note(self, text: bytes) -> None:
+        """What a terminal left in (the monitor takes CRs and ANSI escapes out of whole lines)."""
+        if b"\r" in text and (b"\r\n" in text or text.endswith(b"\r")):
+            self.seen.add("CRLF line ends")
         if b"\x1b" in text and ANSI_ESCAPE.search(text):
-            self.seen.add("ANSI escapes")  # the monitor strips them from whole lines
+            self.seen.add("ANSI escapes")
         if b"\b" in text:
             self.seen.add("backspaces")
-            text = erase_backspaces(text)
-        return text
+        self.printed = self.printed or bool(text.strip())
 
-    def _physical(self) -> Iterator[tuple[int, bytes, bool, bool]]:
+    def _physical(self, stream: Iterable[bytes]) -> Iterator[tuple[int, bytes, bool, bool]]:
         """(line number, bytes, first piece of its line, line ends here): lines without their LF, a line longer
         than LINE_LIMIT in pieces, the last line also when no LF ends it."""
         partial = bytearray()
         first = True
-        for chunk in self.chunks:
-            self.size += len(chunk)
+        for chunk in stream:
             start = 0
             while (end := chunk.find(b"\n", start)) >= 0:
                 partial += chunk[start:end]

@@ -143,9 +143,11 @@ SIGNATURES: tuple[Signature, ...] = (
               implies="guest"),
     Signature("init-killed", Verdict.CRASHED, _re(r"Attempted to kill init!"),
               "the guest's init exited (or was killed), so its kernel panicked", 3, True, implies="guest"),
+    Signature("kernel-oops", Verdict.CRASHED, _re(r"Unable to handle kernel|Internal error: Oops"),
+              "the guest kernel oopsed", 2, True, implies="guest"),
+    # the same, at a line's start (anchored apart: an anchor inside an alternation makes every line slow)
     Signature("kernel-oops", Verdict.CRASHED,
-              _re(r"Unable to handle kernel|Internal error: Oops|^Oops(: | - )|^(\[[ \d.]+\] )?(kernel BUG at |BUG: "
-                  r"(?!soft lockup))"),
+              _re(r"^(?:\[[ \d.]+\] )?(?:kernel BUG at |BUG: (?!soft lockup)|Oops(?:: | - ))"),
               "the guest kernel oopsed", 2, True, implies="guest"),
     Signature("rcu-stall", Verdict.HUNG, _re(r"rcu: INFO: \S+ (self-)?detected stalls?"),
               "the guest kernel stalled (RCU)", 1, True, implies="guest"),
@@ -339,6 +341,9 @@ class ConsoleMonitor:
         self._guest_seen = False  # a line of Xen's or a guest kernel's: unprefixed lines are no firmware's
         self.milestones = milestones
         self.signatures = signatures
+        self._milestones = {scope: [m for m in milestones if m.scope in (scope, "any")]
+                            for scope in ("xen", "firmware", "guest")}
+        self._signatures = {guest: [s for s in signatures if s.guest in (None, guest)] for guest in (False, True)}
         self.clock = clock
         self.on_milestone = on_milestone
         self.t0 = clock()
@@ -440,19 +445,18 @@ class ConsoleMonitor:
         index = self.line_count
         self.line_count += 1
         scope = source if source in ("xen", "firmware") else "guest"
-        for milestone in self.milestones:
-            if milestone.scope in (scope, "any") and milestone.pattern.search(body):
-                key = f"{source}:{milestone.key}" if milestone.scope == "guest" else milestone.key
+        for milestone in self._milestones[scope]:  # each is reached once: one reached is not looked for again
+            key = f"{source}:{milestone.key}" if milestone.scope == "guest" else milestone.key
+            if key not in self.reached and milestone.pattern.search(body):
                 self._reach(key, line)
         if not self._continued and source not in ("xen", "firmware"):
             for key, prompt in self.prompts.items():
-                if prompt.match(raw_body):
+                if f"{source}:{key}" not in self.reached and prompt.match(raw_body):
                     self._reach(f"{source}:{key}", line)
-        if NOISE.search(body):
-            return
-        for sig in self.signatures:
-            if sig.guest is not None and sig.guest != (source != "xen"):
-                continue
+        guest = source != "xen"
+        if (self.failure is not None and index > self._failure_index + EVIDENCE_AFTER) or NOISE.search(body):
+            return  # past a failure's evidence, no signature names anything
+        for sig in self._signatures[guest]:
             if sig.after is not None and sig.after not in self.reached:
                 continue
             if sig.pattern.search(body):
@@ -677,10 +681,10 @@ class BootFailure(Exception):
 
 
 # How a good boot may end, offline: a guest's shell prompt in a common form (busybox "# " and "~ # ", this
-# harness's "dom0# ", Debian's "root@host:~# " and "user@host:~$ ", "[root@host ~]# ", Zephyr's "uart:~$ ";
-# U-Boot's "=> " is firmware's and never counts), a login prompt, or an orderly power-off (Linux's
-# kernel/reboot.c, then Xen's xen/common/shutdown.c).
-SHELL_PROMPTS = r"(?:[\w.-]+@[\w.-]+:\S*|\[[^\]]*\]|\S+ ?)?[#$] "
+# harness's "dom0# ", Debian's "root@host:~# " and "user@host:~$ ", "[root@host ~]# ", Gentoo's "host ~ # ",
+# Zephyr's "uart:~$ "; U-Boot's "=> " is firmware's and never counts), a login prompt, or an orderly power-off
+# (Linux's kernel/reboot.c, then Xen's xen/common/shutdown.c).
+SHELL_PROMPTS = r"(?:[\w.-]+@[\w.-]+:\S*|\[[^\]]*\]|(?:[^\s\[]\S* ){1,2}|\S+)?[#$] "
 LOGIN_PROMPT = r"(?:\S+ )?login: "
 POWER_OFF = Milestone("power-off", "orderly power-off", _re(r"reboot: Power down|^Hardware Dom0 halted"), "any")
 ENDING_TITLES = {"shell": "shell prompt", "login": "login prompt", "power-off": "orderly power-off",
@@ -713,12 +717,10 @@ def triage(
     if isinstance(log, bytes | bytearray | memoryview):
         log = [bytes(log)]
     reader = log if isinstance(log, LogReader) else LogReader(log)
-    start = True
-    for segment in reader.segments():
-        if start:
-            monitor.number_next(segment.number)
-        monitor.feed(segment.text + b"\n" if segment.ends else segment.text)
-        start = segment.ends
+    for number, data in reader.feeds():
+        if number is not None:
+            monitor.number_next(number)
+        monitor.feed(data)
     if not reader.printed:  # what a live boot says of a machine that printed nothing
         monitor.hang("no console output").evidence = []
         return monitor, Verdict.HUNG

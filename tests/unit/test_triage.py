@@ -68,7 +68,7 @@ def test_the_healthy_boot_ends_at_its_shell_prompt_without_being_told_the_prompt
 
 
 @pytest.mark.parametrize("prompt", ["# ", "~ # ", "/ # ", "root@bookworm:~# ", "user@host:/tmp$ ", "[root@host ~]# ",
-                                    "$ ", "uart:~$ "])
+                                    "$ ", "uart:~$ ", "qemu-aarch64 ~ # "])
 def test_common_prompts_end_a_boot(prompt):
     cut = log("ending-login")[: log("ending-login").index(b"dom0 login: ")]
     monitor, verdict = triage(cut + prompt.encode())
