@@ -226,6 +226,21 @@ def test_a_plain_log_and_a_linux_dmesg_are_not_mistaken_for_wrappers():
     assert reader.layout.name == "plain" and "dom0:xen-found" in monitor.reached  # the stamps were kept
 
 
+def test_what_only_looks_like_a_wrapper_is_left_alone():
+    login = log("ending-login").split(b"\n")
+    half = b"\n".join(b"Dec 03 15:00:00 " + line if i % 2 else line for i, line in enumerate(login))
+    reader = LogReader([half])  # a stamp on half the lines is no wrapper: nothing is taken off
+    monitor, _ = triage(reader, keep_lines=None)
+    assert reader.layout.name == "plain" and monitor.lines[1].text == "Dec 03 15:00:00"  # kept, before Xen's line
+    lava = log("wrapped-lava").split(b"\n")
+    not_console = b"\n".join(line for line in lava if b"lvl: target" not in line)  # LAVA's own lines only
+    monitor, verdict = triage(not_console)
+    assert (verdict, monitor.failure.description) == (Verdict.HUNG, "no console output")
+    serial = log("wrapped-labgrid-serial-logger").replace(b") < ", b") > ")  # what labgrid typed, not read
+    monitor, verdict = triage(serial)
+    assert (verdict, monitor.failure.description) == (Verdict.HUNG, "no console output")
+
+
 def test_crlf_ansi_colour_and_backspaces_are_cleaned():
     data = log("ending-login")
     coloured = re.sub(rb"(Xen \d+\.\d+ support found)", lambda m: b"\x1b[1;32m" + m.group(1) + b"\x1b[0m", data)
