@@ -195,7 +195,7 @@ def qemu_failure(stderr: str, stage: str = "power-on", status: int | None = None
 # Xen 4.17 prints a focused domU's vPL011 output through its own printk, so those lines carry "(XEN) "
 # like Xen's. While a domU has the serial input, these are the lines that are still Xen's own.
 XEN_OWN = re.compile(
-    r"^(\*\*\*|DOM\d+: |d\d+v\d+|d\d+: |\(d\d+\) |Xen |Panic on CPU|Hardware Dom0|Domain \d+|Assertion '"
+    r"^(\*\*\*|DOM\d+: |d\d+v\d+|d\d+: |\(d\d+\) |Xen |Panic on CPU|Hardware Dom0|Domain \d+|Assertion '|Watchdog timer"
     r"|FATAL|Xen BUG|CPU\d+: |Freed \d+kB|Reboot in|Manual reset|\*+$|$)"
 )
 XEN_MIDLINE = re.compile(r"(?<=.)(?=\(XEN\) |\*\*\* Serial input to )")
@@ -336,7 +336,7 @@ class ConsoleMonitor:
         self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
         self._ring_copies = -1  # 'w' lines seen in the dump being read; -1: none is being read
         # A guest's prompts, each reached as "<guest>:<key>": the shell's (`prompt`), and for a saved log any
-        # other way a guest waits for a person (`prompts`: {"login": r"\S* ?login: "}).
+        # other way a guest waits for a person (`prompts`: {"login": LOGIN_PROMPT}).
         self.prompts = {key: re.compile(p) for key, p in {"shell": prompt, **(prompts or {})}.items() if p}
         self._guest_seen = False  # a line of Xen's or a guest kernel's: unprefixed lines are no firmware's
         self.milestones = milestones

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from harness import cli
 from harness.logreader import LINE_LIMIT, LogReader, erase_backspaces, recognise
-from harness.monitor import Verdict, ending, triage
+from harness.monitor import ConsoleMonitor, Verdict, ending, triage
 
 LOGS = DATA / "logs"
 
@@ -99,6 +99,16 @@ def test_a_reboot_is_no_orderly_power_off():
     data = data.replace(b"Hardware Dom0 halted: halting machine", b"Hardware Dom0 shutdown: rebooting machine")
     monitor, verdict = triage(data)
     assert (verdict, monitor.failure.signature) == (Verdict.CRASHED, "dom0-reboot")
+
+
+def test_xens_watchdog_line_is_xens_while_a_domu_has_the_serial_input():
+    """Xen 4.17 prints a focused domU's console with its own prefix: its watchdog line must stay Xen's."""
+    monitor = ConsoleMonitor()
+    monitor.feed(b"(XEN) Xen version 4.17.7 (Debian)\n(XEN) Freed 348kB init memory.\n"
+                 b"(XEN) *** Serial input to DOM1 (type 'CTRL-a' three times to switch input)\n"
+                 b"(XEN) domU1# \n(XEN) Watchdog timer fired for domain 1\n")
+    assert monitor.lines[-2].source == "dom1" and monitor.lines[-1].source == "xen"
+    assert monitor.failure is not None and monitor.failure.signature == "xen-watchdog"
 
 
 def test_a_users_prompt_and_passed_pattern(capsys):
