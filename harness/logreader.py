@@ -10,7 +10,8 @@ What wraps a console log in the wild, each recognised on the log's first lines:
   lines, the timestamper's `[ISO] ` prefix), a terminal program's status lines (minicom, picocom), or a
   timestamp on every line (moreutils' `ts`, ISO 8601, or `[   12.345678]` before Xen's own lines);
 - e-mail quote markers (`> `), under any of those;
-- what a terminal leaves in: CR before LF (`\\r\\n`, Xen's `\\r\\r\\n`), ANSI escapes, backspaces.
+- what a terminal leaves in: CR before LF (`\\r\\n`, Xen's `\\r\\r\\n`), ANSI escapes, backspaces;
+- gzip around it all (a CI's artifact), unpacked as it streams.
 
 Bounded work: the log is read as a stream, at most SNIFF_LINES lines (SNIFF_BYTES) are held to recognise
 it, and a line longer than LINE_LIMIT goes on in pieces, so memory does not grow with the log.
@@ -20,12 +21,19 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
 import yaml
 
+from .errors import UnusableInput
+from .inputs import CONSOLE_LOG, human
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+GUNZIP_PIECE = 1 << 20
+GUNZIP_LIMIT = CONSOLE_LOG.limit  # unpacked, as much as a console log may be
 SNIFF_LINES = 400  # lines looked at to recognise the wrapper
 SNIFF_BYTES = 256 << 10
 LINE_LIMIT = 64 << 10  # a physical line longer than this goes on in pieces (a log without newlines)
@@ -209,9 +217,38 @@ class LogReader:
             yield from self._wrapped(stream)
 
     def _counted(self) -> Iterator[bytes]:
-        for chunk in self.chunks:
+        """The log's bytes as read, counted; a gzipped log (a CI's artifact) unpacked as it streams."""
+        chunks = iter(self.chunks)
+        for chunk in chunks:
             self.size += len(chunk)
+            if chunk[: len(GZIP_MAGIC)] == GZIP_MAGIC:  # the first chunk says
+                self.seen.add("gzip")
+                yield from self._gunzip(chain([chunk], chunks))
+                return
             yield chunk
+
+    def _gunzip(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Unpacked in pieces of at most GUNZIP_PIECE bytes (memory stays flat), up to GUNZIP_LIMIT in all."""
+        unpack, unpacked = zlib.decompressobj(wbits=31), 0  # 31: a gzip header and trailer
+        for i, chunk in enumerate(chunks):
+            if i:
+                self.size += len(chunk)
+            data = chunk
+            while data or unpack.unconsumed_tail:
+                try:
+                    piece = unpack.decompress(data or unpack.unconsumed_tail, GUNZIP_PIECE)
+                except zlib.error as exc:
+                    raise UnusableInput(f"the log is gzipped but cannot be unpacked ({exc}): give it unpacked, "
+                                        "or whole") from None
+                data = b""
+                unpacked += len(piece)
+                if unpacked > GUNZIP_LIMIT:
+                    raise UnusableInput(f"the gzipped log unpacks to over {human(GUNZIP_LIMIT)}, more than "
+                                        f"{CONSOLE_LOG.noun} may be: {CONSOLE_LOG.too_big}")
+                if piece:
+                    yield piece
+                if unpack.eof:  # a second member or trailing bytes: what is left is not this log
+                    return
 
     def _plain(self, stream: Iterable[bytes]) -> Iterator[tuple[int | None, bytes]]:
         """A log with no wrapper goes on as read, chunk by chunk (the monitor counts its lines): fast."""

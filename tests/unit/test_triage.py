@@ -20,7 +20,8 @@ from captured import DATA, HEALTHY_LOG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import cli
+from harness import cli, logreader
+from harness.errors import UnusableInput
 from harness.logreader import LINE_LIMIT, LogReader, erase_backspaces, recognise
 from harness.monitor import ConsoleMonitor, Verdict, ending, triage
 
@@ -249,6 +250,19 @@ def test_what_only_looks_like_a_wrapper_is_left_alone():
     serial = log("wrapped-labgrid-serial-logger").replace(b") < ", b") > ")  # what labgrid typed, not read
     monitor, verdict = triage(serial)
     assert (verdict, monitor.failure.description) == (Verdict.HUNG, "no console output")
+
+
+def test_a_gzipped_log_is_read_as_it_streams(monkeypatch):
+    packed = (LOGS / "wrapped-lava.log.gz").read_bytes()
+    reader = LogReader(packed[i : i + 4096] for i in range(0, len(packed), 4096))
+    monitor, verdict = triage(reader)
+    assert "gzip" in reader.seen and reader.layout.name == "lava-yaml" and reader.size == len(packed)
+    assert (verdict, monitor.failure.signature) == (Verdict.CRASHED, "xen-watchdog")
+    with pytest.raises(UnusableInput, match="gzipped but cannot be unpacked"):
+        triage(packed[:100] + b"\xff" * 100 + packed[200:])
+    monkeypatch.setattr(logreader, "GUNZIP_LIMIT", 10_000)  # a bomb: more unpacked than a log may be
+    with pytest.raises(UnusableInput, match="unpacks to over"):
+        triage(packed)
 
 
 def test_crlf_ansi_colour_and_backspaces_are_cleaned():
