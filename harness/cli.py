@@ -260,7 +260,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
             "diagnosis": diagnosis.to_dict() if diagnosis else None,
         }, indent=2))
     else:
-        print(f"log: {'standard input' if args.log == '-' else args.log}, {reader.lines} lines: {reader.describe()}")
+        lines = f"{reader.lines} line{'' if reader.lines == 1 else 's'}"
+        print(f"log: {'standard input' if args.log == '-' else args.log}, {lines}: {reader.describe()}")
         print(f"{'milestone':34} {'log line':>8}")
         for key, line in monitor.reached.items():
             print(f"{milestone_title(key):34} {line.number:8}")

@@ -80,9 +80,10 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone("dom0-loading", "dom0 loading", _re(r"^\*\*\* LOADING DOMAIN 0 \*\*\*")),
     Milestone("domU-loading", "domU loading", _re(r"^\*\*\* LOADING DOMU cpus=")),
     Milestone("xen-handover", "Xen hands over", _re(r"^Freed \d+kB init memory")),
-    # a guest that is not Linux: what it prints when it starts (Zephyr's banner)
+    # a guest that is not Linux: what it prints when it starts (Zephyr's banner, Mini-OS's)
     Milestone("kernel", "kernel start",
-              _re(r"Booting Linux on physical CPU|Linux version \d|\*\*\* Booting Zephyr OS"), "guest"),
+              _re(r"Booting Linux on physical CPU|Linux version \d|\*\*\* Booting Zephyr OS|^Xen Minimal OS!"),
+              "guest"),
     Milestone("xen-found", "Xen support found", _re(r"Xen \d+\.\d+ support found"), "guest"),
     Milestone("grant-table", "grant table initialized", _re(r"Grant table initialized"), "guest"),
     Milestone("events", "events ABI", _re(r"xen:events: Using \S+ ABI"), "guest"),

@@ -134,6 +134,9 @@ def test_a_non_linux_guest_passes_on_what_it_printed():
     monitor, verdict = triage(xen + zephyr)
     assert (verdict, ending(monitor)) == (Verdict.PASSED, "dom0:shell")
     assert "dom0:kernel" in monitor.reached
+    minios = xen + b"(d1) Xen Minimal OS!\r\n(d1) Initialising console ... done.\r\n"  # Mini-OS's own words
+    monitor, verdict = triage(minios)
+    assert (verdict, monitor.failure.stage) == (Verdict.INCOMPLETE, "dom1:kernel")
 
 
 # --- fragments and empty logs -----------------------------------------------------------------------
