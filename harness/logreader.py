@@ -257,10 +257,10 @@ class LogReader:
             if not chunk:
                 continue
             self.lines += chunk.count(b"\n")
+            ended = chunk.endswith(b"\n")
             self._note(chunk)
             if b"\b" in chunk:  # erased within each chunk's lines
                 chunk = b"\n".join(erase_backspaces(line) for line in chunk.split(b"\n"))
-            ended = chunk.endswith(b"\n")
             yield None, chunk
         if not ended:
             self.lines += 1
