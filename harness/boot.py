@@ -29,7 +29,7 @@ from .lab.places import remote_place
 from .lab.qemu import QemuFailed
 from .lab.strategy import Status
 from .lab.vlab import Board, VirtualLab, dump_dtb
-from .monitor import MILESTONES, BootFailure, Line, qemu_failure
+from .monitor import ENDING_TITLES, MILESTONES, BootFailure, Line, qemu_failure
 from .plan import QEMU_METHODS, BootPlan, make_plan
 from .plan.uboot import with_serverip
 from .result import BootResult
@@ -40,7 +40,7 @@ from .xenbuild import build_xen, xen_source
 
 log = logging.getLogger(__name__)
 
-TITLES = {m.key: m.title for m in MILESTONES} | {"shell": "shell prompt"}
+TITLES = {m.key: m.title for m in MILESTONES} | ENDING_TITLES  # a guest's "dom0:shell", a log's "power-off"
 
 
 def milestone_title(key: str, names: dict[str, str] | None = None) -> str:

@@ -3,8 +3,8 @@
 Exit status of `harness boot` follows `git bisect run`: 0 good, 1 bad (a check failed, Xen or a
 guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd file is missing or
 not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
-`harness check` exits 0 clean, 1 findings, 2 unusable input; `harness triage` 0 passed, 1 not, 2 when the
-log cannot be read (not a file, too big, empty) or --prompt is no regular expression.
+`harness check` exits 0 clean, 1 findings, 2 unusable input; `harness triage` 0 passed, 1 not (an empty log
+too: no output is a verdict), 2 when the log cannot be read (not a file, too big) or a pattern is no regex.
 """
 
 from __future__ import annotations
@@ -145,9 +145,7 @@ def summary(result, spec) -> str:
     elif known := [f for f in result.findings if f.severity == "known"]:
         verdict += f" ({len(known)} known upstream issue{'s' if len(known) > 1 else ''}, reported above)"
     lines.append(f"verdict: {verdict}   artifacts: {result.artifacts}")
-    # Where the machine was, for a boot that did not pass (a passed boot's quiet spells stay in result.json); its
-    # debug-key dumps are named relative to the artifacts just printed.
-    if result.diagnosis is not None and result.verdict is not Verdict.PASSED:
+    if result.diagnosis is not None:  # its debug-key dumps are named relative to the artifacts just printed
         lines += result.diagnosis.report()
     return "\n".join(lines)
 
@@ -207,56 +205,78 @@ def cmd_check(args: argparse.Namespace) -> int:
 LOG_CHUNK = 1 << 20  # triage reads a log this much at a time: memory stays flat whatever its size
 
 
+def _regex(option: str, pattern: str, what: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"{option} {pattern!r} is not a regular expression ({exc}): give one that matches {what}.") \
+            from None
+    return pattern
+
+
+def log_chunks(name: str) -> Iterator[bytes]:
+    """The chunks of a console log: a file (examined before it is read), or standard input for '-'."""
+    kind = inputs.CONSOLE_LOG
+    if name == "-":
+        where, stream, limit = "standard input", sys.stdin.buffer, kind.limit
+    else:
+        where, stream, limit = name, inputs.open_file(Path(name), kind), None
+    with stream:
+        read = 0
+        while True:
+            try:
+                chunk = stream.read(LOG_CHUNK)
+            except OSError as exc:
+                raise UnusableInput(f"{where} cannot be read ({exc.strerror}): {kind.hint}") from None
+            if not chunk:
+                return
+            read += len(chunk)
+            if limit is not None and read > limit:
+                raise UnusableInput(f"{where} is over the {inputs.human(limit)} {kind.noun} may be: {kind.too_big}")
+            yield chunk
+
+
 def cmd_triage(args: argparse.Namespace) -> int:
     from .boot import milestone_title
     from .diagnose import diagnose_log
-    from .monitor import triage
+    from .logreader import LogReader
+    from .monitor import ending, triage, verdict_class
 
-    try:
-        re.compile(args.prompt)
-    except re.error as exc:
-        raise UsageError(f"--prompt {args.prompt!r} is not a regular expression ({exc}): "
-                         "give one that matches the guest's shell prompt, e.g. '\\S+# '.") from None
-    path = Path(args.log)
-    printed = False  # anything but whitespace: an empty log is a usage error
-
-    def chunks() -> Iterator[bytes]:
-        nonlocal printed
-        with inputs.open_file(path, inputs.CONSOLE_LOG) as log:
-            while True:
-                try:
-                    chunk = log.read(LOG_CHUNK)
-                except OSError as exc:
-                    raise UnusableInput(f"{path} cannot be read ({exc.strerror}): "
-                                        f"{inputs.CONSOLE_LOG.hint}") from None
-                if not chunk:
-                    return
-                printed = printed or bool(chunk.strip())
-                yield chunk
-
-    monitor, verdict = triage(chunks(), prompt=args.prompt)
-    if not printed:
-        raise UsageError(f"{path} is empty: give the path of a saved console log.")
+    prompts = [_regex("--prompt", p, "the guest's shell prompt, e.g. '\\S+# '") for p in args.prompt or ()]
+    passed = _regex("--passed", args.passed, "a line only a good boot prints") if args.passed else None
+    reader = LogReader(log_chunks(args.log))
+    monitor, verdict = triage(reader, prompts=prompts, passed=passed)
     failure = monitor.failure
     findings = cmdline_findings(monitor)
     if verdict is Verdict.PASSED and failures(findings):  # as `harness boot` would judge the same boot
         verdict = Verdict.FAILED
     diagnosis = diagnose_log(monitor)  # debug keys someone pressed during the boot
-    if diagnosis is not None and diagnosis.conclusive and verdict in (Verdict.PASSED, Verdict.HUNG):
+    if diagnosis is not None and diagnosis.conclusive and verdict in (Verdict.PASSED, Verdict.INCOMPLETE):
         # what the dumps prove outweighs a prompt printed before the machine stopped answering, or a log's end
         monitor.failure = None
         failure = monitor.hang(diagnosis.conclusion, diagnosis.signature)
         verdict = Verdict.HUNG
+    ended = ending(monitor) if verdict is Verdict.PASSED else None
+    evidence = evidence_lines(failure.evidence) if failure else []
     if args.json:
         print(json.dumps({
-            "log": str(path),
+            "log": args.log,
+            "reader": reader.to_dict(),
             "verdict": str(verdict),
+            "class": verdict_class(verdict),
+            "stage": failure.stage if failure else monitor.stage,
+            "signature": failure.signature if failure else None,
+            "ending": ended,
             "milestones": {k: line.number for k, line in monitor.reached.items()},
-            "failure": failure.to_dict() if failure else None,
+            "milestone_titles": {k: milestone_title(k) for k in monitor.reached},
+            "failure": failure.to_dict() | {"evidence": [{"line": n, "text": t} for n, t in evidence]}
+            if failure else None,
             "findings": [f.to_dict() for f in findings],
             "diagnosis": diagnosis.to_dict() if diagnosis else None,
         }, indent=2))
     else:
+        lines = f"{reader.lines} line{'' if reader.lines == 1 else 's'}"
+        print(f"log: {'standard input' if args.log == '-' else args.log}, {lines}: {reader.describe()}")
         print(f"{'milestone':34} {'log line':>8}")
         for key, line in monitor.reached.items():
             print(f"{milestone_title(key):34} {line.number:8}")
@@ -266,13 +286,24 @@ def cmd_triage(args: argparse.Namespace) -> int:
         if failure:
             print(f"verdict: {verdict} after stage '{failure.stage}': {failure.description}"
                   + (f" ({failure.detail})" if failure.detail else "") + f" [signature {failure.signature}]")
-            for line in failure.evidence:
-                print(f"  line {line.number:6}  {'(XEN) ' if line.source == 'xen' else ''}{line.text}")
+            for number, text in evidence:
+                print(f"  line {number:6}  {text}")
         else:
+            if ended:
+                print(f"ended at: {milestone_title(ended)}, line {monitor.reached[ended].number}")
             print(f"verdict: {verdict}")
         if diagnosis:
             print("\n".join(diagnosis.report()))
     return EXIT_GOOD if verdict is Verdict.PASSED else EXIT_BAD
+
+
+def evidence_lines(lines: list[Line]) -> list[tuple[int, str]]:
+    """A failure's evidence as the log's own lines: each physical line once, its pieces (Xen's lines printed into
+    a guest's, a line cut in pieces) joined."""
+    joined: dict[int, list[str]] = {}
+    for line in lines:
+        joined.setdefault(line.number, []).append(("(XEN) " if line.source in ("xen", "xen-ring") else "") + line.text)
+    return [(number, " ".join(texts)) for number, texts in joined.items()]
 
 
 def cmdline_findings(monitor) -> list[Finding]:
@@ -427,8 +458,13 @@ def parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("triage", help="judge a saved console log: milestones, verdict, stage, evidence, "
                                        "and what Xen said of its command line")
-    tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture")
-    tr.add_argument("--prompt", default=r"\S+# ", help="regex of the guest's shell prompt (default: '\\S+# ')")
+    tr.add_argument("log", help="a console log: from a board farm, a bug report, any CI's serial capture, "
+                                "wrapped or not (LAVA, labgrid, Jenkins, ts, e-mail quotes…); - reads standard input")
+    tr.add_argument("--prompt", action="append", metavar="REGEX",
+                    help="a guest's shell prompt, besides the common forms ('# ', '~ # ', 'root@host:~# ', "
+                         "'$ ', 'dom0# '); repeatable")
+    tr.add_argument("--passed", metavar="REGEX", help="a line that means the boot passed (e.g. a test's own "
+                                                      "'ALL TESTS PASSED')")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_triage)
 

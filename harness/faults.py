@@ -42,10 +42,10 @@ FAULTS = (
     Fault("missing-dom0-kernel", Tweaks(omit_modules=frozenset({"kernel"})),
           Verdict.CRASHED, "dom0-loading", "xen-missing-module", "Missing kernel boot module?"),
     Fault("dom0-init-missing-panic-reboots", Tweaks(dom0_args="rdinit=/no/such/init"),
-          Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
+          Verdict.CRASHED, "dom0:events", "no-root-fs", "Unable to mount root fs"),
     Fault("dom0-init-missing-panic-hangs",
           Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"\s*panic=\S+", "", c), dom0_args="rdinit=/no/such/init"),
-          Verdict.CRASHED, "dom0:events", "kernel-panic", "Kernel panic - not syncing"),
+          Verdict.CRASHED, "dom0:events", "no-root-fs", "Unable to mount root fs"),
     # Hangs: each is diagnosed (harness/diagnose.py) within seconds of the console going quiet.
     Fault("dom0-console-not-hvc0",
           Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*(earlycon|panic)=\S+", _ttyama0, c),

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .logreader import LogReader
+
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -28,6 +30,16 @@ class Verdict(StrEnum):
     HUNG = "hung"  # no progress within a stage's deadline
     INFRASTRUCTURE = "infrastructure-error"  # the lab failed: QEMU, images, host
     UNTESTABLE = "untestable"  # the build under test cannot be booted at all (git bisect's "skip")
+    INCOMPLETE = "incomplete"  # a saved log that ends before any ending, with no failure: a hang or a cut capture
+
+
+# Who a verdict blames: the build (a failure), the lab (an error), nobody, or no one can tell (a log's end).
+VERDICT_CLASS = {Verdict.PASSED: "passed", Verdict.INFRASTRUCTURE: "lab", Verdict.UNTESTABLE: "untestable-build",
+                 Verdict.INCOMPLETE: "unknown"}
+
+
+def verdict_class(verdict: Verdict) -> str:
+    return VERDICT_CLASS.get(verdict, "build")
 
 
 @dataclass(frozen=True)
@@ -35,8 +47,8 @@ class Milestone:
     key: str  # "xen-banner"; guest milestones are recorded as "<guest>:<key>", e.g. "dom0:kernel"
     title: str
     pattern: re.Pattern[str]
-    scope: str = "xen"  # whose lines it is matched on: "xen", "firmware", "guest" (once per guest), or
-    # "harness" (none: the harness records it with `ConsoleMonitor.mark`)
+    scope: str = "xen"  # whose lines it is matched on: "xen", "firmware", "guest" (once per guest), "any"
+    # (every source's), or "harness" (none: the harness records it with `ConsoleMonitor.mark`)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class Signature:
     specificity: int = 1  # among signatures seen together, the most specific names the failure
     guest: bool | None = None  # True: guest lines only, False: Xen lines only, None: any
     after: str | None = None  # active only once this milestone was reached
+    # the stage its own context implies, for a log that starts after the milestones that would say so (a
+    # fragment): "dom0-loading" for Xen failing to build dom0, "guest" for a guest's kernel ("dom0:kernel")
+    implies: str | None = None
 
 
 def _re(pattern: str) -> re.Pattern[str]:
@@ -65,7 +80,10 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone("dom0-loading", "dom0 loading", _re(r"^\*\*\* LOADING DOMAIN 0 \*\*\*")),
     Milestone("domU-loading", "domU loading", _re(r"^\*\*\* LOADING DOMU cpus=")),
     Milestone("xen-handover", "Xen hands over", _re(r"^Freed \d+kB init memory")),
-    Milestone("kernel", "kernel start", _re(r"Booting Linux on physical CPU|Linux version \d"), "guest"),
+    # a guest that is not Linux: what it prints when it starts (Zephyr's banner, Mini-OS's)
+    Milestone("kernel", "kernel start",
+              _re(r"Booting Linux on physical CPU|Linux version \d|\*\*\* Booting Zephyr OS|^Xen Minimal OS!"),
+              "guest"),
     Milestone("xen-found", "Xen support found", _re(r"Xen \d+\.\d+ support found"), "guest"),
     Milestone("grant-table", "grant table initialized", _re(r"Grant table initialized"), "guest"),
     Milestone("events", "events ABI", _re(r"xen:events: Using \S+ ABI"), "guest"),
@@ -80,39 +98,76 @@ NOISE = _re(
     r"|Please update your firmware|Guests without CPU erratum workarounds|Only trusted guests should be used"
 )
 
+# QEMU's own complaints on stderr: the lab's problem (a target YAML, a boot plan), never the guest's.
+QEMU_SIGNATURES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("qemu-rom-overlap", _re(r"Some ROM regions are overlapping"), "QEMU refused overlapping images"),
+    ("qemu-bad-option", _re(r"invalid option|Invalid parameter|unsupported machine type|Property '.*' not found"
+                            r"|is not a valid|requires an argument|Unsupported"), "QEMU rejected an option"),
+    ("qemu-missing", _re(r"is not installed"), "QEMU is not installed"),
+    ("qemu-cannot-load", _re(r"could not load|Could not open|No such file"), "QEMU could not load a file"),
+)
+
+
+# The same catalogue on a console log that holds QEMU's stderr (a CI's or a lab's capture of both): QEMU
+# names itself first ("qemu-system-aarch64: -no-such-option: invalid option"), which a guest's line never does.
+QEMU_IN_LOG: tuple[Signature, ...] = tuple(
+    Signature(name, Verdict.INFRASTRUCTURE, _re(rf"^qemu(-system-\w+)?: .*(?:{pattern.pattern})"), description, 2)
+    for name, pattern, description in QEMU_SIGNATURES
+)
+
+
 SIGNATURES: tuple[Signature, ...] = (
     Signature("xen-panic", Verdict.CRASHED, _re(r"^Panic on CPU \d+:"), "Xen panicked", 1, False),
     Signature("xen-dom0-setup", Verdict.CRASHED, _re(r"Could not set up DOM0 guest OS"),
-              "Xen could not set up dom0", 3, False),
+              "Xen could not set up dom0", 3, False, implies="dom0-loading"),
     Signature("xen-dom0-memory", Verdict.CRASHED,
               _re(r"Failed to allocate requested dom0 memory|Not enough memory (for|to allocate) d(om)?0"),
-              "Xen could not give dom0 the memory it asked for (dom0_mem)", 3, False),
+              "Xen could not give dom0 the memory it asked for (dom0_mem)", 3, False, implies="dom0-loading"),
     Signature("xen-missing-module", Verdict.CRASHED, _re(r"Missing kernel boot module\?"),
-              "Xen found no dom0 kernel module in /chosen", 3, False),
+              "Xen found no dom0 kernel module in /chosen", 3, False, implies="dom0-loading"),
     Signature("xen-bug", Verdict.CRASHED, _re(r"^(Xen BUG at|Assertion '.*' failed at)"),
               "Xen hit a BUG or a failed assertion", 2, False),
     Signature("xen-fatal-trap", Verdict.CRASHED, _re(r"FATAL TRAP|Unexpected Trap"),
               "Xen took an unexpected trap", 2, False),
     Signature("xen-domain-crash", Verdict.CRASHED,
               _re(r"^Domain \d+ \(vcpu#\d+\) crashed|domain_crash called|^Hardware Dom0 crashed"),
-              "Xen crashed a domain", 2, False),
+              "Xen crashed a domain", 2, False, implies="guest"),
     Signature("dom0-reboot", Verdict.CRASHED, _re(r"^Hardware Dom0 shutdown: rebooting machine"),
-              "dom0 asked Xen to reboot (a dom0 panic with panic=-1)", 1, False),
+              "dom0 asked Xen to reboot (a dom0 panic with panic=-1)", 1, False, implies="guest"),
+    # xen/common/sched/core.c domain_watchdog_timeout(), then xen/common/shutdown.c for the hardware domain:
+    # the domain armed Xen's watchdog (SCHEDOP_watchdog, Linux's xen_wdt) and stopped petting it.
+    Signature("xen-watchdog", Verdict.CRASHED,
+              _re(r"^Watchdog timer fired for domain \d+|^Hardware Dom0 shutdown: watchdog rebooting machine"),
+              "Xen's watchdog fired: the domain stopped petting it and Xen shut it down", 3, False, implies="guest"),
     Signature("kernel-panic", Verdict.CRASHED, _re(r"Kernel panic - not syncing"), "the guest kernel panicked",
-              2, True),
+              2, True, implies="guest"),
+    Signature("no-root-fs", Verdict.CRASHED, _re(r"VFS: Unable to mount root fs"),
+              "the guest kernel found no root file system (its initramfs or root= is wrong)", 3, True,
+              implies="guest"),
+    Signature("init-killed", Verdict.CRASHED, _re(r"Attempted to kill init!"),
+              "the guest's init exited (or was killed), so its kernel panicked", 3, True, implies="guest"),
+    Signature("kernel-oops", Verdict.CRASHED, _re(r"Unable to handle kernel|Internal error: Oops"),
+              "the guest kernel oopsed", 2, True, implies="guest"),
+    # the same, at a line's start (anchored apart: an anchor inside an alternation makes every line slow)
     Signature("kernel-oops", Verdict.CRASHED,
-              _re(r"Unable to handle kernel|Internal error: Oops|^\[[ \d.]+\] BUG: "), "the guest kernel oopsed",
-              2, True),
+              _re(r"^(?:\[[ \d.]+\] )?(?:kernel BUG at |BUG: (?!soft lockup)|Oops(?:: | - ))"),
+              "the guest kernel oopsed", 2, True, implies="guest"),
     Signature("rcu-stall", Verdict.HUNG, _re(r"rcu: INFO: \S+ (self-)?detected stalls?"),
-              "the guest kernel stalled (RCU)", 1, True),
+              "the guest kernel stalled (RCU)", 1, True, implies="guest"),
+    Signature("soft-lockup", Verdict.HUNG, _re(r"watchdog: BUG: soft lockup"),
+              "a guest CPU stayed in its kernel without scheduling (soft lockup)", 3, True, implies="guest"),
+    # kernel/hung_task.c: a task blocked (D state) past hung_task_timeout_secs, or the panic that may follow
+    Signature("hung-task", Verdict.HUNG,
+              _re(r"INFO: task \S+:\d+ blocked for more than \d+ seconds|hung_task: blocked"),
+              "a guest task stayed blocked past the kernel's hung-task timeout", 3, True, implies="guest"),
     Signature("no-grant-table", Verdict.FAILED, _re(r"Xen grant table region is not found"),
-              "the guest did not find Xen's grant table region", 3, True),
+              "the guest did not find Xen's grant table region", 3, True, implies="guest"),
     Signature("no-event-irq", Verdict.FAILED, _re(r"Xen event channel interrupt not found"),
-              "the guest did not find Xen's event channel interrupt", 3, True),
+              "the guest did not find Xen's event channel interrupt", 3, True, implies="guest"),
     Signature("event-irq-request", Verdict.FAILED, _re(r"xen:events: Error request IRQ|Error request IRQ \d+"),
-              "the guest could not request Xen's event channel interrupt", 3, True),
+              "the guest could not request Xen's event channel interrupt", 3, True, implies="guest"),
     Signature("gnttab-unmapped", Verdict.FAILED, _re(r"gnttab share frames .* is not mapped"),
-              "the guest could not map its grant frames", 3, True),
+              "the guest could not map its grant frames", 3, True, implies="guest"),
     # dom0's toolstack (toolstack targets): libxl refusing or failing a domU, and a domU's PV frontend whose
     # backend never connects (drivers/xen/xenbus/xenbus_probe_frontend.c).
     Signature("libxl-error", Verdict.FAILED, _re(r"libxl: error: |^xl: (?:unable|cannot|failed)"),
@@ -121,7 +176,7 @@ SIGNATURES: tuple[Signature, ...] = (
               "xenconsoled or xl console could not give a domU its console", 3, True),
     Signature("xenbus-unconnected", Verdict.FAILED,
               _re(r"XENBUS: (Waiting for devices to initialise|Timeout connecting to device)"),
-              "a PV device of the domU never connected to its backend (xenbus)", 3, True),
+              "a PV device of the domU never connected to its backend (xenbus)", 3, True, implies="guest"),
     # A board's U-Boot, before it starts Xen. The harness checked Xen's image and every file's CRC32
     # before booting, so what U-Boot refuses here is the lab's or the boot plan's doing, not the build's.
     Signature("uboot-tftp-error", Verdict.INFRASTRUCTURE,
@@ -137,17 +192,8 @@ SIGNATURES: tuple[Signature, ...] = (
     # it, that request was seen (and named) first.
     Signature("board-reset", Verdict.INFRASTRUCTURE, _re(r"^U-Boot \d{4}\.\d{2}|^UEFI firmware \(version"),
               "the board reset: its firmware started again in the middle of the boot", 1, after="xen-banner"),
+    *QEMU_IN_LOG,
 )
-
-# QEMU's own complaints on stderr: the lab's problem (a target YAML, a boot plan), never the guest's.
-QEMU_SIGNATURES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("qemu-rom-overlap", _re(r"Some ROM regions are overlapping"), "QEMU refused overlapping images"),
-    ("qemu-bad-option", _re(r"invalid option|Invalid parameter|unsupported machine type|Property '.*' not found"
-                            r"|is not a valid|requires an argument|Unsupported"), "QEMU rejected an option"),
-    ("qemu-missing", _re(r"is not installed"), "QEMU is not installed"),
-    ("qemu-cannot-load", _re(r"could not load|Could not open|No such file"), "QEMU could not load a file"),
-)
-
 
 def qemu_failure(stderr: str, stage: str = "power-on", status: int | None = None) -> Failure:
     """An infrastructure failure named after what QEMU printed."""
@@ -161,7 +207,7 @@ def qemu_failure(stderr: str, stage: str = "power-on", status: int | None = None
 # Xen 4.17 prints a focused domU's vPL011 output through its own printk, so those lines carry "(XEN) "
 # like Xen's. While a domU has the serial input, these are the lines that are still Xen's own.
 XEN_OWN = re.compile(
-    r"^(\*\*\*|DOM\d+: |d\d+v\d+|d\d+: |\(d\d+\) |Xen |Panic on CPU|Hardware Dom0|Domain \d+|Assertion '"
+    r"^(\*\*\*|DOM\d+: |d\d+v\d+|d\d+: |\(d\d+\) |Xen |Panic on CPU|Hardware Dom0|Domain \d+|Assertion '|Watchdog timer"
     r"|FATAL|Xen BUG|CPU\d+: |Freed \d+kB|Reboot in|Manual reset|\*+$|$)"
 )
 XEN_MIDLINE = re.compile(r"(?<=.)(?=\(XEN\) |\*\*\* Serial input to )")
@@ -169,6 +215,7 @@ SERIAL_INPUT = re.compile(r"^\*\*\* Serial input to (DOM(\d+)|Xen)")
 XEN_PREFIX = re.compile(r"^\(XEN\)(?: |$)")  # Xen's empty lines lose the space
 DOMU_PREFIX = re.compile(r"^DOM(\d+):(?: |$)")  # a dom0less domU's vPL011, printed by Xen when not focused
 GUEST_DEBUG = re.compile(r"^\(d(\d+)\) ")
+PRINTK = re.compile(r"^\[\s*\d+\.\d+\] ")  # a Linux kernel's timestamp: no firmware prints one
 # Xen's 'w' debug key (xen/drivers/char/console.c dump_console_ring_key(), 4.17 and 4.20) prints this
 # line, then its whole console ring, which ends with the ring's own copy of it, after the copies of
 # any earlier presses (the ring keeps them, unless it wrapped). The ring's lines are history, not
@@ -293,6 +340,7 @@ class ConsoleMonitor:
         on_milestone: Callable[[str, Line], None] | None = None,
         keep_lines: int | None = None,
         hypervisor: bool = True,
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.relay: str | None = None  # a domU whose console dom0 relays (`xl console`): its unprefixed lines
@@ -300,9 +348,15 @@ class ConsoleMonitor:
         self.ring_dumps = 0  # Xen console ring dumps read to their end
         self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
         self._ring_copies = -1  # 'w' lines seen in the dump being read; -1: none is being read
-        self.prompt = re.compile(prompt) if prompt else None
+        # A guest's prompts, each reached as "<guest>:<key>": the shell's (`prompt`), and for a saved log any
+        # other way a guest waits for a person (`prompts`: {"login": LOGIN_PROMPT}).
+        self.prompts = {key: re.compile(p) for key, p in {"shell": prompt, **(prompts or {})}.items() if p}
+        self._guest_seen = False  # a line of Xen's or a guest kernel's: unprefixed lines are no firmware's
         self.milestones = milestones
         self.signatures = signatures
+        self._milestones = {scope: [m for m in milestones if m.scope in (scope, "any")]
+                            for scope in ("xen", "firmware", "guest")}
+        self._signatures = {guest: [s for s in signatures if s.guest in (None, guest)] for guest in (False, True)}
         self.clock = clock
         self.on_milestone = on_milestone
         self.t0 = clock()
@@ -404,17 +458,18 @@ class ConsoleMonitor:
         index = self.line_count
         self.line_count += 1
         scope = source if source in ("xen", "firmware") else "guest"
-        for milestone in self.milestones:
-            if milestone.scope == scope and milestone.pattern.search(body):
-                key = f"{source}:{milestone.key}" if scope == "guest" else milestone.key
+        for milestone in self._milestones[scope]:  # each is reached once: one reached is not looked for again
+            key = f"{source}:{milestone.key}" if milestone.scope == "guest" else milestone.key
+            if key not in self.reached and milestone.pattern.search(body):
                 self._reach(key, line)
-        if self.prompt and not self._continued and source not in ("xen", "firmware") and self.prompt.match(raw_body):
-            self._reach(f"{source}:shell", line)
-        if NOISE.search(body):
-            return
-        for sig in self.signatures:
-            if sig.guest is not None and sig.guest != (source != "xen"):
-                continue
+        if not self._continued and source not in ("xen", "firmware"):
+            for key, prompt in self.prompts.items():
+                if f"{source}:{key}" not in self.reached and prompt.match(raw_body):
+                    self._reach(f"{source}:{key}", line)
+        guest = source != "xen"
+        if (self.failure is not None and index > self._failure_index + EVIDENCE_AFTER) or NOISE.search(body):
+            return  # past a failure's evidence, no signature names anything
+        for sig in self._signatures[guest]:
             if sig.after is not None and sig.after not in self.reached:
                 continue
             if sig.pattern.search(body):
@@ -440,6 +495,7 @@ class ConsoleMonitor:
 
     def _attribute(self, text: str) -> tuple[str, str]:
         if m := XEN_PREFIX.match(text):
+            self._guest_seen = True
             body = text[m.end():]
             if d := DOMU_PREFIX.match(body):
                 return f"dom{d.group(1)}", body[d.end():]
@@ -452,10 +508,15 @@ class ConsoleMonitor:
         if d := GUEST_DEBUG.match(text):
             return f"dom{d.group(1)}", text[d.end():]
         # Unprefixed lines are dom0's console (hvc0) or a domU's that dom0 relays, or before Xen's banner the
-        # firmware's.
-        if "xen-banner" not in self.reached and self.hypervisor:
-            return "firmware", text
-        return self.relay or "dom0", text
+        # firmware's; a log that starts after the banner (a fragment) says so with a line of Xen's or of a kernel's
+        # printk.
+        self._guest_seen = self._guest_seen or bool(PRINTK.match(text))
+        firmware = self.hypervisor and "xen-banner" not in self.reached and not self._guest_seen
+        return ("firmware" if firmware else self.relay or "dom0"), text
+
+    def number_next(self, number: int) -> None:
+        """The next console line is line `number` of its file (a log reader takes a wrapper's own lines out)."""
+        self._raw_lines = number - 1
 
     def mark(self, key: str) -> None:
         """Record milestone `key` as reached now (one the harness saw happen, not a console line)."""
@@ -470,7 +531,7 @@ class ConsoleMonitor:
 
     def _check_prompt(self) -> None:
         """A prompt ends without a newline: look for one in the line still being printed."""
-        if self.prompt is None or self._continued:
+        if not self.prompts or self._continued:
             return
         head = bytes(self._partial[:PROMPT_HEAD])
         if head == self._prompt_seen:  # the line grew past its head, or nothing new: the answer stands
@@ -483,8 +544,9 @@ class ConsoleMonitor:
             source, tail = f"dom{self.focus}", tail[m.end():]
         else:
             source = self.relay or "dom0"
-        if f"{source}:shell" not in self.reached and self.prompt.match(tail):
-            self._reach(f"{source}:shell", Line(round(self.now(), 3), source, tail))
+        for key, prompt in self.prompts.items():
+            if f"{source}:{key}" not in self.reached and prompt.match(tail):
+                self._reach(f"{source}:{key}", Line(round(self.now(), 3), source, tail, self._raw_lines + 1))
 
     # --- verdicts ---------------------------------------------------------------------------
 
@@ -534,6 +596,9 @@ class ConsoleMonitor:
         best = max(window, key=lambda m: m[0].specificity)[0]
         f = self.failure
         f.signature, f.description, f.verdict = best.name, best.description, best.verdict
+        if f.stage == "power-on" and best.implies and f.line is not None:  # a fragment: the signature says where
+            guest = f.line.source if f.line.source.startswith("dom") else "dom0"
+            f.stage = f"{guest}:kernel" if best.implies == "guest" else best.implies
         f.detail = self._detail()
         self._evidence_final = self.line_count > self._failure_index + EVIDENCE_AFTER
 
@@ -629,25 +694,57 @@ class BootFailure(Exception):
         return self.failure.verdict is Verdict.INFRASTRUCTURE
 
 
+# How a good boot may end, offline: a guest's shell prompt in a common form (busybox "# " and "~ # ", this
+# harness's "dom0# ", Debian's "root@host:~# " and "user@host:~$ ", "[root@host ~]# ", Gentoo's "host ~ # ",
+# Zephyr's "uart:~$ "; U-Boot's "=> " is firmware's and never counts), a login prompt, or an orderly power-off
+# (Linux's kernel/reboot.c, then Xen's xen/common/shutdown.c).
+SHELL_PROMPTS = r"(?:[\w.-]+@[\w.-]+:\S*|\[[^\]]*\]|(?:[^\s\[]\S* ){1,2}|\S+)?[#$] "
+LOGIN_PROMPT = r"(?:\S+ )?login: "
+POWER_OFF = Milestone("power-off", "orderly power-off", _re(r"reboot: Power down|^Hardware Dom0 halted"), "any")
+ENDING_TITLES = {"shell": "shell prompt", "login": "login prompt", "power-off": "orderly power-off",
+                 "passed": "the --passed pattern"}
+
+
+def ending(monitor: ConsoleMonitor) -> str | None:
+    """How the log ended well: the first ending reached ("dom0:login", "power-off", …), or None."""
+    return next((key for key in monitor.reached if key.rpartition(":")[2] in ENDING_TITLES), None)
+
+
 def triage(
-    log: bytes | Iterable[bytes], prompt: str | None = r"\S+# ", keep_lines: int | None = TRIAGE_KEEP_LINES
+    log: bytes | Iterable[bytes] | LogReader, prompt: str | None = None, keep_lines: int | None = TRIAGE_KEEP_LINES,
+    prompts: Iterable[str] = (), passed: str | None = None,
 ) -> tuple[ConsoleMonitor, Verdict]:
     """Judge a saved console log (its bytes, or its chunks as read) with the same catalogue as a live boot.
 
-    Without a failure signature, a log that reaches the shell prompt passed; one that ends earlier is
-    reported as hung after its last stage (the log may also just have been cut short: the stage says where).
+    The log is read through a LogReader (give one to ask it afterwards what wrapper it saw). A failure
+    signature decides; otherwise a log that ends well (a guest's shell prompt of a common form or `prompt`
+    or any of `prompts`, a login prompt, an orderly power-off, or a line matching `passed`) passed; a log
+    that ends before any of that is incomplete after its last stage (offline, a hang and a cut capture look
+    the same); a log with no output at all gets a live boot's verdict for silence at power-on.
     Memory stays bounded: the monitor keeps `keep_lines` lines and the failure's evidence, not the log.
     """
-    monitor = ConsoleMonitor(prompt=prompt, clock=lambda: 0.0, keep_lines=keep_lines)
+    shell = "|".join(f"(?:{p})" for p in (SHELL_PROMPTS, prompt, *prompts) if p)
+    milestones = (*MILESTONES, POWER_OFF, *([Milestone("passed", "--passed pattern", _re(passed), "any")]
+                                            if passed else []))
+    monitor = ConsoleMonitor(prompt=shell, prompts={"login": LOGIN_PROMPT}, milestones=milestones,
+                             clock=lambda: 0.0, keep_lines=keep_lines)
     if isinstance(log, bytes | bytearray | memoryview):
-        monitor.replay(bytes(log))
-    else:
-        for chunk in log:
-            monitor.feed(chunk)
+        log = [bytes(log)]
+    reader = log if isinstance(log, LogReader) else LogReader(log)
+    for number, data in reader.feeds():
+        if number is not None:
+            monitor.number_next(number)
+        monitor.feed(data)
+    if not reader.printed:  # what a live boot says of a machine that printed nothing
+        monitor.hang("no console output").evidence = []
+        return monitor, Verdict.HUNG
     if monitor.failure:
         return monitor, monitor.failure.verdict
-    if any(key.endswith(":shell") for key in monitor.reached):
+    if ending(monitor) is not None:
         return monitor, Verdict.PASSED
-    monitor.hang(f"the log ends after stage '{monitor.stage}' without a shell prompt")
-    monitor.failure.signature = "log-ends"
-    return monitor, Verdict.HUNG
+    monitor.fail(Verdict.INCOMPLETE, "log-ends",
+                 f"the log ends after stage '{monitor.stage}' with no prompt, power-off or failure: a hang or a cut "
+                 "capture (offline they look the same)")
+    return monitor, Verdict.INCOMPLETE
+
+

@@ -26,7 +26,7 @@ from . import artifacts, targets
 from .boot import BootSession
 from .errors import HarnessError
 from .lab.process import die_with_parent
-from .monitor import BootFailure, Verdict
+from .monitor import BootFailure, Verdict, verdict_class
 from .result import BootResult
 from .targets import TargetSpec
 
@@ -257,10 +257,6 @@ def pytest_runtest_makereport(item: pytest.Item, call) -> None:
         item.user_properties += [(f"harness:{k}", v) for k, v in boot_facts(session.result).items() if v]
 
 
-# Who a boot's verdict blames: the build (a failure), the lab (an error), or nobody.
-VERDICT_CLASS = {Verdict.PASSED: "passed", Verdict.INFRASTRUCTURE: "lab", Verdict.UNTESTABLE: "untestable-build"}
-
-
 def boot_facts(result: BootResult) -> dict[str, str | None]:
     """What junit says of a boot: target, versions, verdict and its class, stage, signature, artifacts."""
     verdict = result.decide()
@@ -269,7 +265,7 @@ def boot_facts(result: BootResult) -> dict[str, str | None]:
         "xen": result.claims.release if result.claims else None,
         "kernel": next((v.uname for v in result.views.values() if v.uname), None),
         "verdict": str(verdict),
-        "class": VERDICT_CLASS.get(verdict, "build"),
+        "class": verdict_class(verdict),
         "stage": result.failure.stage if result.failure else None,
         "signature": result.failure.signature if result.failure else None,
         "artifacts": str(result.artifacts),
