@@ -344,6 +344,7 @@ class ConsoleMonitor:
     ) -> None:
         self.focus: int | None = None  # the domain Xen gives its serial input to; None: Xen itself
         self.relay: str | None = None  # a domU whose console dom0 relays (`xl console`): its unprefixed lines
+        self.relay_end: re.Pattern[str] | None = None  # dom0's prompt: the relay is over when it shows
         self.focus_seen = False  # Xen has said where its input goes ("*** Serial input to …")
         self.ring_dumps = 0  # Xen console ring dumps read to their end
         self._ring_presses = 0  # 'w' lines Xen printed live: the dump ends at the ring's copy of the last
@@ -512,7 +513,13 @@ class ConsoleMonitor:
         # printk.
         self._guest_seen = self._guest_seen or bool(PRINTK.match(text))
         firmware = self.hypervisor and "xen-banner" not in self.reached and not self._guest_seen
-        return ("firmware" if firmware else self.relay or "dom0"), text
+        return ("firmware" if firmware else self._relayed(text)), text
+
+    def _relayed(self, text: str) -> str:
+        """Whose an unprefixed guest line is: the relayed domU's until dom0's prompt shows again, else dom0's."""
+        if self.relay and self.relay_end is not None and self.relay_end.match(text):
+            self.relay = None
+        return self.relay or "dom0"
 
     def number_next(self, number: int) -> None:
         """The next console line is line `number` of its file (a log reader takes a wrapper's own lines out)."""
@@ -543,7 +550,7 @@ class ConsoleMonitor:
                 return
             source, tail = f"dom{self.focus}", tail[m.end():]
         else:
-            source = self.relay or "dom0"
+            source = self._relayed(tail)
         for key, prompt in self.prompts.items():
             if f"{source}:{key}" not in self.reached and prompt.match(tail):
                 self._reach(f"{source}:{key}", Line(round(self.now(), 3), source, tail, self._raw_lines + 1))

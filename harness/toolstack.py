@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .findings import Finding, Severity
 from .guest import GuestShell, parse_interrupts
@@ -106,8 +106,9 @@ class ToolstackReport:
             disk += f"; its SPI (INTID {irq['hwirq']}) on {irq['chip']}, count {irq['before']} -> {irq['after']}"
         info = self.xl_info
         states = ", ".join(f"{name} {state or '-'}" for name, state in self.xenbus.items())
-        read = "as dom0 wrote it" if self.pv_disk_sha256_domu == self.pv_disk_sha256_dom0 else "WRONG"
-        back = "dom0 read it back" if self.written_sha256_dom0 == self.written_sha256_domu else "dom0 read OTHER bytes"
+        read = "as dom0 wrote it" if self.pv_disk_sha256_domu == self.pv_disk_sha256_dom0 != "" else "WRONG"
+        back = ("dom0 read it back" if self.written_sha256_dom0 == self.written_sha256_domu != ""
+                else "dom0 read OTHER bytes")
         speed = f" ({self.pv_read_mib_s} MiB/s)" if self.pv_read_mib_s else ""
         events = "; ".join(
             f"{side} " + ", ".join(f"{n} {counts.before.get(n, 0)} -> {a}" for n, a in sorted(counts.after.items())
@@ -186,7 +187,7 @@ def probe_dom0(dom0: GuestShell, report: ToolstackReport) -> None:
     before = "\n".join(dom0.run("cat /proc/interrupts"))
     dom0.run("sync; echo 3 > /proc/sys/vm/drop_caches")  # read through the disk, not the page cache
     started = time.monotonic()
-    report.disk_sha256 = _sha(dom0.run(f"sha256sum {KNOWN_PATH}", timeout=120))
+    report.disk_sha256 = _sha(dom0.run(f"sha256sum /{KNOWN_PATH}", timeout=120, check=False))
     report.disk_seconds = round(time.monotonic() - started, 2)
     after = "\n".join(dom0.run("cat /proc/interrupts"))
     row_before, row_after = parse_interrupts(before).get(virtio), parse_interrupts(after).get(virtio)
@@ -200,22 +201,23 @@ def probe_dom0(dom0: GuestShell, report: ToolstackReport) -> None:
 
 def write_pv_disk(dom0: GuestShell, report: ToolstackReport) -> None:
     """The file behind the domU's PV disk, written by dom0 with bytes only it knows, and its SHA256."""
-    dom0.run(f"dd if=/dev/urandom of={PV_DISK} bs=1M count={PV_DISK_MB} 2>/dev/null", timeout=120)
+    dom0.run(f"dd if=/dev/urandom of={PV_DISK} bs=1M count={PV_DISK_MB} 2>/dev/null", timeout=120, check=False)
     report.pv_disk_size = PV_DISK_MB << 20
-    report.pv_disk_sha256_dom0 = _sha(dom0.run(f"sha256sum {PV_DISK}", timeout=120))
+    report.pv_disk_sha256_dom0 = _sha(dom0.run(f"sha256sum {PV_DISK}", timeout=120, check=False))
 
 
 def exercise_domu(domu: GuestShell, report: ToolstackReport) -> None:
     """In the domU: its PV devices, a read of the whole PV disk, a write back, a ping to dom0, and the event
-    channels' counts around that I/O."""
+    channels' counts around that I/O. The write is O_DIRECT, straight through blkfront: an fsync of the whole
+    device (conv=fsync) never returned on the 32-bit Cortex-A15 target."""
     report.domu_devices = domu.run("ls -1 /sys/bus/xen/devices", check=False)
     report.domu_events.before = event_totals("\n".join(domu.run("cat /proc/interrupts")))
     started = time.monotonic()
     report.pv_disk_sha256_domu = _sha(domu.run("sha256sum /dev/xvda", timeout=300, check=False))
     report.pv_read_seconds = round(time.monotonic() - started, 2)
     report.written_sha256_domu = _sha(domu.run(
-        f"dd if=/dev/urandom of=/tmp/written bs=1k count={WRITE_BACK_KB} 2>/dev/null; sha256sum /tmp/written; "
-        "dd if=/tmp/written of=/dev/xvda bs=1k conv=fsync 2>/dev/null", timeout=120, check=False))
+        f"dd if=/dev/urandom of=/tmp/written bs=64k count={WRITE_BACK_KB // 64} 2>/dev/null; sha256sum /tmp/written; "
+        "dd if=/tmp/written of=/dev/xvda bs=64k oflag=direct 2>/dev/null", timeout=120, check=False))
     report.ping_domu_to_dom0 = domu.run(f"ping -c 3 -W 5 {DOM0_ADDRESS}", timeout=60, check=False)
     report.domu_events.after = event_totals("\n".join(domu.run("cat /proc/interrupts")))
 
@@ -255,6 +257,16 @@ def dom0_memory_mb(xen_cmdline: str) -> int | None:
 
 
 # --- the checks --------------------------------------------------------------------------------------
+
+
+def known_libxl_defects(findings: list[Finding], is_32bit: bool) -> list[Finding]:
+    """A toolstack domU's findings, with what libxl does by design reported as known: libxl 4.17 gives every Arm
+    domU extended regions, 32-bit ones too, where Xen's own domain builder gives 32-bit domains none."""
+    note = ("libxl 4.17 gives a 32-bit domU extended regions (tools/libs/light/libxl_arm.c finalize_hypervisor_node "
+            "has no check of the guest's bitness), where Xen's builder for dom0 and dom0less domUs gives none. Known "
+            "upstream inconsistency; an LPAE guest can address them")
+    return [replace(f, severity=Severity.KNOWN, note=note) if is_32bit and f.rule == "dt.ext.32bit" else f
+            for f in findings]
 
 
 def _error(rule: str, where: str, expected: str, found: str, note: str = "") -> Finding:
@@ -325,7 +337,7 @@ def _check_disk(report: ToolstackReport) -> list[Finding]:
     out = []
     known = known_sha256()
     if report.disk_sha256 != known:
-        out.append(_error("disk.sha256", f"dom0 sha256sum {KNOWN_PATH} on {report.disk_device}",
+        out.append(_error("disk.sha256", f"dom0 sha256sum /{KNOWN_PATH} on {report.disk_device}",
                           f"{known} ({KNOWN_SIZE} known bytes)", report.disk_sha256 or "no hash"))
     irq = report.disk_irq
     if not irq:

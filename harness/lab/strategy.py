@@ -157,10 +157,15 @@ class XenStrategy(Strategy):
         self.wait_until(lambda: any(command in line.text for line in self.monitor.since(seen)),
                         f"dom0's echo of `{command}`")
         self.monitor.relay = guest.source
+        self.monitor.relay_end = re.compile(self.shell(self.guests[0].name).prompt)
         self.focused = None
         # Until the domU's kernel speaks, dom0 is busy in the command (loading the kernel): judged as a command
-        self.wait_until(lambda: f"{guest.source}:kernel" in self.monitor.reached, f"{guest.source}:kernel",
-                        probe=self._command_probe)
+        self.wait_until(lambda: f"{guest.source}:kernel" in self.monitor.reached or self.monitor.relay is None,
+                        f"{guest.source}:kernel", probe=self._command_probe)
+        if self.monitor.relay is None:  # dom0's prompt came back: the command ended without starting the domU
+            self.monitor.fail(Verdict.FAILED, "domu-not-started",
+                              f"`{command}` returned to dom0's shell before {guest.name}'s kernel started")
+            raise BootFailure(self.monitor.conclude())
         self._take_shell(guest)
         return self.shell(guest.name)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from harness import checks, rootfs, toolstack
 from harness.elf import Node
 from harness.errors import UsageError
+from harness.findings import Finding, Severity
 from harness.guest import GuestView
 from harness.monitor import ConsoleMonitor, Verdict
 from harness.targets import load_spec
@@ -116,6 +118,13 @@ def test_libxls_domu_tree_has_xens_guest_layout_and_a_moved_grant_region_fails()
     assert found and any("0x38000000" in f.expected and "0x39000000" in f.found for f in found), found
 
 
+def test_libxls_extended_regions_for_a_32_bit_domu_are_a_known_upstream_inconsistency() -> None:
+    found = [Finding("dt.ext.32bit", Severity.ERROR, "/hypervisor reg[1..]", "no extended regions", "0x48000000-…")]
+    known = toolstack.known_libxl_defects(found, is_32bit=True)
+    assert [f.severity for f in known] == [Severity.KNOWN] and "libxl_arm.c" in known[0].note
+    assert toolstack.known_libxl_defects(found, is_32bit=False) == found
+
+
 def test_a_relayed_domu_console_is_the_domus_own() -> None:
     monitor = ConsoleMonitor(prompt="dom0# |domu1# ")
     monitor.feed(b"(XEN) Xen version 4.17.7 (Debian)\ndom0# xl create -c /etc/xen/domu.cfg\n")
@@ -124,6 +133,16 @@ def test_a_relayed_domu_console_is_the_domus_own() -> None:
                  b"harness-init: domu1 ready\ndomu1# ")
     assert {"dom1:xl-create", "dom1:kernel", "dom1:init", "dom1:shell"} <= set(monitor.reached), monitor.reached
     assert "dom0:kernel" not in monitor.reached
+
+
+def test_dom0s_prompt_ends_the_relay() -> None:
+    """xl returned (it failed, or was detached): dom0's prompt and what follows are dom0's again."""
+    monitor = ConsoleMonitor(prompt="dom0# |domu1# ")
+    monitor.feed(b"(XEN) Xen version 4.17.7 (Debian)\n")
+    monitor.relay, monitor.relay_end = "dom1", re.compile("dom0# ")
+    monitor.feed(b"sh: xl: not found\ndom0# ")
+    assert monitor.relay is None and "dom1:shell" not in monitor.reached, monitor.reached
+    assert [line.source for line in monitor.lines[-1:]] == ["dom1"]  # xl's own words were still the relay's
 
 
 @pytest.mark.parametrize("line, signature", [
