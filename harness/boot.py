@@ -129,6 +129,10 @@ class BootSession:
 
     def _artifacts(self) -> dict[str, Artifact]:
         check_guests(self.spec)  # a combination Xen would panic on is refused before anything runs
+        if self.tweaks.dom0_modules and self.spec.toolstack is not None:
+            raise UsageError(f"{self.spec.name}'s dom0 runs from its root disk, which loads the toolstack's modules "
+                             f"only: add modules ({', '.join(self.tweaks.dom0_modules)}) on a target whose dom0 runs "
+                             "from its initramfs.")
         arts = self.images.artifacts(self.spec.images, self.overrides)
         if (self.spec.xen_build or self.tweaks.xen_patches) and "xen" not in self.overrides:
             patches = [IMAGES_DIR / "patches" / name for name in self.tweaks.xen_patches]
@@ -137,8 +141,8 @@ class BootSession:
         if "initrd" not in arts:
             if self.spec.toolstack is not None:  # what finds dom0's root disk
                 extra = rootfs.loader_extra(self.spec, self.images)
-            else:  # dom0's network and SSH server, if any
-                extra = dom0net.extra(self.spec, self.images, arts["kernel"])
+            else:  # dom0's network and SSH server, if any, and the modules this boot adds
+                extra = dom0net.extra(self.spec, self.images, arts["kernel"], self.tweaks.dom0_modules)
             arts["initrd"] = initramfs(arts["busybox"], self.images.cache, extra=extra)
         if self.spec.toolstack is not None:
             arts["rootfs"] = rootfs.dom0_rootfs(self.spec, self.images, arts)
@@ -288,7 +292,16 @@ class BootSession:
             findings += self._check_toolstack(claims)
         self.result.findings = findings
         self.result.timings["probe"] = round(time.monotonic() - started, 2)
+        if self.tweaks.listen:
+            self.listen(self.tweaks.listen)
         return findings
+
+    def listen(self, seconds: float) -> None:
+        """Read the console `seconds` more; a failure it shows meanwhile (Xen's watchdog firing) is raised."""
+        monitor = self.strategy.monitor
+        end = monitor.clock() + seconds
+        self._guarded(lambda: self.strategy.wait_until(lambda: monitor.clock() >= end,
+                                                       f"{seconds:.0f} s more of the console"))
 
     def _check_toolstack(self, claims: xenlog.XenClaims) -> list[Finding]:
         """dom0's toolstack at work: xenstore, xl, its disk; then a domU `xl create` starts, probed like any guest,

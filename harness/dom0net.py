@@ -1,4 +1,5 @@
-"""dom0's network and SSH server, carried in its initramfs for the targets whose `dom0: network:` asks.
+"""dom0's network and SSH server, carried in its initramfs for the targets whose `dom0: network:` asks (and any
+more modules a boot adds: a fault's xen_wdt).
 
 What goes in (an `initramfs.Extra`, cached with the initramfs under a key of its inputs):
 
@@ -39,21 +40,23 @@ ETC = {
 }
 
 
-def extra(spec: TargetSpec, images: Images, kernel: Artifact) -> Extra | None:
-    """What dom0's initramfs carries for its network, or None for a target without `dom0: network:`."""
+def extra(spec: TargetSpec, images: Images, kernel: Artifact, more_modules: tuple[str, ...] = ()) -> Extra | None:
+    """What dom0's initramfs carries for its network and `more_modules` (drivers a boot adds, e.g. a fault's
+    xen_wdt), or None when there is nothing: no `dom0: network:` and no more modules."""
     network = spec.network
-    if network is None:
+    modules = (*(network.modules if network else ()), *more_modules)
+    if network is None and not modules:
         return None
     parts = [FORMAT, *(f"{path}={sha256_bytes(data)}" for path, data in ETC.items())]
     kernel_pin = None
-    if network.modules and kernel.origin == "user":
-        log.warning("dom0's network modules come from the pinned kernel package and would not load into your "
-                    "--kernel: they are left out, so its network driver must be built in")
-    elif network.modules:
+    if modules and kernel.origin == "user":
+        log.warning("dom0's modules (%s) come from the pinned kernel package and would not load into your "
+                    "--kernel: they are left out, so what they drive must be built in", ", ".join(modules))
+    elif modules:
         kernel_pin = images.locked(spec.images)["kernel"]
-        parts += [kernel_pin.deb_sha256, *network.modules]
+        parts += [kernel_pin.deb_sha256, *modules]
     ssh = None
-    if network.ssh:
+    if network is not None and network.ssh:
         ssh = images.locked(network.ssh)
         if missing := [name for name in SSH_PROGRAMS if name not in ssh]:
             raise UsageError(f"image profile {network.ssh} has no {', '.join(missing)}: dom0's SSH server needs "
@@ -63,7 +66,7 @@ def extra(spec: TargetSpec, images: Images, kernel: Artifact) -> Extra | None:
     def files() -> dict[str, Node]:
         found: dict[str, Node] = {}
         if kernel_pin is not None:
-            found |= module_files(images, kernel_pin, network.modules)
+            found |= module_files(images, kernel_pin, modules)
         if ssh is not None:
             found |= ssh_files(images, network.ssh, ssh)
         return found

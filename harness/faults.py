@@ -17,6 +17,7 @@ from .targets import ToolstackSpec
 from .tweaks import Tweaks
 
 SHORT_HANG = {"silence": 15, "stages": {"power-on": 10}}
+WATCHDOG_S = 5  # dom0's watchdog fires this long after its prompt: past Xen's console ring dump the checks begin with
 XEN_FAULT_HOOKS = ("xen-harness-faults.patch",)
 
 
@@ -46,6 +47,11 @@ FAULTS = (
     Fault("dom0-init-missing-panic-hangs",
           Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"\s*panic=\S+", "", c), dom0_args="rdinit=/no/such/init"),
           Verdict.CRASHED, "dom0:events", "no-root-fs", "Unable to mount root fs"),
+    # Xen's watchdog for dom0 (xen_wdt from dom0's own kernel package): /init arms it just before the shell and never
+    # pets it, so Xen shuts dom0 down WATCHDOG_S later, during the checks or while the harness listens after them.
+    Fault("dom0-watchdog-fires",
+          Tweaks(dom0_modules=("xen_wdt",), dom0_args=f"harness.watchdog={WATCHDOG_S}", listen=6 * WATCHDOG_S),
+          Verdict.CRASHED, "dom0:shell", "xen-watchdog", "Watchdog timer fired for domain 0"),
     # Hangs: each is diagnosed (harness/diagnose.py) within seconds of the console going quiet.
     Fault("dom0-console-not-hvc0",
           Tweaks(edit_dom0_cmdline=lambda c: re.sub(r"console=hvc0|\s*(earlycon|panic)=\S+", _ttyama0, c),

@@ -712,6 +712,35 @@ ENDING_TITLES = {"shell": "shell prompt", "login": "login prompt", "power-off": 
                  "passed": "the --passed pattern"}
 
 
+# A Linux guest's kernel start (the "kernel" milestone also names other guests' banners). Printed at the same
+# log level as the discovery lines below: a `quiet` kernel prints neither, so it is never judged on them.
+LINUX_START = _re(r"Booting Linux on physical CPU|Linux version \d")
+# The lines a Linux guest prints when it finds Xen (arch/arm/xen/enlighten.c, drivers/xen/grant-table.c,
+# drivers/xen/events/events_base.c), as a person would look for them: the guest milestones that match them.
+DISCOVERY = {"xen-found": "Xen X.Y support found", "grant-table": "Grant table initialized",
+             "events": "xen:events: Using … ABI"}
+
+
+def discovery_missing(monitor: ConsoleMonitor) -> Failure | None:
+    """A log that shows a Linux guest's kernel start under Xen must show that guest finding Xen too: the first
+    such guest whose discovery lines are not all in the log, as a failure, or None. A guest whose kernel start
+    the log does not hold (a fragment that starts later) is not judged on lines it never contained."""
+    if "xen" not in monitor.sources:  # no line of Xen's: a kernel on its own
+        return None
+    for key, start in monitor.reached.items():
+        guest, _, milestone = key.rpartition(":")
+        if milestone != "kernel" or not LINUX_START.search(start.text):
+            continue
+        found = [f"'{DISCOVERY[k]}' (line {monitor.reached[f'{guest}:{k}'].number})"
+                 for k in DISCOVERY if f"{guest}:{k}" in monitor.reached]
+        missing = [f"'{DISCOVERY[k]}'" for k in DISCOVERY if f"{guest}:{k}" not in monitor.reached]
+        if missing:
+            return Failure(Verdict.FAILED, key, "xen-discovery-missing",
+                           f"{guest}'s Linux kernel started under Xen but the log does not show it finding Xen",
+                           start, [start], f"expected {', '.join(missing)}; found {', '.join(found) or 'none of them'}")
+    return None
+
+
 def ending(monitor: ConsoleMonitor) -> str | None:
     """How the log ended well: the first ending reached ("dom0:login", "power-off", …), or None."""
     return next((key for key in monitor.reached if key.rpartition(":")[2] in ENDING_TITLES), None)
@@ -725,7 +754,8 @@ def triage(
 
     The log is read through a LogReader (give one to ask it afterwards what wrapper it saw). A failure
     signature decides; otherwise a log that ends well (a guest's shell prompt of a common form or `prompt`
-    or any of `prompts`, a login prompt, an orderly power-off, or a line matching `passed`) passed; a log
+    or any of `prompts`, a login prompt, an orderly power-off, or a line matching `passed`) passed if each
+    Linux guest whose kernel start it shows under Xen also shows its Xen discovery lines, else failed; a log
     that ends before any of that is incomplete after its last stage (offline, a hang and a cut capture look
     the same); a log with no output at all gets a live boot's verdict for silence at power-on.
     Memory stays bounded: the monitor keeps `keep_lines` lines and the failure's evidence, not the log.
@@ -748,6 +778,9 @@ def triage(
     if monitor.failure:
         return monitor, monitor.failure.verdict
     if ending(monitor) is not None:
+        if missed := discovery_missing(monitor):
+            monitor.failure = missed
+            return monitor, Verdict.FAILED
         return monitor, Verdict.PASSED
     monitor.fail(Verdict.INCOMPLETE, "log-ends",
                  f"the log ends after stage '{monitor.stage}' with no prompt, power-off or failure: a hang or a cut "

@@ -29,3 +29,8 @@ class Tweaks:
     edit_toolstack: Callable[[ToolstackSpec], ToolstackSpec] | None = None  # rewrites a toolstack target's section
     # boot a Xen built from the pinned source with these patches (files in images/patches/) applied
     xen_patches: tuple[str, ...] = ()
+    # drivers from dom0's own kernel package that its initramfs carries and /init loads (with what they need)
+    dom0_modules: tuple[str, ...] = ()
+    # seconds the console is still read after the checks: a fault that strikes at a time (Xen's watchdog), not at a
+    # point of the boot, is seen whether the checks took long or not
+    listen: float = 0.0

@@ -297,16 +297,25 @@ def test_check_rules_lists_the_boot_checks_too():
             "dt.compatible.order", "acpi.rsdp.checksum.v1"} <= listed
 
 
-def test_triage_reports_xens_complaints_about_its_command_line():
+def test_triage_reports_xens_complaints_about_its_command_line(tmp_path: Path):
     """A saved log in which Xen ignored part of its command line is judged as `harness boot` judges it."""
     log = DATA / "logs" / "qemu-virt-xen-cmdline-complaints.log"
     proc = harness("triage", log)
     assert proc.returncode == 1, proc.stdout
     assert "Could not find scheduler: null (Xen used credit2)" in proc.stdout
-    assert 'parameter "no-such-param" unknown!' in proc.stdout and proc.stdout.rstrip().endswith("verdict: failed")
+    assert 'parameter "no-such-param" unknown!' in proc.stdout
+    # the fixture keeps dom0's kernel start but not the rest of its kernel log: no proof that dom0 found Xen
+    assert "verdict: failed after stage 'dom0:kernel'" in proc.stdout and "xen-discovery-missing" in proc.stdout
     record = json.loads(harness("triage", "--json", log).stdout)
     assert record["verdict"] == "failed"
     assert [f["rule"] for f in record["findings"]] == [
         "xen.cmdline.unknown", "xen.cmdline.invalid", "xen.cmdline.fallback"]
+    # Without the kernel's start (Xen's boot, then dom0's prompt) the findings alone fail the log.
+    fragment = tmp_path / "no-kernel-start.log"
+    fragment.write_bytes(b"".join(line for line in log.read_bytes().splitlines(keepends=True)
+                                  if b"Booting Linux" not in line))
+    proc = harness("triage", fragment)
+    assert proc.returncode == 1 and proc.stdout.rstrip().endswith("verdict: failed"), proc.stdout
+    assert 'parameter "no-such-param" unknown!' in proc.stdout
     healthy = harness("triage", DATA / "logs" / "qemu-virt-healthy.log")
     assert healthy.returncode == 0 and "xen.cmdline" not in healthy.stdout

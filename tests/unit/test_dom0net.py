@@ -67,6 +67,22 @@ def test_the_key_names_the_inputs_without_building(images, vboard_arm64):
     assert dom0net.extra(load_spec("qemu-virt"), images, kernel) is None
 
 
+def test_a_boot_adds_modules_from_dom0s_own_kernel_package_without_a_network(images):
+    """A fault's xen_wdt on a target with no `dom0: network:`: the module and what it needs, in load order."""
+    spec = load_spec("qemu-virt")
+    kernel = images.artifact(spec.images, "kernel")
+    extra = dom0net.extra(spec, images, kernel, ("xen_wdt",))
+    files = extra.files()
+    order = files[dom0net.MODULE_LIST].data.decode().splitlines()
+    release = images.locked(spec.images)["kernel"].file.removeprefix("boot/vmlinuz-")
+    names = [elf.module(p, files[p.lstrip("/")].data).name for p in order]
+    assert names[-1] == "xen_wdt" and set(names) <= {"watchdog", "xen_wdt"}, order
+    assert all(p.startswith(f"/lib/modules/{release}/kernel/") for p in order)
+    assert {p for p in files if p.endswith(".ko")} == {p.lstrip("/") for p in order}
+    assert dom0net.extra(spec, images, kernel) is None and extra.key != dom0net.extra(
+        spec, images, kernel, ("xen_wdt", "softdog")).key
+
+
 def test_a_kernel_of_the_users_own_gets_no_modules_and_a_warning(images, vboard_arm64, caplog, tmp_path):
     spec, kernel, extra, _ = vboard_arm64
     mine = Artifact("kernel", kernel.path, kernel.sha256, "user")
@@ -113,3 +129,15 @@ def test_a_library_no_pinned_package_ships_is_one_sentence_naming_it(tmp_path, v
         "usr/sbin/dropbear needs libz.so.1, which no package of image profile dom0-ssh-arm64 has in "
         "/lib/aarch64-linux-gnu, /usr/lib/aarch64-linux-gnu, /lib, /usr/lib: add the package that ships it to "
         "dom0-ssh-arm64 in images/manifest.yaml and run `./run images lock --profile dom0-ssh-arm64`.")
+
+
+def test_modules_a_boot_adds_are_refused_where_dom0_runs_from_its_root_disk(tmp_path):
+    """A toolstack target's dom0 loads the modules on its disk, not its initramfs': one sentence, before any image."""
+    from harness.boot import BootSession
+    from harness.tweaks import Tweaks
+
+    session = BootSession(load_spec("qemu-virt-xl"), tmp_path, tweaks=Tweaks(dom0_modules=("xen_wdt",)))
+    with pytest.raises(UsageError) as info:
+        session.boot()
+    assert str(info.value) == ("qemu-virt-xl's dom0 runs from its root disk, which loads the toolstack's modules only: "
+                               "add modules (xen_wdt) on a target whose dom0 runs from its initramfs.")

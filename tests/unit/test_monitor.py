@@ -61,6 +61,7 @@ CAPTURED = [
     ("dom0-init-missing-panic-reboots", Verdict.CRASHED, "dom0:events", "no-root-fs"),
     ("dom0-init-missing-panic-hangs", Verdict.CRASHED, "dom0:events", "no-root-fs"),
     ("dom0-console-not-hvc0", Verdict.INCOMPLETE, "xen-handover", "log-ends"),
+    ("dom0-watchdog-fires", Verdict.CRASHED, "dom0:shell", "xen-watchdog"),
 ]
 
 

@@ -139,6 +139,73 @@ def test_a_non_linux_guest_passes_on_what_it_printed():
     assert (verdict, monitor.failure.stage) == (Verdict.INCOMPLETE, "dom1:kernel")
 
 
+# --- a Linux guest under Xen must show it found Xen ------------------------------------------------
+
+
+def without(data: bytes, *words: bytes) -> bytes:
+    """The log without the lines holding any of `words` (a kernel that did not print them)."""
+    return b"\n".join(line for line in data.split(b"\n") if not any(w in line for w in words))
+
+
+DISCOVERY_WORDS = (b"support found", b"Grant table initialized", b"xen:events: Using")
+
+
+@pytest.mark.parametrize("name", ["ending-login", "ending-poweroff"])
+def test_a_good_ending_passes_when_the_guest_found_xen(name):
+    monitor, verdict = triage(log(name))
+    assert verdict is Verdict.PASSED and monitor.failure is None
+    assert {"dom0:kernel", "dom0:xen-found", "dom0:grant-table", "dom0:events"} <= set(monitor.reached)
+
+
+@pytest.mark.parametrize("name", ["ending-login", "ending-poweroff"])
+def test_a_good_ending_without_the_guests_xen_discovery_fails(name):
+    """dom0's kernel started under Xen and reached its prompt (or power-off), but never said it found Xen."""
+    monitor, verdict = triage(without(log(name), *DISCOVERY_WORDS))
+    failure = monitor.failure
+    assert (verdict, failure.verdict, failure.stage, failure.signature) == (
+        Verdict.FAILED, Verdict.FAILED, "dom0:kernel", "xen-discovery-missing")
+    assert failure.detail == ("expected 'Xen X.Y support found', 'Grant table initialized', 'xen:events: Using … ABI'; "
+                              "found none of them")
+    assert [(line.number, line.text) for line in failure.evidence] == [
+        (93, "[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x411fd070]")]  # the kernel's first line
+
+
+def test_each_missing_discovery_line_is_named_and_the_found_ones_with_their_lines():
+    monitor, verdict = triage(without(log("ending-login"), b"xen:events: Using"))
+    assert verdict is Verdict.FAILED and monitor.failure.detail == (
+        "expected 'xen:events: Using … ABI'; found 'Xen X.Y support found' (line 99), "
+        "'Grant table initialized' (line 190)")
+
+
+def test_a_fragment_that_starts_after_the_kernel_start_is_not_judged_on_its_discovery():
+    """Xen's lines, then dom0 from its init on: the log never held dom0's kernel start or its discovery lines."""
+    data = log("ending-login")
+    xen, rest = data[: data.index(b"[    0.000000] Booting Linux")], data[data.index(b"[    2.776845] Run /init"):]
+    monitor, verdict = triage(xen + rest)
+    assert (verdict, ending(monitor), "dom0:kernel" in monitor.reached) == (Verdict.PASSED, "dom0:login", False)
+
+
+def test_a_linux_kernel_without_xen_is_not_judged_on_xens_discovery():
+    """A log with no line of Xen's (a kernel on its own): nothing says the kernel ran under Xen."""
+    data = without(log("ending-login"), *DISCOVERY_WORDS)
+    monitor, verdict = triage(b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"(XEN)")))
+    assert (verdict, ending(monitor)) == (Verdict.PASSED, "dom0:login")
+
+
+def test_the_discovery_verdict_on_the_command_line(capsys, tmp_path):
+    path = tmp_path / "no-discovery.log"
+    path.write_bytes(without(log("ending-login"), b"Grant table initialized"))
+    status, out = run(capsys, str(path))
+    assert status == 1 and "verdict: failed after stage 'dom0:kernel'" in out and "xen-discovery-missing" in out
+    assert "expected 'Grant table initialized'; found 'Xen X.Y support found' (line 99)" in out
+    status, out = run(capsys, "--json", str(path))
+    record = json.loads(out)
+    assert (status, record["verdict"], record["class"], record["signature"], record["ending"]) == (
+        1, "failed", "build", "xen-discovery-missing", None)
+    assert record["failure"]["evidence"] == [
+        {"line": 93, "text": "[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x411fd070]"}]
+
+
 # --- fragments and empty logs -----------------------------------------------------------------------
 
 
