@@ -208,8 +208,8 @@ def write_pv_disk(dom0: GuestShell, report: ToolstackReport) -> None:
 
 def exercise_domu(domu: GuestShell, report: ToolstackReport) -> None:
     """In the domU: its PV devices, a read of the whole PV disk, a write back, a ping to dom0, and the event
-    channels' counts around that I/O. The write is O_DIRECT, straight through blkfront: an fsync of the whole
-    device (conv=fsync) never returned on the 32-bit Cortex-A15 target."""
+    channels' counts around that I/O. The write is O_DIRECT: straight through blkfront, none of it left in the
+    domU's page cache when dom0 reads the file."""
     report.domu_devices = domu.run("ls -1 /sys/bus/xen/devices", check=False)
     report.domu_events.before = event_totals("\n".join(domu.run("cat /proc/interrupts")))
     started = time.monotonic()

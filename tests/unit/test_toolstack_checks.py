@@ -20,7 +20,7 @@ from harness.errors import UsageError
 from harness.findings import Finding, Severity
 from harness.guest import GuestView
 from harness.monitor import ConsoleMonitor, Verdict
-from harness.targets import load_spec
+from harness.targets import load_spec, target_names
 from harness.toolstack import ToolstackReport
 from harness.xenlog import XenClaims
 
@@ -202,3 +202,10 @@ def test_a_toolstack_target_without_its_section_or_root_argument_is_refused(tmp_
     (tmp_path / "no-root.yaml").write_text(text.replace(" harness.root=LABEL=harness-dom0", ""))
     with pytest.raises(UsageError, match="harness.root=LABEL=harness-dom0"):
         load_spec("no-root", tmp_path)
+
+
+def test_the_experimental_a15_toolstack_target_loads_outside_the_matrix() -> None:
+    path = Path(__file__).parents[2] / "targets" / "experimental" / "qemu-a15-xl.yaml"
+    spec = load_spec(str(path))
+    assert spec.can("toolstack") and spec.arch == "arm32" and spec.toolstack.profile == "dom0-toolstack-armhf"
+    assert "qemu-a15-xl" not in target_names()
