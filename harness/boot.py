@@ -19,7 +19,7 @@ from pathlib import Path
 import labgrid
 from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, symbols, xenlog
+from . import acpidump, checks, diagnose, dom0net, guest, inputs, sshguest, symbols, witnesses, xenlog
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding, failures
 from .images import IMAGES_DIR, Artifact, Images
@@ -277,10 +277,33 @@ class BootSession:
             (self.artifacts / f"{spec.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
             findings += checks.check_guest(claims, view, spec.domid, is_32bit=is_32bit, event_chip=spec.event_chip,
                                            acpi=acpi)
+            if view.fdt and not (acpi and spec.domid == 0):
+                findings += self._witness_build(spec, view)
             if acpi and spec.domid == 0:
                 findings += self._check_acpi_tables()
         self.result.findings = findings
         self.result.timings["probe"] = round(time.monotonic() - started, 2)
+        return findings
+
+    def _witness_build(self, spec, view: guest.GuestView) -> list[Finding]:
+        """What Xen's domain builder gave a DT guest (memory, vCPUs, GIC, timer, /chosen), from Xen's log, the
+        guest's tree and its kernel; dom0's tree also against the host tree the plan booted (dom0-dt.diff)."""
+        xen_cmdline = self.result.cmdlines["xen"]
+        build = witnesses.parse_xen(self.strategy.monitor.text("xen"))
+        if spec.domid == 0:
+            vcpus = checks.dom0_vcpus(xen_cmdline, build.pcpus or self.spec.cpus)
+            asked = witnesses.Asked(spec.cmdline, witnesses.dom0_mem(xen_cmdline), vcpus, self.spec.arch == "arm32")
+        else:
+            asked = witnesses.Asked(spec.cmdline, spec.memory_kb * 1024, spec.cpus, self.spec.arch == "arm32")
+        probed = self._guarded(lambda: self.shell(spec.name).run(witnesses.PROBE))
+        host_path = self.artifacts / "boot.dtb"
+        host = host_path.read_bytes() if spec.domid == 0 and host_path.is_file() else None
+        findings, witness, diff = witnesses.judge(build, spec.domid, spec.name, asked, view.fdt, view.dmesg,
+                                                  view.interrupts, probed, host, xen_cmdline)
+        if diff is not None:
+            witness.diff = f"{spec.name}-dt.diff"
+            (self.artifacts / witness.diff).write_text(diff)
+        self.result.witnesses[spec.name] = witness
         return findings
 
     def _check_acpi_tables(self) -> list[Finding]:

@@ -127,6 +127,8 @@ def summary(result, spec) -> str:
             ppi = claims.event_ppi if claims and g.domid == 0 else dt.GUEST_EVTCHN_PPI
             lines.append(f"{g.name + ' events interrupt':34} Xen: PPI {ppi}   {g.name}: irq {irq.irq}, hwirq "
                          f"{irq.hwirq} on {irq.chip}, {irq.trigger}, count {irq.total} -> {view.event_count_later}")
+        if witness := result.witnesses.get(g.name):
+            lines += witness.report()
     if result.findings:
         lines += ["", render_table(result.findings)]
     lines.append("")
@@ -154,9 +156,10 @@ def summary(result, spec) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.kind == "rules":
         from .checks import RULES as BOOT_RULES
-        from .validate import acpi, dt
+        from .validate import acpi, dt, dtbuild
+        from .witnesses import RULES as WITNESS_RULES
 
-        for rule, text in {**BOOT_RULES, **dt.RULES, **acpi.RULES}.items():
+        for rule, text in {**BOOT_RULES, **WITNESS_RULES, **dt.RULES, **dtbuild.RULES, **acpi.RULES}.items():
             print(f"{rule:28} {text}")
         return EXIT_GOOD
     try:
@@ -165,7 +168,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
             expect = dt.Expectation(xen_version=args.xen_version) if args.xen_version else None
             findings = dt.check_path(Path(args.path), profile=args.profile, expect=expect)
-            asked = {"profile": args.profile, "xen_version": args.xen_version}
+            asked = {"profile": args.profile, "xen_version": args.xen_version, "host": args.host}
+            findings += build_findings(args)
         else:
             from .validate import acpi
 
@@ -182,6 +186,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(render_table(findings))
     return EXIT_BAD if failures(findings) else EXIT_GOOD
+
+
+def build_findings(args: argparse.Namespace) -> list[Finding]:
+    """`check dtb`: the nodes Xen's domain builder writes (a dom0 or domU tree), and with --host the difference
+    from the host's tree, printed (text output) before the findings."""
+    from .validate import dtbuild
+
+    if args.profile == "acpi-dom0" and not args.host:
+        return []
+    findings, diff = dtbuild.check_path(Path(args.path), Path(args.host) if args.host else None)
+    if diff is not None and not args.json:
+        print(diff)
+    return findings
 
 
 # --- triage -------------------------------------------------------------------------------------
@@ -353,6 +370,8 @@ def parser() -> argparse.ArgumentParser:
     dtb.add_argument("path")
     dtb.add_argument("--profile", default="dom0", choices=["dom0", "domU", "acpi-dom0"])
     dtb.add_argument("--xen-version", help="the Xen X.Y that booted, checked against compatible")
+    dtb.add_argument("--host", metavar="HOST.dtb", help="the host DTB dom0's tree was made from (a boot's boot.dtb): "
+                                                       "every difference is judged against Xen's documented edits")
     dtb.add_argument("--json", action="store_true")
     acpi = kinds.add_parser("acpi", help="a directory of raw ACPI tables (as in /sys/firmware/acpi/tables)")
     acpi.add_argument("path")
