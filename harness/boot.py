@@ -277,7 +277,7 @@ class BootSession:
             (self.artifacts / f"{spec.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
             findings += checks.check_guest(claims, view, spec.domid, is_32bit=is_32bit, event_chip=spec.event_chip,
                                            acpi=acpi)
-            if view.fdt and not (acpi and spec.domid == 0):
+            if view.fdt:
                 findings += self._witness_build(spec, view)
             if acpi and spec.domid == 0:
                 findings += self._check_acpi_tables()
@@ -296,6 +296,13 @@ class BootSession:
         else:
             asked = witnesses.Asked(spec.cmdline, spec.memory_kb * 1024, spec.cpus, self.spec.arch == "arm32")
         probed = self._guarded(lambda: self.shell(spec.name).run(witnesses.PROBE))
+        if self.spec.can("acpi") and spec.domid == 0:  # memory, CPUs and the UART in the ACPI tables and EFI map
+            spcr = self.host_acpi / "SPCR" if self.host_acpi else None
+            uart = witnesses.spcr_uart(spcr.read_bytes() if spcr and spcr.is_file() else None)
+            findings, witness = witnesses.judge_acpi(build, spec.name, asked, view.fdt, view.dmesg, view.interrupts,
+                                                     probed, uart)
+            self.result.witnesses[spec.name] = witness
+            return findings
         host_path = self.artifacts / "boot.dtb"
         host = host_path.read_bytes() if spec.domid == 0 and host_path.is_file() else None
         findings, witness, diff = witnesses.judge(build, spec.domid, spec.name, asked, view.fdt, view.dmesg,

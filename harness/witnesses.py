@@ -37,6 +37,7 @@ RULES: dict[str, str] = {
                   "found lies in the tree's redistributor regions",
     "kernel.cmdline": "/proc/cmdline is the tree's /chosen bootargs",
     "kernel.initrd": "the kernel unpacked the initramfs and freed the pages of the tree's initrd range",
+    "kernel.uart": "the guest kernel claimed no MMIO of Xen's console UART (/proc/iomem): Xen hid it",
 }
 
 _HEX = r"(?:0x)?([0-9a-fA-F]+)"
@@ -147,6 +148,7 @@ class KernelFacts:
     timer_hwirq: int | None = None  # the arch_timer row of /proc/interrupts
     redistributors: list[int] = field(default_factory=list)
     iomem_gic: dict[str, Region] = field(default_factory=dict)  # GICv3's "GICD", "GICR" in /proc/iomem
+    iomem: list[tuple[Region, str]] = field(default_factory=list)  # every top-level /proc/iomem entry
     cmdline: str | None = None  # /proc/cmdline
     initrd_unpacked: bool = False
     initrd_failed: str | None = None
@@ -200,6 +202,7 @@ def kernel_facts(dmesg: Iterable[str], interrupts: str, probed: Iterable[str]) -
             continue
         name, start = m.group(3).strip(), int(m.group(1), 16)
         region = Region(start, int(m.group(2), 16) + 1 - start)  # /proc/iomem's ends are inclusive
+        facts.iomem.append((region, name))
         if name in ("GICD", "GICR"):
             facts.iomem_gic[name] = region
         elif name in ("System RAM", "reserved"):
@@ -308,9 +311,18 @@ def check_xen_build(claims: BuildClaims, domid: int, asked: Asked, guest: str) -
     return out
 
 
-def check_kernel(tree: dtbuild.GuestTree, kernel: KernelFacts, guest: str) -> list[Finding]:
-    """The guest kernel's view against the tree it booted from."""
-    return list(_kernel_findings(tree, kernel, guest))
+def check_kernel(tree: dtbuild.GuestTree, kernel: KernelFacts, guest: str, uart: Region | None = None) -> list[Finding]:
+    """The guest kernel's view against the tree it booted from (and `uart`, Xen's console UART, not claimed)."""
+    return [*_kernel_findings(tree, kernel, guest), *check_uart_hidden(kernel, guest, uart)]
+
+
+def check_uart_hidden(kernel: KernelFacts, guest: str, uart: Region | None) -> list[Finding]:
+    """No /proc/iomem entry of the guest's over Xen's console UART: a driver bound there would fight Xen's console."""
+    if uart is None or not kernel.iomem:
+        return []
+    return [_err("kernel.uart", f"{guest} /proc/iomem", f"nothing at Xen's console UART {uart}", f"{region}: {name}",
+                 "the guest drives the UART Xen writes its console to")
+            for region, name in kernel.iomem if region.overlaps(uart)]
 
 
 def _kernel_findings(tree: dtbuild.GuestTree, k: KernelFacts, guest: str) -> Iterator[Finding]:
@@ -330,20 +342,9 @@ def _kernel_findings(tree: dtbuild.GuestTree, k: KernelFacts, guest: str) -> Ite
         if not low <= k.memtotal_kb <= total // 1024:
             yield _err("kernel.memory.memtotal", f"{guest} /proc/meminfo MemTotal",
                        f"{low}..{total // 1024} kB (the banks, less what the kernel reserved)", f"{k.memtotal_kb} kB")
-    cpus = len(tree.cpus or ())
-    if cpus and k.cpus_up is not None and k.cpus_up != cpus:
-        yield _err("kernel.cpus", f"{where} log 'smp: Brought up'", f"{cpus} CPUs (the tree's cpu nodes)",
-                   f"{k.cpus_up}")
-    if cpus and k.cpus_online is not None and k.cpus_online != cpus:
-        yield _err("kernel.cpus", f"{guest} /sys/devices/system/cpu/online", f"{cpus} CPUs (the tree's cpu nodes)",
-                   f"{k.cpus_online}")
     virt = tree.timer.intids[2] if tree.timer and tree.timer.intids and len(tree.timer.intids) > 2 else None
-    if k.timer != "virt":
-        yield _err("kernel.timer", f"{where} log 'arch_timer:'", "the virtual timer '(virt)'",
-                   f"({k.timer})" if k.timer else "no such line")
-    if virt is not None and k.timer_hwirq is not None and k.timer_hwirq != virt:
-        yield _err("kernel.timer", f"{guest} /proc/interrupts arch_timer", f"hwirq {virt} (the tree's virtual "
-                   "timer PPI)", f"hwirq {k.timer_hwirq}")
+    yield from _cpus_findings(k, len(tree.cpus or ()) or None, "the tree's cpu nodes", guest)
+    yield from _timer_findings(k, virt, "the tree's virtual timer PPI", guest)
     if tree.gic is not None and tree.gic.v3:
         redist = tree.gic.regions[1:]
         for name, region in (("GICD", tree.gic.regions[0]), ("GICR", redist[0] if redist else None)):
@@ -354,6 +355,25 @@ def _kernel_findings(tree: dtbuild.GuestTree, k: KernelFacts, guest: str) -> Ite
             if not any(r.start <= addr < r.end for r in redist):
                 yield _err("kernel.gic", f"{where} log 'found redistributor'",
                            f"an address in {_show(redist)} (the tree's redistributor regions)", f"{addr:#x}")
+    yield from _chosen_findings(tree, k, guest)
+
+
+def _cpus_findings(k: KernelFacts, cpus: int | None, source: str, guest: str) -> Iterator[Finding]:
+    for where, seen in (("kernel log 'smp: Brought up'", k.cpus_up), ("/sys/devices/system/cpu/online", k.cpus_online)):
+        if cpus is not None and seen is not None and seen != cpus:
+            yield _err("kernel.cpus", f"{guest} {where}", f"{cpus} CPUs ({source})", str(seen))
+
+
+def _timer_findings(k: KernelFacts, virt: int | None, source: str, guest: str) -> Iterator[Finding]:
+    if k.timer != "virt":
+        yield _err("kernel.timer", f"{guest} kernel log 'arch_timer:'", "the virtual timer '(virt)'",
+                   f"({k.timer})" if k.timer else "no such line")
+    if virt is not None and k.timer_hwirq is not None and k.timer_hwirq != virt:
+        yield _err("kernel.timer", f"{guest} /proc/interrupts arch_timer", f"hwirq {virt} ({source})",
+                   f"hwirq {k.timer_hwirq}")
+
+
+def _chosen_findings(tree: dtbuild.GuestTree, k: KernelFacts, guest: str) -> Iterator[Finding]:
     if tree.bootargs is not None and k.cmdline is not None and k.cmdline != tree.bootargs:
         yield _err("kernel.cmdline", f"{guest} /proc/cmdline", repr(tree.bootargs) + " (the tree's bootargs)",
                    repr(k.cmdline))
@@ -405,12 +425,13 @@ class Witness:
         """Lines of `harness boot`'s table: what each witness said of each item."""
         t, k, g, claims = self.tree, self.kernel, self.guest, self.claims
         xen_banks = _show(self.xen.banks[i] for i in sorted(self.xen.banks))
-        dt_banks = _show(t.banks) if t else "-"
+        dt_banks = _show(t.banks) if t and t.banks else None  # None: an ACPI dom0 (its RAM is in the EFI map)
+        dt_memory = "" if dt_banks is None else f"DT: {'(the same)' if dt_banks == xen_banks else dt_banks}   "
         mem_kernel = f"{k.memory_kb}K, System RAM {_show(_merged(k.iomem_ram))}" if k.memory_kb else "-"
-        lines = [f"{g + ' memory':34} Xen: {xen_banks}   DT: {'(the same)' if dt_banks == xen_banks else dt_banks}"
-                 f"   kernel: {mem_kernel}, MemTotal {k.memtotal_kb} kB"]
-        lines.append(f"{g + ' vCPUs':34} Xen: {self.expected_vcpus or '?'}   DT: {len(t.cpus or ()) if t else '-'} "
-                     f"cpu nodes   kernel: {k.cpus_up} brought up, {k.cpus_online} online")
+        lines = [f"{g + ' memory':34} Xen: {xen_banks}   {dt_memory}kernel: {mem_kernel}, MemTotal {k.memtotal_kb} kB"]
+        dt_cpus = f"DT: {len(t.cpus)} cpu nodes   " if t and t.cpus else ""
+        lines.append(f"{g + ' vCPUs':34} Xen: {self.expected_vcpus or '?'}   {dt_cpus}"
+                     f"kernel: {k.cpus_up} brought up, {k.cpus_online} online")
         if t and t.gic:
             dist = _hex(claims.gic_dist) if self.domid == 0 else f"{GUEST_GICD:#x} (guest layout)"
             lines.append(f"{g + ' GIC':34} Xen: GICv{claims.gic or '?'} dist {dist}   DT: "
@@ -441,7 +462,8 @@ def judge(
     findings += dtbuild.check_build(fdt, expectation(build, domid, asked, host_dtb), label=guest)
     tree = dtbuild.read_guest_tree(fdt)
     kernel = kernel_facts(dmesg, interrupts, probed)
-    findings += check_kernel(tree, kernel, guest)
+    uart = dtbuild.console_uart_region(host_dtb, xen_cmdline) if host_dtb is not None else None
+    findings += check_kernel(tree, kernel, guest, uart)
     witness = Witness(guest, domid, build, build.domains.get(domid, DomainClaims()), tree, kernel,
                       expected_vcpus=asked.vcpus)
     diff_text = None
@@ -450,3 +472,55 @@ def judge(
         findings += host_findings
         witness.differences = sum(1 for line in diff_text.splitlines() if line[:1] in "-+~")
     return findings, witness, diff_text
+
+
+# Xen gives an ACPI dom0 its RAM through the EFI memory map it builds (xen/arch/arm/efi/efi-dom0.c), with one
+# more region holding the ACPI tables it wrote for dom0 (EfiACPIReclaimMemory, which Linux counts as RAM).
+ACPI_TABLES_SLACK = 1 * MiB
+
+
+def judge_acpi(
+    build: BuildClaims, guest: str, asked: Asked, fdt: bytes, dmesg: Iterable[str], interrupts: str,
+    probed: Iterable[str], uart: Region | None = None,
+) -> tuple[list[Finding], Witness]:
+    """An ACPI dom0's witnesses: Xen's log against itself, the minimal tree's /chosen against Xen's initrd and the
+    plan's command line, and the kernel (memory from the EFI map, CPUs from the MADT, timer from the GTDT)
+    against Xen's log; its tables themselves are judged by harness.validate.acpi (MADT GICCs = vCPUs, STAO)."""
+    domain = build.domains.get(0, DomainClaims())
+    findings = check_xen_build(build, 0, asked, guest)
+    findings += dtbuild.check_chosen(fdt, dtbuild.BuildExpectation(bootargs=asked.cmdline, initrd=domain.initrd),
+                                     label=guest)
+    tree = dtbuild.read_guest_tree(fdt)
+    kernel = kernel_facts(dmesg, interrupts, probed)
+    findings += list(_acpi_kernel_findings(build, asked, tree, kernel, guest))
+    findings += check_uart_hidden(kernel, guest, uart)
+    return findings, Witness(guest, 0, build, domain, tree, kernel, expected_vcpus=asked.vcpus)
+
+
+def _acpi_kernel_findings(build: BuildClaims, asked: Asked, tree: dtbuild.GuestTree, k: KernelFacts,
+                          guest: str) -> Iterator[Finding]:
+    banks = list(build.domains.get(0, DomainClaims()).banks.values())
+    total = sum(b.size for b in banks)
+    ram = _merged([*k.iomem_ram, *k.iomem_reserved])
+    for bank in banks:
+        if not any(r.start <= bank.start and bank.end <= r.end for r in ram):
+            yield _err("kernel.memory.iomem", f"{guest} /proc/iomem", f"System RAM over {bank} (Xen's BANK line)",
+                       _show(k.iomem_ram))
+    if total and k.memory_kb is not None and not total <= k.memory_kb * 1024 <= total + ACPI_TABLES_SLACK:
+        yield _err("kernel.memory.total", f"{guest} kernel log 'Memory:'",
+                   f"{total // 1024}K (Xen's banks) plus at most {ACPI_TABLES_SLACK // 1024}K of Xen's ACPI tables",
+                   f"{k.memory_kb}K")
+    if total and k.memtotal_kb is not None and not total // 1024 - k.reserved_kb - k.cma_kb <= k.memtotal_kb <= (
+            total + ACPI_TABLES_SLACK) // 1024:
+        yield _err("kernel.memory.memtotal", f"{guest} /proc/meminfo MemTotal",
+                   f"within Xen's banks ({total // 1024} kB), less what the kernel reserved", f"{k.memtotal_kb} kB")
+    yield from _cpus_findings(k, asked.vcpus, "the vCPUs Xen gave", guest)
+    yield from _timer_findings(k, build.timer_virt, "Xen's virtual timer PPI", guest)
+    yield from _chosen_findings(tree, k, guest)
+
+
+def spcr_uart(spcr: bytes | None) -> Region | None:
+    """The UART an SPCR table describes (its base address GAS at offset 40; MMIO only), one page."""
+    if spcr is None or len(spcr) < 52 or spcr[40] != 0:  # address space 0: system memory
+        return None
+    return Region(int.from_bytes(spcr[44:52], "little"), 0x1000)

@@ -247,6 +247,11 @@ def check_build(dtb: bytes, expect: BuildExpectation | None = None, label: str =
     return capped(_check_tree(read_guest_tree(dtb), expect or BuildExpectation(), label))
 
 
+def check_chosen(dtb: bytes, expect: BuildExpectation | None = None, label: str = "") -> list[Finding]:
+    """Only /chosen: what an ACPI dom0's minimal tree carries besides /hypervisor."""
+    return capped(_check_chosen(read_guest_tree(dtb), expect or BuildExpectation(), f"{label} " if label else ""))
+
+
 def _check_tree(tree: GuestTree, expect: BuildExpectation, label: str) -> Iterator[Finding]:
     at = f"{label} " if label else ""
     yield from _check_memory(tree, expect, at)
@@ -386,6 +391,15 @@ def console_uart(host_dtb: bytes, xen_cmdline: str | None = None) -> str | None:
     if not name.startswith("/"):
         name = _text(_child(tree, "aliases"), name) or ""
     return name or None
+
+
+def console_uart_region(host_dtb: bytes, xen_cmdline: str | None = None) -> Region | None:
+    """Where Xen's console UART is (reg[0] of the node `console_uart` names; its parent bus maps it 1:1)."""
+    path = console_uart(host_dtb, xen_cmdline)
+    tree = _load(host_dtb, "the host DTB")
+    node = next((n for n in tree.nodes() if n.path == path), None) if path else None
+    regions = _regions(tree, node) if node is not None else ()
+    return regions[0] if regions else None
 
 
 @dataclass(frozen=True)

@@ -318,6 +318,13 @@ def test_silent_changes_to_dom0s_tree_fail():
     assert "~ /pl031@9010000 reg" in text and "UNEXPLAINED" in text
 
 
+def test_a_kernel_that_claimed_xens_uart_fails():
+    probe = VIRT.read("probe.txt").replace("@meminfo", "09000000-09000fff : 9000000.pl011 pl011@9000000\n@meminfo")
+    found = only(VIRT.judge(probe=probe), "kernel.uart")
+    assert (found.expected, found.found) == ("nothing at Xen's console UART 0x9000000-0x9001000",
+                                             "0x9000000-0x9001000: 9000000.pl011 pl011@9000000")
+
+
 def test_the_uart_is_found_by_alias_and_by_stdout_path():
     assert dtbuild.console_uart(VIRT.host) == "/pl011@9000000"  # dtuart= in the host's xen,xen-bootargs
     aliased = edit(VIRT.host, lambda f: f.setprop_str(f.add_subnode(0, "aliases"), "serial0", "/pl011@9000000"))
@@ -332,3 +339,48 @@ def test_the_uart_is_found_by_alias_and_by_stdout_path():
                                             ("512M,max:1G", 512 * MiB), ("min:1G", None)])
 def test_dom0_mem_in_xens_units(text: str, size: int | None):
     assert witnesses.dom0_mem(f"bootscrub=0 dom0_mem={text}") == size
+
+
+# --- an ACPI dom0 -----------------------------------------------------------------------------
+
+ACPI = Boot("qemu-virt-acpi", "dom0", 0, VIRT.asked)
+ACPI_UART = witnesses.spcr_uart((DATA / "qemu-virt-acpi-host-SPCR").read_bytes())
+
+
+def judge_acpi(probe: str | None = None, fdt: bytes | None = None, dmesg: str | None = None,
+               asked: witnesses.Asked | None = None) -> list[Finding]:
+    findings, witness = witnesses.judge_acpi(
+        witnesses.parse_xen(ACPI.xen), "dom0", asked or ACPI.asked, fdt or ACPI.fdt,
+        (dmesg or ACPI.read("dmesg.txt")).splitlines(), ACPI.read("interrupts.txt"),
+        (probe or ACPI.read("probe.txt")).splitlines(), ACPI_UART)
+    assert witness.kernel.memory_kb and witness.xen.banks  # both sides spoke
+    for f in findings:
+        assert f.rule in {**dtbuild.RULES, **witnesses.RULES}, f.rule
+    return findings
+
+
+def test_real_acpi_dom0_has_no_findings():
+    assert dt.Region(0x9000000, 0x1000) == ACPI_UART
+    assert judge_acpi() == []
+
+
+def test_acpi_dom0_ram_short_of_xens_bank_fails():
+    probe = ACPI.read("probe.txt").replace("60000000-7fffffff : System RAM", "60000000-7fdfffff : System RAM")
+    found = only(judge_acpi(probe=probe), "kernel.memory.iomem")
+    assert found.expected == "System RAM over 0x60000000-0x80000000 (Xen's BANK line)"
+
+
+def test_acpi_dom0_with_a_vcpu_missing_fails():
+    asked = replace(ACPI.asked, vcpus=3)
+    assert {f.where for f in judge_acpi(asked=asked) if f.rule == "kernel.cpus"} == {
+        "dom0 kernel log 'smp: Brought up'", "dom0 /sys/devices/system/cpu/online"}
+
+
+def test_acpi_dom0_that_claimed_xens_uart_fails():
+    probe = ACPI.read("probe.txt").replace("@meminfo", "09000000-09000fff : ARMH0011:00\n@meminfo")
+    assert only(judge_acpi(probe=probe), "kernel.uart").found == "0x9000000-0x9001000: ARMH0011:00"
+
+
+def test_acpi_dom0_bootargs_other_than_the_plans_fail():
+    other = setprop(ACPI.fdt, "/chosen", "bootargs", b"console=hvc0\0")
+    assert only(judge_acpi(fdt=other), "dt.build.bootargs").found == "'console=hvc0'"
