@@ -289,7 +289,8 @@ class BootSession:
         """What Xen's domain builder gave a DT guest (memory, vCPUs, GIC, timer, /chosen), from Xen's log, the
         guest's tree and its kernel; dom0's tree also against the host tree the plan booted (dom0-dt.diff)."""
         xen_cmdline = self.result.cmdlines["xen"]
-        build = witnesses.parse_xen(self.strategy.monitor.text("xen"))
+        monitor = self.strategy.monitor
+        build = witnesses.parse_xen([*monitor.text("xen-ring"), *monitor.text("xen")])
         if spec.domid == 0:
             vcpus = checks.dom0_vcpus(xen_cmdline, build.pcpus or self.spec.cpus)
             asked = witnesses.Asked(spec.cmdline, witnesses.dom0_mem(xen_cmdline), vcpus, self.spec.arch == "arm32")

@@ -52,6 +52,8 @@ GIC_INIT = re.compile(r"^GICv([23]) initialization:")
 GIC_DIST = re.compile(rf"^\s*gic_dist_addr={_HEX}")
 GIC_CPU = re.compile(rf"^\s*gic_cpu_addr={_HEX}")
 GIC_RDIST = re.compile(rf"^\s*- region \d+: {_HEX} - {_HEX}")
+# Xen's boot modules (xen/arch/arm/bootfdt.c early_print_info, in its console ring): MODULE[n]: START - END Name
+XEN_IMAGE = re.compile(rf"^MODULE\[\d+\]: {_HEX} - {_HEX} Xen\s*$")
 
 K_MEMORY = re.compile(r"Memory: (\d+)K/(\d+)K available.*?(\d+)K reserved(?:, (\d+)K cma-reserved)?")
 K_SMP = re.compile(r"smp: Brought up \d+ nodes?, (\d+) CPUs?")
@@ -91,6 +93,7 @@ class BuildClaims:
     gic_redist: tuple[int, ...] = ()
     timer_phys: int | None = None
     timer_virt: int | None = None
+    xen_image: Region | None = None  # where Xen itself lies (its console ring's MODULE line)
     domains: dict[int, DomainClaims] = field(default_factory=dict)
 
     def domain(self, domid: int) -> DomainClaims:
@@ -98,7 +101,8 @@ class BuildClaims:
 
 
 def parse_xen(lines: Iterable[str]) -> BuildClaims:
-    """Xen's lines (without "(XEN) "); a line repeated by a console ring dump says the same thing again."""
+    """Xen's lines (without "(XEN) "), its console ring's too (where its boot modules are listed): a line the
+    ring repeats says the same thing again."""
     claims = BuildClaims()
     current: int | None = None  # the domain whose allocation the BANK lines belong to
     domu_cpus: int | None = None  # announced before the domain's id is printed
@@ -129,6 +133,9 @@ def parse_xen(lines: Iterable[str]) -> BuildClaims:
             claims.gic_cpu = int(m.group(1), 16)
         elif m := GIC_RDIST.match(text):
             claims.gic_redist += (int(m.group(1), 16),)
+        elif m := XEN_IMAGE.match(text):
+            start = int(m.group(1), 16)
+            claims.xen_image = Region(start, int(m.group(2), 16) - start)
     return claims
 
 
@@ -288,6 +295,7 @@ def expectation(claims: BuildClaims, domid: int, asked: Asked, host_dtb: bytes |
         bootargs=asked.cmdline,
         initrd=domain.initrd,
         is_32bit=asked.is_32bit,
+        not_ram=(("Xen's own image", claims.xen_image),) if is_dom0 and claims.xen_image else (),
     )
 
 

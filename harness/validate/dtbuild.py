@@ -41,7 +41,8 @@ from .dt import (
 
 RULES: dict[str, str] = {
     "dt.memory.missing": "the guest's tree has a /memory node with at least one bank",
-    "dt.memory.overlap": "the guest's RAM banks overlap neither each other nor the grant table region",
+    "dt.memory.overlap": "the guest's RAM banks overlap neither each other, nor the grant table region, nor Xen's "
+                         "own image (Xen's MODULE line)",
     "dt.cpus.missing": "the guest's tree has /cpus with at least one cpu node",
     "dt.cpus.enable-method": "a 64-bit guest's cpu nodes say enable-method = \"psci\"; /psci says method = \"hvc\"",
     "dt.gic.missing": "the guest's tree has one GIC node (interrupt-controller, a GIC compatible, reg)",
@@ -161,6 +162,7 @@ class BuildExpectation:
     bootargs: str | None = None
     initrd: Region | None = None
     is_32bit: bool | None = None  # None: unknown (then a cpu node without enable-method is not judged)
+    not_ram: tuple[tuple[str, Region], ...] = ()  # what no bank may cover, named: Xen's own image
 
 
 def _strs(node: _Node | None, prop: str) -> tuple[str, ...]:
@@ -269,11 +271,11 @@ def _check_memory(tree: GuestTree, expect: BuildExpectation, at: str) -> Iterato
     for a, b in zip(ordered, ordered[1:], strict=False):
         if a.overlaps(b):
             yield _err("dt.memory.overlap", where, "banks that do not overlap", f"{a} and {b}")
-    if tree.grant is not None:
-        for bank in tree.banks:
-            if bank.overlaps(tree.grant):
-                yield _err("dt.memory.overlap", where, f"no bank over the grant table region {tree.grant}",
-                           f"bank {bank}", "Xen's grant frames would be mapped over the guest's own RAM")
+    taken = [("the grant table region", tree.grant)] if tree.grant is not None else []
+    for (what, region), bank in ((t, b) for t in [*taken, *expect.not_ram] for b in tree.banks):
+        if bank.overlaps(region):
+            yield _err("dt.memory.overlap", where, f"no bank over {what} {region}", f"bank {bank}",
+                       "the guest would use as its own RAM what is not its own")
     if expect.banks is not None and sorted(expect.banks, key=lambda r: r.start) != ordered:
         yield _err("dt.build.memory", where, f"{_show_regions(expect.banks)} (Xen's BANK lines)",
                    _show_regions(tree.banks), _size_note(expect.banks, tree.banks))

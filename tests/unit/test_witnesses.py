@@ -163,6 +163,16 @@ def test_xens_banks_short_of_dom0_mem_fail():
                                            "512 MiB (the memory asked for)"]
 
 
+def test_a_bank_over_xens_own_image_fails():
+    ring = (DATA / "qemu-virt-xen-ring.log").read_text().splitlines()
+    assert witnesses.parse_xen(ring).xen_image == dt.Region(0x40200000, 0x403360C8 - 0x40200000)
+    assert VIRT.judge(xen=ring + VIRT.xen) == []  # the ring repeats Xen's lines: the same claims again
+    over = setprop(VIRT.fdt, "/memory@60000000", "reg", reg22((0x60000000, 512 * MiB), (0x40300000, 1 * MiB)))
+    found = [f for f in VIRT.judge(fdt=over, xen=ring + VIRT.xen) if f.rule == "dt.memory.overlap"]
+    assert [(f.expected, f.found) for f in found] == [
+        ("no bank over Xen's own image 0x40200000-0x403360c8", "bank 0x40300000-0x40400000")]
+
+
 def test_a_bank_over_the_grant_table_fails():
     over = setprop(VIRT.fdt, "/memory@60000000", "reg", reg22((0x60000000, 512 * MiB), (0x40000000, 4 * MiB)))
     found = only(dtbuild.check_build(over), "dt.memory.overlap")
