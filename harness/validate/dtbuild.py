@@ -213,7 +213,7 @@ def _read(tree: _Tree) -> GuestTree:
     banks: list[Region] = []
     for node in tree.root.children:
         if _is_memory(node) and "reg" in node.props and _sane(ac, sc):
-            banks += [r for r in _decode_reg(node.props["reg"], ac, sc) or [] if r.size]  # type: ignore[arg-type]
+            banks += [r for r in _decode_reg(node.props["reg"], ac, sc) or [] if r.size]
     cpus_node = _child(tree, "cpus")
     cpus = None if cpus_node is None else tuple(
         Cpu(c.path, _cells_number(c.props.get("reg")), _text(c, "enable-method"))
@@ -454,7 +454,7 @@ def _subtree_paths(node: _Node) -> Iterator[str]:
         yield from _subtree_paths(child)
 
 
-def _removal_reason(node: _Node, uart: str | None, tree: _Tree) -> str:
+def _removal_reason(node: _Node, uart: str | None) -> str:
     compatible = set(_strs(node, "compatible"))
     if compatible & set(MULTIBOOT):
         return "a multiboot module: Xen's own boot input"
@@ -497,7 +497,7 @@ def _differences(host: _Tree, guest: _Tree, uart: str | None) -> Iterator[Differ
         if path in rewritten or path in guest_nodes or any(path.startswith(s + "/") for s in skipped):
             continue
         skipped.add(path)
-        yield Difference("-", path, "", _removal_reason(node, uart, host))
+        yield Difference("-", path, "", _removal_reason(node, uart))
     added: set[str] = set()
     for path, node in guest_nodes.items():
         if path in rewritten or path in host_nodes or any(path.startswith(a + "/") for a in added):
