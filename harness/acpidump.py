@@ -104,6 +104,18 @@ def capture(shell: GuestShell, dest: Path, kernel_log: list[str]) -> list[str]:
     return sorted(names)
 
 
+def read_physical(shell: GuestShell, paddr: int, length: int, name: str) -> bytes | None:
+    """[paddr, paddr+length) of a guest's physical memory that its kernel maps (RAM, ACPI reclaim), through
+    /proc/kcore (its header read once per boot into /tmp/kcore.head); None when kcore does not map it."""
+    shell.run(f"test -s /tmp/kcore.head || dd if=/proc/kcore of=/tmp/kcore.head bs={KCORE_HEADER_BYTES} count=1 "
+              "2>/dev/null")
+    offset = kcore_offset(shell.read_file("/tmp/kcore.head"), paddr, length)
+    if offset is None:
+        return None
+    shell.run(f"dd if=/proc/kcore of=/tmp/{name} bs=1 skip={offset} count={length} 2>/dev/null")
+    return shell.read_file(f"/tmp/{name}")
+
+
 def host_tables(
     spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cache, capturer: HostCapture | None = None
 ) -> Path:

@@ -35,7 +35,7 @@ from .plan.uboot import with_serverip
 from .result import BootResult
 from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
 from .tweaks import Tweaks
-from .validate import acpi
+from .validate import acpi, dtbuild
 from .xenbuild import build_xen, xen_source
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class BootSession:
             findings, witness = witnesses.judge_acpi(build, spec.name, asked, view.fdt, view.dmesg, view.interrupts,
                                                      probed, uart)
             self.result.witnesses[spec.name] = witness
-            return findings
+            return findings + self._witness_efi_memory(spec.name, view.fdt, build, witness)
         host_path = self.artifacts / "boot.dtb"
         host = host_path.read_bytes() if spec.domid == 0 and host_path.is_file() else None
         findings, witness, diff = witnesses.judge(build, spec.domid, spec.name, asked, view.fdt, view.dmesg,
@@ -313,6 +313,15 @@ class BootSession:
             (self.artifacts / witness.diff).write_text(diff)
         self.result.witnesses[spec.name] = witness
         return findings
+
+    def _witness_efi_memory(self, name: str, fdt: bytes, build, witness) -> list[Finding]:
+        """An ACPI dom0's EFI memory map (where its minimal tree says), read through /proc/kcore, saved as
+        <guest>-efi-mmap.bin and judged against Xen's banks and the kernel's System RAM."""
+        where = dtbuild.uefi_memory_map(fdt)
+        raw = where and self._guarded(lambda: acpidump.read_physical(self.shell(name), where[0], where[1], "efi-mmap"))
+        if raw:
+            (self.artifacts / f"{name}-efi-mmap.bin").write_bytes(raw)
+        return witnesses.check_efi_memory(build, where, raw, witness, name)
 
     def _check_acpi_tables(self) -> list[Finding]:
         """dom0's ACPI tables against the bindings and against the machine's own."""

@@ -44,7 +44,8 @@ FIELDS: dict[str, str] = {
                  "[banks], total_mb, initrd, vcpus, gic, timer: {phys, virt}}, dt: {memory, cpus, gic: {compatible, "
                  "reg}, timer_intids, bootargs, initrd}, kernel: {memory_kb, memtotal_kb, system_ram, cpus_up, "
                  "cpus_online, timer, timer_hwirq, cmdline, initrd_unpacked, initrd_freed_kb}, host_diff: the file "
-                 "in the artifacts with dom0's tree vs the host's, each difference judged (null for a domU)}}",
+                 "in the artifacts with dom0's tree vs the host's, each difference judged (null for a domU), "
+                 "efi_memory: an ACPI dom0's EFI memory map, ['type start-end'] (null on a device tree)}}",
     "findings": "every check's findings: [{rule, severity, where, expected, found, note}]",
     "failure": "why the boot did not pass, when it did not: {verdict, stage, signature, description, detail, "
                "evidence: [console lines], first_sign, decided} (seconds since power-on)",

@@ -37,6 +37,8 @@ RULES: dict[str, str] = {
                   "found lies in the tree's redistributor regions",
     "kernel.cmdline": "/proc/cmdline is the tree's /chosen bootargs",
     "kernel.initrd": "the kernel unpacked the initramfs and freed the pages of the tree's initrd range",
+    "efi.memory": "an ACPI dom0's EFI memory map gives it as conventional memory exactly Xen's banks, and "
+                  "nothing else but ACPI tables",
     "kernel.uart": "the guest kernel claimed no MMIO of Xen's console UART (/proc/iomem): Xen hid it",
 }
 
@@ -416,6 +418,7 @@ class Witness:
     kernel: KernelFacts
     expected_vcpus: int | None = None
     diff: str | None = None  # the artifact file of dom0's tree vs the host's, when made
+    efi_memory: list[str] | None = None  # an ACPI dom0's EFI memory map, "type start-end"
     differences: int = 0
 
     def to_dict(self) -> dict:
@@ -427,6 +430,7 @@ class Witness:
             "dt": self.tree.summary() if self.tree else None,
             "kernel": self.kernel.summary(),
             "host_diff": self.diff,
+            "efi_memory": self.efi_memory,
         }
 
     def report(self) -> list[str]:
@@ -435,6 +439,8 @@ class Witness:
         xen_banks = _show(self.xen.banks[i] for i in sorted(self.xen.banks))
         dt_banks = _show(t.banks) if t and t.banks else None  # None: an ACPI dom0 (its RAM is in the EFI map)
         dt_memory = "" if dt_banks is None else f"DT: {'(the same)' if dt_banks == xen_banks else dt_banks}   "
+        if self.efi_memory is not None:
+            dt_memory = f"EFI map: {', '.join(self.efi_memory)}   "
         mem_kernel = f"{k.memory_kb}K, System RAM {_show(_merged(k.iomem_ram))}" if k.memory_kb else "-"
         lines = [f"{g + ' memory':34} Xen: {xen_banks}   {dt_memory}kernel: {mem_kernel}, MemTotal {k.memtotal_kb} kB"]
         dt_cpus = f"DT: {len(t.cpus)} cpu nodes   " if t and t.cpus else ""
@@ -525,6 +531,56 @@ def _acpi_kernel_findings(build: BuildClaims, asked: Asked, tree: dtbuild.GuestT
     yield from _cpus_findings(k, asked.vcpus, "the vCPUs Xen gave", guest)
     yield from _timer_findings(k, build.timer_virt, "Xen's virtual timer PPI", guest)
     yield from _chosen_findings(tree, k, guest)
+
+
+EFI_CONVENTIONAL = 7  # EfiConventionalMemory
+EFI_ACPI_RECLAIM = 9  # EfiACPIReclaimMemory
+EFI_TYPES = {7: "conventional", 9: "ACPI reclaim", 10: "ACPI NVS", 11: "MMIO", 5: "runtime code", 6: "runtime data"}
+
+
+def efi_memory_map(raw: bytes, desc_size: int) -> list[tuple[int, Region]]:
+    """(type, region) of each EFI_MEMORY_DESCRIPTOR: u32 type, u32 pad, u64 physical start, u64 virtual start,
+    u64 number of 4 KiB pages, u64 attributes."""
+    out = []
+    for at in range(0, len(raw) - 32 + 1, max(desc_size, 40)):
+        kind = int.from_bytes(raw[at:at + 4], "little")
+        start, pages = int.from_bytes(raw[at + 8:at + 16], "little"), int.from_bytes(raw[at + 24:at + 32], "little")
+        out.append((kind, Region(start, pages * PAGE)))
+    return out
+
+
+def check_efi_memory(build: BuildClaims, where: tuple[int, int, int] | None, raw: bytes | None, witness: Witness,
+                     guest: str) -> list[Finding]:
+    """The EFI memory map Xen handed an ACPI dom0 (`where` its minimal tree says it is, `raw` its bytes): its
+    conventional memory is Xen's banks, what else it gives is ACPI tables (at most ACPI_TABLES_SLACK), and the
+    kernel's System RAM is exactly both. Records the map in `witness`."""
+    if not raw or where is None:
+        return [_err("efi.memory", f"{guest} EFI memory map",
+                     "the map /hypervisor/uefi points at, readable through /proc/kcore",
+                     "no uefi node" if where is None else f"{where[0]:#x} not mapped by /proc/kcore")]
+    entries = efi_memory_map(raw, where[2])
+    witness.efi_memory = [f"{EFI_TYPES.get(kind, kind)} {region}" for kind, region in entries]
+    kernel = witness.kernel
+    banks = _merged(build.domains.get(0, DomainClaims()).banks.values())
+    where_text = f"{guest} EFI memory map"
+    conventional = _merged(r for kind, r in entries if kind == EFI_CONVENTIONAL)
+    tables = [r for kind, r in entries if kind == EFI_ACPI_RECLAIM]
+    out = []
+    if conventional != banks:
+        out.append(_err("efi.memory", where_text, f"conventional memory {_show(banks)} (Xen's BANK lines)",
+                        _show(conventional)))
+    others = [f"{EFI_TYPES.get(kind, kind)} {r}" for kind, r in entries
+              if kind not in (EFI_CONVENTIONAL, EFI_ACPI_RECLAIM)]
+    if others or sum(r.size for r in tables) > ACPI_TABLES_SLACK:
+        out.append(_err("efi.memory", where_text,
+                        f"besides it, only ACPI tables (at most {ACPI_TABLES_SLACK // 1024}K)",
+                        ", ".join(others) or f"ACPI reclaim {_show(tables)}"))
+    seen = _merged([*kernel.iomem_ram, *kernel.iomem_reserved])
+    if kernel.iomem_ram and seen != _merged([*conventional, *tables]):
+        out.append(_err("kernel.memory.iomem", f"{guest} /proc/iomem",
+                        f"System RAM {_show(_merged([*conventional, *tables]))} (the EFI map's memory and ACPI tables)",
+                        _show(kernel.iomem_ram)))
+    return out
 
 
 def spcr_uart(spcr: bytes | None) -> Region | None:

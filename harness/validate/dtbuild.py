@@ -203,6 +203,17 @@ def _is_memory(node: _Node) -> bool:
     return node.depth == 1 and (node.props.get("device_type") == b"memory\0" or node.name.split("@")[0] == "memory")
 
 
+def uefi_memory_map(dtb: bytes) -> tuple[int, int, int] | None:
+    """Where an ACPI dom0's EFI memory map is, per its /hypervisor/uefi node: (address, size, descriptor size)."""
+    tree = _load(dtb)
+    hyp = _child(tree, "hypervisor")
+    uefi = next((c for c in hyp.children if c.name == "uefi"), None) if hyp is not None else None
+    if uefi is None:
+        return None
+    values = [_cells_number(uefi.props.get(f"xen,uefi-mmap-{p}")) for p in ("start", "size", "desc-size")]
+    return None if None in values or not values[1] or not values[2] else (values[0], values[1], values[2])
+
+
 def read_guest_tree(dtb: bytes) -> GuestTree:
     """Decode the nodes Xen's domain builder writes; UnusableInput if the blob is not a readable DT."""
     return _read(_load(dtb))

@@ -394,3 +394,44 @@ def test_acpi_dom0_that_claimed_xens_uart_fails():
 def test_acpi_dom0_bootargs_other_than_the_plans_fail():
     other = setprop(ACPI.fdt, "/chosen", "bootargs", b"console=hvc0\0")
     assert only(judge_acpi(fdt=other), "dt.build.bootargs").found == "'console=hvc0'"
+
+
+EFI_MAP = (DATA / "qemu-virt-acpi-dom0-efi-mmap.bin").read_bytes()
+
+
+def efi_findings(raw: bytes | None, probe: str | None = None) -> tuple[list[Finding], witnesses.Witness]:
+    findings, witness = witnesses.judge_acpi(
+        witnesses.parse_xen(ACPI.xen), "dom0", ACPI.asked, ACPI.fdt, ACPI.read("dmesg.txt").splitlines(),
+        ACPI.read("interrupts.txt"), (probe or ACPI.read("probe.txt")).splitlines(), ACPI_UART)
+    where = dtbuild.uefi_memory_map(ACPI.fdt)
+    return findings + witnesses.check_efi_memory(witnesses.parse_xen(ACPI.xen), where, raw, witness, "dom0"), witness
+
+
+def descriptor(kind: int, start: int, pages: int) -> bytes:
+    return (kind.to_bytes(4, "little") + bytes(4) + start.to_bytes(8, "little") + bytes(8)
+            + pages.to_bytes(8, "little") + bytes(8))
+
+
+def test_the_real_efi_memory_map_is_xens_banks_and_acpi_tables():
+    assert dtbuild.uefi_memory_map(ACPI.fdt) == (0xBC2F1368, 0x78, 0x28)
+    findings, witness = efi_findings(EFI_MAP)
+    assert findings == []
+    assert witness.efi_memory == ["conventional 0x60000000-0x80000000", "ACPI reclaim 0xbc430000-0xbc440000",
+                                  "ACPI reclaim 0xbc2f1000-0xbc2f2000"]
+
+
+def test_an_efi_map_2mib_short_of_xens_bank_fails():
+    short = descriptor(7, 0x60000000, (510 * MiB) // 4096) + EFI_MAP[40:]
+    found = [f for f in efi_findings(short)[0] if f.rule == "efi.memory"]
+    assert [(f.expected, f.found) for f in found] == [
+        ("conventional memory 0x60000000-0x80000000 (Xen's BANK lines)", "0x60000000-0x7fe00000")]
+    assert {f.rule for f in efi_findings(short)[0]} == {"efi.memory", "kernel.memory.iomem"}  # the kernel saw more
+
+
+def test_an_efi_map_giving_more_than_ram_and_tables_fails():
+    extra = EFI_MAP + descriptor(11, 0x9000000, 1)  # Xen's UART as MMIO
+    assert only(efi_findings(extra)[0], "efi.memory").found == "MMIO 0x9000000-0x9001000"
+
+
+def test_an_unreadable_efi_map_fails():
+    assert only(efi_findings(None)[0], "efi.memory").found == "0xbc2f1368 not mapped by /proc/kcore"
