@@ -286,8 +286,9 @@ class BootSession:
         return findings
 
     def _witness_build(self, spec, view: guest.GuestView) -> list[Finding]:
-        """What Xen's domain builder gave a DT guest (memory, vCPUs, GIC, timer, /chosen), from Xen's log, the
-        guest's tree and its kernel; dom0's tree also against the host tree the plan booted (dom0-dt.diff)."""
+        """What Xen's domain builder gave a guest (memory, vCPUs, GIC, timer, /chosen), from Xen's log, the guest's
+        firmware tables (its tree; an ACPI dom0's minimal tree and EFI map) and its kernel; a device-tree dom0's
+        tree also against the host tree the plan booted (dom0-dt.diff). harness/witnesses.py judges."""
         xen_cmdline = self.result.cmdlines["xen"]
         monitor = self.strategy.monitor
         build = witnesses.parse_xen([*monitor.text("xen-ring"), *monitor.text("xen")])

@@ -40,7 +40,7 @@ FIELDS: dict[str, str] = {
     "xen": "what Xen's console claimed: {version, release, boot, grant, event_ppi, extended: {dN: [regions]}}",
     "guests": "what each guest saw: {name: {kernel, hypervisor_type, hypervisor_version, event_irq: {irq, hwirq, "
               "chip, type, count, count_later}, probe_seconds}}",
-    "witnesses": "what Xen's domain builder gave each device-tree guest, from three sides: {name: {xen: {memory: "
+    "witnesses": "what Xen's domain builder gave each guest, from three sides: {name: {xen: {memory: "
                  "[banks], total_mb, initrd, vcpus, gic, timer: {phys, virt}}, dt: {memory, cpus, gic: {compatible, "
                  "reg}, timer_intids, bootargs, initrd}, kernel: {memory_kb, memtotal_kb, system_ram, cpus_up, "
                  "cpus_online, timer, timer_hwirq, cmdline, initrd_unpacked, initrd_freed_kb}, host_diff: the file "
