@@ -82,12 +82,18 @@ XEN_HOOK_FAULTS = (
 # chosen on its command line: dom0 boots and runs, and only what Xen wrote into its device tree is wrong. The
 # verdict is failed by the checks, and `signature` is the rule that must say so (harness/validate/dtbuild.py).
 XEN_WITNESS_PATCHES = ("xen-harness-witness-faults.patch",)
-WITNESS_FAULTS = tuple(
-    Fault(name, Tweaks(xen_args=f"harness-witness-fault={name}", xen_patches=XEN_WITNESS_PATCHES),
-          Verdict.FAILED, "checks", rule)
-    for name, rule in (("dom0-bank-short", "dt.build.memory"), ("dom0-cpu-dropped", "dt.build.cpus"),
-                       ("dom0-bootargs-altered", "dt.build.bootargs"))
-)
+
+
+def _witness_fault(name: str, rule: str) -> Fault:
+    return Fault(name, Tweaks(xen_args=f"harness-witness-fault={name}", xen_patches=XEN_WITNESS_PATCHES),
+                 Verdict.FAILED, "checks", rule)
+
+
+WITNESS_FAULTS = tuple(_witness_fault(name, rule) for name, rule in (
+    ("dom0-bank-short", "dt.build.memory"), ("dom0-cpu-dropped", "dt.build.cpus"),
+    ("dom0-bootargs-altered", "dt.build.bootargs")))
+# The same on an ACPI dom0 (targets that build their Xen with ACPI): its EFI memory map's first bank 2 MiB short.
+ACPI_WITNESS_FAULTS = (_witness_fault("dom0-efi-bank-short", "efi.memory"),)
 
 # Hangs a board can have (no QEMU to change): diagnosed over its serial console alone.
 BOARD_HANG_FAULTS = tuple(f for f in FAULTS if f.name == "dom0-console-not-hvc0")
@@ -125,4 +131,4 @@ UBOOT_FAULTS = (
           Verdict.INFRASTRUCTURE, "uboot-loaded", "uboot-bad-image"),
 )
 
-BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *WITNESS_FAULTS, *UBOOT_FAULTS)}
+BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *WITNESS_FAULTS, *ACPI_WITNESS_FAULTS, *UBOOT_FAULTS)}
