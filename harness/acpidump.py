@@ -104,6 +104,31 @@ def capture(shell: GuestShell, dest: Path, kernel_log: list[str]) -> list[str]:
     return sorted(names)
 
 
+def read_physical(shell: GuestShell, paddr: int, length: int, name: str) -> bytes | None:
+    """[paddr, paddr+length) of a guest's physical memory that its kernel maps (RAM, ACPI reclaim), through
+    /proc/kcore; None when kcore does not map it. Its first page holds every program header but on a machine
+    with dozens of memory regions: the whole KCORE_HEADER_BYTES is read only then (each byte crosses a console)."""
+    offset = None
+    for size in (4096, KCORE_HEADER_BYTES):
+        shell.run(f"dd if=/proc/kcore of=/tmp/kcore.{size} bs={size} count=1 2>/dev/null")
+        header = shell.read_file(f"/tmp/kcore.{size}")
+        if (offset := kcore_offset(header, paddr, length)) is not None or not _headers_cut(header):
+            break
+    if offset is None:
+        return None
+    shell.run(f"dd if=/proc/kcore of=/tmp/{name} bs=1 skip={offset} count={length} 2>/dev/null")
+    return shell.read_file(f"/tmp/{name}")
+
+
+def _headers_cut(header: bytes) -> bool:
+    """The ELF program headers run past the bytes read."""
+    if header[:4] != b"\x7fELF" or len(header) < 64:
+        return False
+    phoff, = struct.unpack_from("<Q", header, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+    return phoff + phentsize * phnum > len(header)
+
+
 def host_tables(
     spec: TargetSpec, kernel: Artifact, initrd: Artifact, cache: Cache, capturer: HostCapture | None = None
 ) -> Path:

@@ -19,7 +19,20 @@ from pathlib import Path
 import labgrid
 from labgrid.exceptions import NoResourceFoundError
 
-from . import acpidump, checks, diagnose, dom0net, guest, inputs, rootfs, sshguest, symbols, toolstack, xenlog
+from . import (
+    acpidump,
+    checks,
+    diagnose,
+    dom0net,
+    guest,
+    inputs,
+    rootfs,
+    sshguest,
+    symbols,
+    toolstack,
+    witnesses,
+    xenlog,
+)
 from .errors import HarnessError, InfrastructureError, UsageError
 from .findings import Finding, failures
 from .images import IMAGES_DIR, Artifact, Images
@@ -35,7 +48,7 @@ from .plan.uboot import with_serverip
 from .result import BootResult
 from .targets import BoardSpec, Deadlines, TargetSpec, check_guests
 from .tweaks import Tweaks
-from .validate import acpi, acpi_input
+from .validate import acpi, acpi_input, dtbuild
 from .xenbuild import build_xen, xen_source
 
 log = logging.getLogger(__name__)
@@ -286,6 +299,8 @@ class BootSession:
             (self.artifacts / f"{spec.name}-dmesg.txt").write_text("\n".join(view.dmesg) + "\n")
             findings += checks.check_guest(claims, view, spec.domid, is_32bit=is_32bit, event_chip=spec.event_chip,
                                            acpi=acpi)
+            if view.fdt:
+                findings += self._witness_build(spec, view)
             if acpi and spec.domid == 0:
                 findings += self._check_acpi_tables()
         if self.spec.toolstack is not None:
@@ -333,6 +348,45 @@ class BootSession:
                              dom0_memory_mb=toolstack.dom0_memory_mb(xen_cmdline), domu_name=domu.name,
                              domu_memory_mb=spec.domu_memory_mb),
         ]
+
+    def _witness_build(self, spec, view: guest.GuestView) -> list[Finding]:
+        """What Xen's domain builder gave a guest (memory, vCPUs, GIC, timer, /chosen), from Xen's log, the guest's
+        firmware tables (its tree; an ACPI dom0's minimal tree and EFI map) and its kernel; a device-tree dom0's
+        tree also against the host tree the plan booted (dom0-dt.diff). harness/witnesses.py judges."""
+        xen_cmdline = self.result.cmdlines["xen"]
+        monitor = self.strategy.monitor
+        build = witnesses.parse_xen([*monitor.text("xen-ring"), *monitor.text("xen")])
+        if spec.domid == 0:
+            vcpus = checks.dom0_vcpus(xen_cmdline, build.pcpus or self.spec.cpus)
+            asked = witnesses.Asked(spec.cmdline, witnesses.dom0_mem(xen_cmdline), vcpus, self.spec.arch == "arm32")
+        else:
+            asked = witnesses.Asked(spec.cmdline, spec.memory_kb * 1024, spec.cpus, self.spec.arch == "arm32")
+        probed = self._guarded(lambda: self.shell(spec.name).run(witnesses.PROBE))
+        if self.spec.can("acpi") and spec.domid == 0:  # memory, CPUs and the UART in the ACPI tables and EFI map
+            spcr = self.host_acpi / "SPCR" if self.host_acpi else None
+            uart = witnesses.spcr_uart(spcr.read_bytes() if spcr and spcr.is_file() else None)
+            findings, witness = witnesses.judge_acpi(build, spec.name, asked, view.fdt, view.dmesg, view.interrupts,
+                                                     probed, uart)
+            self.result.witnesses[spec.name] = witness
+            return findings + self._witness_efi_memory(spec.name, view.fdt, build, witness)
+        host_path = self.artifacts / "boot.dtb"
+        host = host_path.read_bytes() if spec.domid == 0 and host_path.is_file() else None
+        findings, witness, diff = witnesses.judge(build, spec.domid, spec.name, asked, view.fdt, view.dmesg,
+                                                  view.interrupts, probed, host, xen_cmdline)
+        if diff is not None:
+            witness.diff = f"{spec.name}-dt.diff"
+            (self.artifacts / witness.diff).write_text(diff)
+        self.result.witnesses[spec.name] = witness
+        return findings
+
+    def _witness_efi_memory(self, name: str, fdt: bytes, build, witness) -> list[Finding]:
+        """An ACPI dom0's EFI memory map (where its minimal tree says), read through /proc/kcore, saved as
+        <guest>-efi-mmap.bin and judged against Xen's banks and the kernel's System RAM."""
+        where = dtbuild.uefi_memory_map(fdt)
+        raw = where and self._guarded(lambda: acpidump.read_physical(self.shell(name), where[0], where[1], "efi-mmap"))
+        if raw:
+            (self.artifacts / f"{name}-efi-mmap.bin").write_bytes(raw)
+        return witnesses.check_efi_memory(build, where, raw, witness, name)
 
     def _check_acpi_tables(self) -> list[Finding]:
         """dom0's ACPI tables against the bindings and against the machine's own."""

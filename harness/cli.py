@@ -129,6 +129,8 @@ def summary(result, spec) -> str:
                          f"{irq.hwirq} on {irq.chip}, {irq.trigger}, count {irq.total} -> {view.event_count_later}")
     if result.toolstack is not None:
         lines += result.toolstack.summary(spec.toolstack.domu.name)
+        if witness := result.witnesses.get(g.name):
+            lines += witness.report()
     if result.findings:
         lines += ["", render_table(result.findings)]
     lines.append("")
@@ -156,9 +158,11 @@ def summary(result, spec) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.kind == "rules":
         from .checks import RULES as BOOT_RULES
-        from .validate import acpi, dt
+        from .toolstack import RULES as TOOLSTACK_RULES
+        from .validate import acpi, dt, dtbuild
+        from .witnesses import RULES as WITNESS_RULES
 
-        rules = {**BOOT_RULES, **dt.RULES, **acpi.RULES}
+        rules = {**BOOT_RULES, **WITNESS_RULES, **TOOLSTACK_RULES, **dt.RULES, **dtbuild.RULES, **acpi.RULES}
         if args.json:
             print(json.dumps(rules, indent=2))
         else:
@@ -176,7 +180,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             arch = dt.Arch(args.arch, "given (--arch)") if args.arch else dt.domain_arch(data)
             readings = [reading]
             asked = {"profile": args.profile, "xen_version": args.xen_version,
-                     "arch": {"name": arch.name, "why": arch.why}}
+                     "arch": {"name": arch.name, "why": arch.why}, "host": args.host}
+            findings += build_findings(data, args)
             said = [f"domain: {arch.name} ({arch.why})"]
         else:
             from .validate import acpi, acpi_input
@@ -197,6 +202,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print("\n".join([*map(str, readings), *said, "", render_table(findings)]))
     return EXIT_BAD if failures(findings) else EXIT_GOOD
+
+
+def build_findings(data: bytes, args: argparse.Namespace) -> list[Finding]:
+    """`check dtb`: the nodes Xen's domain builder writes (a dom0 or domU tree, `data`), and with --host the
+    difference from the host's tree, printed (text output) before the findings."""
+    from .validate import dtbuild
+
+    if args.profile == "acpi-dom0" and not args.host:
+        return []
+    findings, diff = dtbuild.check_data(data, Path(args.host) if args.host else None)
+    if diff is not None and not args.json:
+        print(diff)
+    return findings
 
 
 # --- triage -------------------------------------------------------------------------------------
@@ -435,6 +453,8 @@ def parser() -> argparse.ArgumentParser:
     dtb.add_argument("--xen-version", help="the Xen X.Y that booted, checked against compatible")
     dtb.add_argument("--arch", choices=["arm32", "arm64"],
                      help="the domain's arch (default: arm32 when its CPUs are 32-bit only, e.g. arm,cortex-a15)")
+    dtb.add_argument("--host", metavar="HOST.dtb", help="the host DTB dom0's tree was made from (a boot's boot.dtb): "
+                                                       "every difference is judged against Xen's documented edits")
     dtb.add_argument("--json", action="store_true")
     acpi = kinds.add_parser("acpi", help="ACPI tables: a copy of /sys/firmware/acpi/tables, acpixtract -a's .dat "
                                          "files, acpidump's text output, or one binary table")

@@ -85,6 +85,23 @@ XEN_HOOK_FAULTS = (
           Verdict.HUNG, "dom0:shell", "events-undelivered"),
 )
 
+# Xen built with regressions planted in its domain builder (images/patches/xen-harness-witness-faults.patch), one
+# chosen on its command line: dom0 boots and runs, and only what Xen wrote into its device tree is wrong. The
+# verdict is failed by the checks, and `signature` is the rule that must say so (harness/validate/dtbuild.py).
+XEN_WITNESS_PATCHES = ("xen-harness-witness-faults.patch",)
+
+
+def _witness_fault(name: str, rule: str) -> Fault:
+    return Fault(name, Tweaks(xen_args=f"harness-witness-fault={name}", xen_patches=XEN_WITNESS_PATCHES),
+                 Verdict.FAILED, "checks", rule)
+
+
+WITNESS_FAULTS = tuple(_witness_fault(name, rule) for name, rule in (
+    ("dom0-bank-short", "dt.build.memory"), ("dom0-cpu-dropped", "dt.build.cpus"),
+    ("dom0-bootargs-altered", "dt.build.bootargs")))
+# The same on an ACPI dom0 (targets that build their Xen with ACPI): its EFI memory map's first bank 2 MiB short.
+ACPI_WITNESS_FAULTS = (_witness_fault("dom0-efi-bank-short", "efi.memory"),)
+
 # Hangs a board can have (no QEMU to change): diagnosed over its serial console alone.
 BOARD_HANG_FAULTS = tuple(f for f in FAULTS if f.name == "dom0-console-not-hvc0")
 
@@ -140,4 +157,5 @@ TOOLSTACK_FAULTS = (
           Verdict.CRASHED, "dom1:events", "kernel-panic", "Kernel panic - not syncing"),
 )
 
-BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *UBOOT_FAULTS, *TOOLSTACK_FAULTS)}
+BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *WITNESS_FAULTS, *ACPI_WITNESS_FAULTS, *UBOOT_FAULTS,
+                                *TOOLSTACK_FAULTS)}

@@ -40,6 +40,12 @@ FIELDS: dict[str, str] = {
     "xen": "what Xen's console claimed: {version, release, boot, grant, event_ppi, extended: {dN: [regions]}}",
     "guests": "what each guest saw: {name: {kernel, hypervisor_type, hypervisor_version, event_irq: {irq, hwirq, "
               "chip, type, count, count_later}, probe_seconds}}",
+    "witnesses": "what Xen's domain builder gave each guest, from three sides: {name: {xen: {memory: "
+                 "[banks], total_mb, initrd, vcpus, gic, timer: {phys, virt}}, dt: {memory, cpus, gic: {compatible, "
+                 "reg}, timer_intids, bootargs, initrd}, kernel: {memory_kb, memtotal_kb, system_ram, cpus_up, "
+                 "cpus_online, timer, timer_hwirq, cmdline, initrd_unpacked, initrd_freed_kb}, host_diff: the file "
+                 "in the artifacts with dom0's tree vs the host's, each difference judged (null for a domU), "
+                 "efi_memory: an ACPI dom0's EFI memory map, ['type start-end'] (null on a device tree)}}",
     "findings": "every check's findings: [{rule, severity, where, expected, found, note}]",
     "failure": "why the boot did not pass, when it did not: {verdict, stage, signature, description, detail, "
                "evidence: [console lines], first_sign, decided} (seconds since power-on)",
@@ -71,6 +77,7 @@ class BootResult:
     milestones: dict[str, float] = field(default_factory=dict)  # key -> seconds since power-on
     claims: Any = None  # xenlog.XenClaims
     views: dict[str, Any] = field(default_factory=dict)  # guest name -> guest.GuestView
+    witnesses: dict[str, Any] = field(default_factory=dict)  # guest name -> witnesses.Witness
     findings: list[Finding] = field(default_factory=list)
     failure: Failure | None = None
     error: str = ""  # a lab or input problem, as one sentence
@@ -116,6 +123,7 @@ class BootResult:
             "milestones": self.milestones,
             "xen": self.claims.to_dict() if self.claims else None,
             "guests": {name: v.summary() for name, v in self.views.items()},
+            "witnesses": {name: w.to_dict() for name, w in self.witnesses.items()},
             "findings": [f.to_dict() for f in self.findings],
             "failure": self.failure.to_dict() if self.failure else None,
             "error": self.error,

@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from harness.boot import BootSession
-from harness.faults import BOARD_HANG_FAULTS, FAULTS, TOOLSTACK_FAULTS, UBOOT_FAULTS, XEN_HOOK_FAULTS, Fault
+from harness.faults import (
+    ACPI_WITNESS_FAULTS,
+    BOARD_HANG_FAULTS,
+    FAULTS,
+    TOOLSTACK_FAULTS,
+    UBOOT_FAULTS,
+    WITNESS_FAULTS,
+    XEN_HOOK_FAULTS,
+    Fault,
+)
+from harness.findings import failures
 from harness.monitor import BootFailure, Verdict
 from harness.targets import TargetSpec
 
@@ -34,6 +44,40 @@ def test_xen_hang_is_diagnosed(fault: Fault, target_spec: TargetSpec, session_ar
     """A Xen that spins with its interrupts off, or that tells dom0 of an event PPI it never raises: the
     verdict names it, within seconds of quiet, on QEMU (vCPUs sampled too) and over a board's serial line."""
     check_fault(fault, target_spec, session_artifacts, overrides, record_property)
+
+
+@pytest.mark.requires("xen-fault-hooks")
+@pytest.mark.parametrize("fault", WITNESS_FAULTS, ids=[f.name for f in WITNESS_FAULTS])
+def test_xen_build_regression_is_named(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                                       record_property) -> None:
+    """A Xen whose domain builder writes dom0's tree wrong (a bank 2 MiB short, a vCPU missing, other bootargs)
+    boots, and dom0 runs: only the witnesses of what Xen built can fail it, and the failing rule names the item."""
+    check_build_regression(fault, target_spec, session_artifacts, overrides, record_property)
+    assert (session_artifacts / f"{target_spec.name}-{fault.name}" / "dom0-dt.diff").is_file()
+
+
+@pytest.mark.requires("acpi")
+@pytest.mark.parametrize("fault", ACPI_WITNESS_FAULTS, ids=[f.name for f in ACPI_WITNESS_FAULTS])
+def test_acpi_build_regression_is_named(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                                        record_property) -> None:
+    """The same on an ACPI dom0: Xen's EFI memory map gives dom0 2 MiB less than Xen's BANK lines say."""
+    check_build_regression(fault, target_spec, session_artifacts, overrides, record_property)
+
+
+def check_build_regression(fault: Fault, target_spec: TargetSpec, session_artifacts: Path, overrides,
+                           record_property) -> None:
+    session = BootSession(target_spec, session_artifacts / f"{target_spec.name}-{fault.name}", overrides,
+                          tweaks=fault.tweaks)
+    try:
+        session.boot()
+        session.check()
+    finally:
+        result = session.close()
+    record_property("verdict", str(result.verdict))
+    failing = {f.rule for f in failures(result.findings)}
+    record_property("signature", ",".join(sorted(failing)))
+    assert result.verdict is fault.verdict, f"{fault.name}: verdict {result.verdict}, findings {failing}"
+    assert fault.signature in failing, f"{fault.name}: expected {fault.signature} among {failing}"
 
 
 @pytest.mark.requires("uboot")

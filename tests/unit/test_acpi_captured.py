@@ -83,6 +83,16 @@ def test_kcore_offsets_as_measured_in_an_acpi_dom0():
     assert acpidump.kcore_offset(header[:100], 0xBC2F12A8, 0x24) is None  # truncated program headers
 
 
+def test_a_first_kcore_page_cut_through_its_program_headers_is_seen():
+    """read_physical reads kcore's first page, and its first 64 KiB only when the page cuts the program headers."""
+    few = kcore_header([(0x20003000, 0x60000000, 0x20000000)])
+    many = kcore_header([(0x1000 * i, 0x60000000 + 0x100000 * i, 0x1000) for i in range(80)])  # 81 * 56 > 4 KiB
+    assert not acpidump._headers_cut(few[:4096])
+    assert acpidump._headers_cut(many[:4096]) and not acpidump._headers_cut(many)
+    assert acpidump.kcore_offset(many[:4096], 0x60000000 + 0x100000 * 79, 8) is None
+    assert acpidump.kcore_offset(many, 0x60000000 + 0x100000 * 79, 8) == 0x1000 * 79
+
+
 def test_pointers_from_the_real_kernel_log():
     log = (CAPTURED.parent.parent / "logs" / "qemu-virt-dom0-dmesg.txt").read_text().splitlines()
     assert acpidump.pointers(log) == {}  # a DT dom0 has none

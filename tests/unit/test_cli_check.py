@@ -65,7 +65,8 @@ def test_check_dtb_healthy_dom0():
     json_proc = harness("check", "dtb", DOM0_DTB, "--xen-version", "4.17", "--json")
     assert (json_proc.returncode, json.loads(json_proc.stdout)) == (0, {
         "input": str(DOM0_DTB), "read": [{"path": str(DOM0_DTB), "layout": "a DTB", "parts": [], "ignored": []}],
-        "profile": "dom0", "xen_version": "4.17", "arch": {"name": "arm64", "why": arch.why}, "findings": []})
+        "profile": "dom0", "xen_version": "4.17", "arch": {"name": "arm64", "why": arch.why}, "host": None,
+        "findings": []})
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_check_dtb_json(swapped_compatible):
     assert proc.returncode == 1
     record = json.loads(proc.stdout)
     assert {k: v for k, v in record.items() if k not in ("findings", "read", "arch")} == {
-        "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17"}
+        "input": str(swapped_compatible), "profile": "dom0", "xen_version": "4.17", "host": None}
     findings = record["findings"]
     assert isinstance(findings, list) and findings
     for finding in findings:
@@ -100,6 +101,36 @@ def test_check_dtb_json(swapped_compatible):
     assert order and order[0]["severity"] == "error", findings
     assert order[0]["found"] == '"xen,xen", "xen,xen-4.17"', order[0]
     assert order[0]["expected"].startswith('"xen,xen-<major>.<minor>", "xen,xen"'), order[0]
+
+
+WITNESSES = DATA / "witnesses"
+
+
+def test_check_dtb_against_the_host_prints_the_judged_difference():
+    proc = harness("check", "dtb", WITNESSES / "qemu-virt-dom0.dtb", "--host", WITNESSES / "qemu-virt-host.dtb")
+    assert proc.returncode == 0, f"expected exit 0, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    assert "- /pl011@9000000" in proc.stdout and "Xen's console UART: Xen keeps it" in proc.stdout
+    assert proc.stdout.rstrip().endswith("no findings")
+
+
+def test_check_dtb_host_finds_xens_uart_left_visible(tmp_path):
+    host = WITNESSES / "qemu-virt-host.dtb"
+    fdt = libfdt.Fdt(bytearray(host.read_bytes()))  # the host tree as "dom0's": nothing hidden, nothing written
+    path = tmp_path / "unedited.dtb"
+    path.write_bytes(bytes(fdt.as_bytearray()))
+    proc = harness("check", "dtb", path, "--host", host, "--json")
+    assert proc.returncode == 1, f"expected exit 1, found {proc.returncode}: {proc.stdout}{proc.stderr}"
+    record = json.loads(proc.stdout)
+    assert record["host"] == str(host)
+    found = {f["rule"] for f in record["findings"]}
+    assert {"dt.host.uart", "dt.host.multiboot", "dt.node.count"} <= found, found
+
+
+def test_check_dtb_unreadable_host_is_one_sentence(tmp_path):
+    junk = tmp_path / "host.dtb"
+    junk.write_bytes(b"not a tree")
+    proc = harness("check", "dtb", WITNESSES / "qemu-virt-dom0.dtb", "--host", junk)
+    assert proc.returncode == 2 and str(junk) in one_line_error(proc)
 
 
 @pytest.mark.parametrize(
