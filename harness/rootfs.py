@@ -34,7 +34,7 @@ from .images import IMAGES_DIR, RELOCK_COMMAND, Artifact, Images, LockedArtifact
 from .initramfs import INIT_SCRIPT, Extra, guest_tools, initramfs
 from .targets import ROOT_LABEL, TargetSpec, ToolstackSpec
 
-FORMAT = "1"  # bump when what goes on the disk changes for the same inputs, so cached images are rebuilt
+FORMAT = "2"  # bump when what goes on the disk changes for the same inputs, so cached images are rebuilt
 ROOTFS_DIR = IMAGES_DIR / "rootfs"
 SCRIPTS = {  # the disk's path -> the repository's file
     "etc/harness/start": ROOTFS_DIR / "start",
@@ -54,7 +54,8 @@ PV_DISK = "/srv/pv-disk.img"  # written by dom0 at run time (harness/toolstack.p
 DOMU_ADDRESS = "192.168.77.2"  # the domU's end of the PV network; dom0's is .1 (harness-vif)
 DOMU_MAC = "00:16:3e:77:00:02"
 SLACK = 48 << 20  # free space on the disk: the PV disk file and what the toolstack writes
-EPOCH = "1"  # every time mke2fs writes (E2FSPROGS_FAKE_TIME) and every file's mtime
+EPOCH = "1"  # every time mke2fs and debugfs write (E2FSPROGS_FAKE_TIME) and every file's times
+FIXED_TIME = "19700101000001"  # EPOCH as debugfs's set_inode_field takes a time
 UUID = "5ee0e2a7-0000-4000-8000-00000000d0d0"  # fixed: the same inputs give the same bytes
 
 
@@ -192,3 +193,14 @@ def make_ext4(files: dict[str, Node], path: Path, label: str) -> None:
             raise InfrastructureError("mke2fs is missing: install Debian's e2fsprogs.") from None
         if proc.returncode != 0:
             raise InfrastructureError(f"mke2fs could not build dom0's root disk ({proc.stderr.strip()[-300:]}).")
+        # mke2fs 1.47.0 copies each file's ctime, which no one can set, and its atime, which reading the staging
+        # tree moves: debugfs sets them (and crtime) afterwards.
+        paths = ["/", "/lost+found", *sorted("/" + str(p.relative_to(root)) for p in root.rglob("*"))]
+        commands = Path(staging) / "times"
+        commands.write_text("".join(f'sif "{path}" {field} {FIXED_TIME}\n' for path in paths
+                                    for field in ("atime", "ctime", "crtime")))
+        proc = subprocess.run([shutil.which("debugfs") or "/usr/sbin/debugfs", "-w", "-f", str(commands), str(path)],
+                              capture_output=True, text=True, timeout=300, env=env)
+        if proc.returncode != 0 or "debugfs: " in proc.stderr.replace("debugfs 1.", ""):
+            raise InfrastructureError(f"debugfs could not fix the times on dom0's root disk "
+                                      f"({proc.stderr.strip()[-300:]}).")
