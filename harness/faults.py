@@ -154,7 +154,7 @@ TOOLSTACK_FAULTS = (
     Fault("pv-backend-missing", Tweaks(edit_toolstack=_without_blkback),
           Verdict.FAILED, "dom1:xl-create", "libxl-error", "libxl: error:"),
     Fault("domu-init-missing", Tweaks(edit_toolstack=_domu_without_init),
-          Verdict.CRASHED, "dom1:events", "kernel-panic", "Kernel panic - not syncing"),
+          Verdict.CRASHED, "dom1:events", "no-root-fs", "Kernel panic - not syncing"),
 )
 
 BY_NAME = {f.name: f for f in (*FAULTS, *XEN_HOOK_FAULTS, *WITNESS_FAULTS, *ACPI_WITNESS_FAULTS, *UBOOT_FAULTS,

@@ -297,7 +297,10 @@ class XenQEMUDriver(ConsoleTap, QEMUDriver):
         ready, _, _ = select.select([self._clientsocket], [], [], timeout)
         if not ready:
             raise pexpect.TIMEOUT(f"Timeout of {timeout:.2f} seconds exceeded")
-        data = self._clientsocket.recv(limit)
+        try:
+            data = self._clientsocket.recv(limit)
+        except ConnectionError:  # QEMU exited with bytes unread (a reset, not an orderly close): closed all the same
+            data = b""
         if not data:
             self._console_closed = True
             raise pexpect.EOF("QEMU closed the console: the machine stopped")
@@ -309,5 +312,8 @@ class XenQEMUDriver(ConsoleTap, QEMUDriver):
         self._clientsocket.setblocking(True)
         try:
             self._clientsocket.sendall(data)
+        except ConnectionError:  # QEMU exited under the write
+            self._console_closed = True
+            raise pexpect.EOF("QEMU closed the console: the machine stopped") from None
         finally:
             self._clientsocket.setblocking(False)

@@ -11,6 +11,8 @@ import select
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -282,3 +284,26 @@ def test_labgrid_is_the_release_this_driver_was_written_against():
         f"labgrid {labgrid.__version__} is installed, but harness/lab/qemu.py was written against labgrid "
         f"{LABGRID_WRITTEN_FOR}'s QEMUDriver internals: check each method and attribute its docstring names "
         "against the new QEMUDriver, then update LABGRID_WRITTEN_FOR.")
+
+
+def test_a_console_reset_under_a_read_or_a_write_is_a_closed_console(make_env):
+    """QEMU exiting with console bytes unread resets the socket (ECONNRESET), which is a closed console: EOF, so
+    that the harness asks how the machine stopped, never a raw ConnectionResetError."""
+    env, driver = make_env()
+    activate(env, driver)
+    for use in (lambda: driver.read(timeout=1), lambda: driver._send_raw(b"x" * 65536)):
+        listener = socket.create_server(("127.0.0.1", 0))
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+        ours.sendall(b"unread by QEMU")  # left unread: closing now sends a reset
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        theirs.close()
+        listener.close()
+        ours.setblocking(False)
+        driver._clientsocket = ours
+        try:
+            with pytest.raises(pexpect.EOF, match="QEMU closed the console"):
+                use()
+        finally:
+            ours.close()
+            driver._clientsocket = None
