@@ -516,8 +516,9 @@ class ConsoleMonitor:
         return ("firmware" if firmware else self._relayed(text)), text
 
     def _relayed(self, text: str) -> str:
-        """Whose an unprefixed guest line is: the relayed domU's until dom0's prompt shows again, else dom0's."""
-        if self.relay and self.relay_end is not None and self.relay_end.match(text):
+        """Whose an unprefixed guest line is: the relayed domU's until dom0's prompt shows again (also after the
+        domU's own on the same line: "domu1# dom0# " is xl console left at the domU's prompt), else dom0's."""
+        if self.relay and self.relay_end is not None and self.relay_end.search(text):
             self.relay = None
         return self.relay or "dom0"
 

@@ -45,6 +45,7 @@ class Status(enum.Enum):
 
 
 CONSOLE_ESCAPE = b"\x1d"  # Ctrl-]: xl console's (xenconsole's) escape back to dom0's shell
+DETACH_TRIES, DETACH_WAIT_S = 3, 10.0  # escapes sent, and how long dom0's prompt may take after each
 
 # What a quiet dom0 command can end the boot with: a busy command may look like a spin, never like these.
 COMMAND_CONCLUSIVE = frozenset({"xen-hung", "events-undelivered"})
@@ -170,11 +171,24 @@ class XenStrategy(Strategy):
         return self.shell(guest.name)
 
     def detach(self) -> None:
-        """Back from a relayed domU's console to dom0's shell (xenconsole's escape, Ctrl-])."""
-        if self.monitor.relay is None:
-            return
-        self.console.write(CONSOLE_ESCAPE)
-        self.monitor.relay = None
+        """Back from a relayed domU's console to dom0's shell (xenconsole's escape, Ctrl-]). xenconsole leaves only
+        when one read gives it the escape alone: it is sent by itself, and nothing follows until dom0's prompt
+        shows (the monitor ends the relay there); once more if it does not."""
+        for _ in range(DETACH_TRIES):
+            if self.monitor.relay is None:
+                break
+            self.console.write(CONSOLE_ESCAPE)
+            end = self.monitor.clock() + DETACH_WAIT_S
+            while self.monitor.relay is not None and self.monitor.clock() < end:
+                try:
+                    self.console.read(size=1, timeout=POLL_S, max_size=65536)
+                except pexpect.TIMEOUT:
+                    pass
+                except pexpect.EOF:
+                    raise BootFailure(self.machine_stopped()) from None
+        if self.monitor.relay is not None:
+            self.monitor.hang(f"xl console did not give dom0's shell back ({DETACH_TRIES} Ctrl-])", "detach-unanswered")
+            raise BootFailure(self.monitor.conclude())
         self.focused = None
         self.focus(self.guests[0])
 

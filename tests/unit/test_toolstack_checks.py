@@ -144,6 +144,9 @@ def test_dom0s_prompt_ends_the_relay() -> None:
     monitor.feed(b"sh: xl: not found\ndom0# ")
     assert monitor.relay is None and "dom1:shell" not in monitor.reached, monitor.reached
     assert [line.source for line in monitor.lines[-1:]] == ["dom1"]  # xl's own words were still the relay's
+    monitor.relay = "dom1"
+    monitor.feed(b"domu1# \x1b[6ndom0# \x1b[6n")  # Ctrl-] at the domU's prompt: dom0's follows on its line
+    assert monitor.relay is None
 
 
 @pytest.mark.parametrize("line, signature", [
