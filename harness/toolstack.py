@@ -2,9 +2,11 @@
 answers through xenstore and xl, and `xl create`s a domU whose PV disk and network move data through
 grants and event channels.
 
-Two halves, as everywhere in the harness: `exercise()` asks the guests (dom0's shell, then the domU's
-through `xl console`) and records what they said in a `ToolstackReport`; `check()` is a pure function
-from that report and Xen's claims to findings, unit-tested on bad inputs without a machine.
+Two halves, as everywhere in the harness: probe_dom0(), write_pv_disk(), exercise_domu() and finish_dom0()
+ask the guests (dom0's shell, then the domU's through `xl console`; BootSession._check_toolstack runs them)
+and record what they said in a `ToolstackReport`; `check()` is a pure function from that report and Xen's
+claims to findings, unit-tested on bad inputs without a machine. What xl and libxl print when they fail is
+the console monitor's (signatures libxl-error, xenconsoled-error, xenbus-unconnected, domu-not-started).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ RULES: dict[str, str] = {
     "toolstack.xenstore": "xenstore answers in dom0 with dom0's own entries (name Domain-0, domid 0)",
     "toolstack.xl-info": "`xl info` agrees with what Xen printed: version, CPUs",
     "toolstack.xl-list": "`xl list` shows Domain-0 with the memory and vCPUs Xen gave it, and the domU running",
-    "toolstack.xl-create": "`xl create` started the domU without libxl errors",
     "disk.sha256": "dom0 reads a file of known content from its virtio root disk: the SHA256 matches",
     "disk.irq": "the disk's SPI is routed to dom0: its /proc/interrupts row counts up while dom0 reads",
     "xenbus.state": "each PV device's frontend and backend reach XenbusStateConnected (4) in xenstore",
