@@ -105,8 +105,7 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
         f"bin/{name}": data for name, data in guest_tools().items()} | {
         "init": INIT_SCRIPT.read_bytes(), DOMU_CONFIG: domu_config(toolstack).encode(), "etc/xen/xl.conf": XL_CONF}
     inputs = [FORMAT, *DIRECTORIES, arts["busybox"].sha256, arts["kernel"].sha256, domu_initrd.sha256,
-              kernel.deb_sha256,
-              *toolstack.dom0_modules, *(f"{n}={p.deb_sha256}" for n, p in sorted(pins.items())),
+              kernel.deb_sha256, *toolstack.dom0_modules, *(f"{n}={p.deb_sha256}" for n, p in sorted(pins.items())),
               *(f"{path}={sha256_bytes(data)}" for path, data in sorted(own.items()))]
     key = sha256_bytes(":".join(inputs).encode())
 
@@ -163,7 +162,8 @@ def program_files(images: Images, profile: str, pins: dict[str, LockedArtifact],
 
 
 def make_ext4(files: dict[str, Node], path: Path, label: str) -> None:
-    """An ext4 image of `files` at `path`, sized to them plus SLACK, with every header field fixed."""
+    """An ext4 image of `files` at `path`, sized to them plus SLACK, with every header field and time fixed
+    (mke2fs -d from a staging tree, then debugfs for the times mke2fs copies from it)."""
     size = sum(len(node.data) for node in files.values())
     size_mb = (size * 5 // 4 + SLACK) >> 20
     with tempfile.TemporaryDirectory(prefix="harness-rootfs-") as staging:
