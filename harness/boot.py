@@ -339,13 +339,14 @@ class BootSession:
         self._guarded(self.strategy.detach)
         self._guarded(lambda: toolstack.finish_dom0(self.shell("dom0"), report))
         xen_cmdline = self.result.cmdlines["xen"]
+        dom0_mem = witnesses.dom0_mem(xen_cmdline)
         return [
             *toolstack.known_libxl_defects(
                 checks.check_guest(claims, view, domu.domid, is_32bit=self.spec.arch == "arm32",
                                    event_chip=domu.event_chip, events_fire=True), self.spec.arch == "arm32"),
             *toolstack.check(report, claims, cpus=self.spec.cpus,
                              dom0_vcpus=checks.dom0_vcpus(xen_cmdline, self.spec.cpus),
-                             dom0_memory_mb=toolstack.dom0_memory_mb(xen_cmdline), domu_name=domu.name,
+                             dom0_memory_mb=None if dom0_mem is None else dom0_mem >> 20, domu_name=domu.name,
                              domu_memory_mb=spec.domu_memory_mb),
         ]
 

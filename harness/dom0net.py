@@ -23,13 +23,13 @@ from . import elf
 from .cache import sha256_bytes
 from .elf import Node
 from .errors import InfrastructureError, UsageError
-from .images import RELOCK_COMMAND, Artifact, Images, LockedArtifact, iter_members, read_members
+from .images import Artifact, Images, LockedArtifact, iter_members, read_members
 from .initramfs import Extra
 from .targets import TargetSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT = "1"  # bump when what goes in changes for the same packages, so cached images are rebuilt
+FORMAT = "2"  # bump when what goes in changes for the same packages, so cached images are rebuilt
 MODULE_LIST = "etc/harness/modules"  # absolute .ko paths, one a line, in load order
 SSH_PROGRAMS = ("dropbear", "dropbearkey")  # artifacts of the ssh profile: the roots of the ELF closure
 # root's account for dropbear: no password can match "*", and a public key is the only way in (-s)
@@ -68,7 +68,7 @@ def extra(spec: TargetSpec, images: Images, kernel: Artifact, more_modules: tupl
         if kernel_pin is not None:
             found |= module_files(images, kernel_pin, modules)
         if ssh is not None:
-            found |= ssh_files(images, network.ssh, ssh)
+            found |= ssh_files(images, network.ssh)
         return found
 
     return Extra(sha256_bytes(":".join(parts).encode()), files)
@@ -105,23 +105,6 @@ def module_files(images: Images, kernel: LockedArtifact, wanted: tuple[str, ...]
     return files
 
 
-def ssh_files(images: Images, profile: str, pins: dict[str, LockedArtifact]) -> dict[str, Node]:
+def ssh_files(images: Images, profile: str) -> dict[str, Node]:
     """dropbear, dropbearkey and their ELF closure over the profile's packages, and root's /etc files."""
-    tree: dict[str, Node] = {}
-    for pin in {p.deb_sha256: p for p in pins.values()}.values():
-        tree |= read_members(images.fetch_deb(pin), lambda path: not path.startswith("usr/share/"))
-    for name in SSH_PROGRAMS:
-        pin = pins[name]
-        node = tree.get(pin.file)
-        if node is None or node.link is not None or sha256_bytes(node.data) != pin.file_sha256:
-            raise InfrastructureError(f"{pin.file} in {pin.package} {pin.version} is not the file the lock pins "
-                                      f"(SHA256 {pin.file_sha256}): run `{RELOCK_COMMAND} --profile {profile}`.")
-    try:
-        closure = elf.library_closure([pins[name].file for name in SSH_PROGRAMS], tree)
-    except elf.MissingDependency as exc:
-        raise UsageError(f"{exc.needed_by} needs {exc.what}, which no package of image profile {profile} has in "
-                         f"{', '.join(exc.searched)}: add the package that ships it to {profile} in "
-                         f"images/manifest.yaml and run `{RELOCK_COMMAND} --profile {profile}`.") from None
-    except elf.ElfError as exc:
-        raise UsageError(f"image profile {profile}: {exc}: pin packages of dom0's architecture.") from None
-    return closure | {path: Node(0o644, data) for path, data in ETC.items()}
+    return images.program_files(profile, list(SSH_PROGRAMS)) | {path: Node(0o644, data) for path, data in ETC.items()}

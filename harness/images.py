@@ -195,6 +195,33 @@ class Images:
         name = f"{entry.deb_sha256[:16]}-{entry.package}.deb"
         return self.cache.entry("debs", name, download_deb, sha256=entry.deb_sha256, size=entry.deb_size).path
 
+    def program_files(self, profile: str, programs: list[str]) -> dict[str, Node]:
+        """The artifacts `programs` of `profile` and what their ELF dependencies reach in the profile's packages
+        (harness/elf.py: libraries, the dynamic loader, soname links), every file the profile pins itself (a
+        library loaded with dlopen, which no ELF header names), and every link of those packages that leads to
+        a program (xenstore-read -> xenstore). Each pinned file is checked against the lock."""
+        pins = self.locked(profile)
+        tree: dict[str, Node] = {}
+        for pin in {p.deb_sha256: p for p in pins.values()}.values():
+            tree |= read_members(self.fetch_deb(pin), lambda path: not path.startswith("usr/share/"))
+        for pin in pins.values():
+            node = tree.get(pin.file)
+            if node is None or node.link is not None or sha256_bytes(node.data) != pin.file_sha256:
+                raise InfrastructureError(f"{pin.file} in {pin.package} {pin.version} is not the file the lock pins "
+                                          f"(SHA256 {pin.file_sha256}): run `{RELOCK_COMMAND} --profile {profile}`.")
+        roots = [pins[name].file for name in programs]
+        try:
+            closure = elf.library_closure(roots, tree)
+        except elf.MissingDependency as exc:
+            raise UsageError(f"{exc.needed_by} needs {exc.what}, which no package of image profile {profile} has "
+                             f"in {', '.join(exc.searched)}: add the package that ships it to {profile} in "
+                             f"images/manifest.yaml and run `{RELOCK_COMMAND} --profile {profile}`.") from None
+        except elf.ElfError as exc:
+            raise UsageError(f"image profile {profile}: {exc}: pin packages of dom0's architecture.") from None
+        links = {path: node for path, node in tree.items()
+                 if node.link is not None and elf.resolve(tree, path)[-1:] and elf.resolve(tree, path)[-1] in roots}
+        return closure | links | {pin.file: tree[pin.file] for pin in pins.values()}
+
     def fetch_source(self, source: LockedSource) -> list[Path]:
         """The verified files of a pinned source package, downloading those the cache lacks."""
         paths = []

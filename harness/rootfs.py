@@ -26,15 +26,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import dom0net, elf
+from . import dom0net
 from .cache import sha256_bytes
 from .elf import Node
 from .errors import InfrastructureError, UsageError
-from .images import IMAGES_DIR, RELOCK_COMMAND, Artifact, Images, LockedArtifact, load_manifest, read_members
+from .images import IMAGES_DIR, RELOCK_COMMAND, Artifact, Images, LockedArtifact, load_manifest
 from .initramfs import INIT_SCRIPT, Extra, guest_tools, initramfs
 from .targets import ROOT_LABEL, TargetSpec, ToolstackSpec
 
-FORMAT = "2"  # bump when what goes on the disk changes for the same inputs, so cached images are rebuilt
+FORMAT = "3"  # bump when what goes on the disk changes for the same inputs, so cached images are rebuilt
 ROOTFS_DIR = IMAGES_DIR / "rootfs"
 SCRIPTS = {  # the disk's path -> the repository's file
     "etc/harness/start": ROOTFS_DIR / "start",
@@ -54,8 +54,8 @@ PV_DISK = "/srv/pv-disk.img"  # written by dom0 at run time (harness/toolstack.p
 DOMU_ADDRESS = "192.168.77.2"  # the domU's end of the PV network; dom0's is .1 (harness-vif)
 DOMU_MAC = "00:16:3e:77:00:02"
 SLACK = 48 << 20  # free space on the disk: the PV disk file and what the toolstack writes
-EPOCH = "1"  # every time mke2fs and debugfs write (E2FSPROGS_FAKE_TIME) and every file's times
-FIXED_TIME = "19700101000001"  # EPOCH as debugfs's set_inode_field takes a time
+EPOCH = "1"  # the time mke2fs and debugfs write in the superblock (E2FSPROGS_FAKE_TIME)
+FIXED_TIME = "19700101000001"  # every inode's times: EPOCH, as debugfs's set_inode_field takes one
 UUID = "5ee0e2a7-0000-4000-8000-00000000d0d0"  # fixed: the same inputs give the same bytes
 
 
@@ -97,7 +97,7 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
                          "your --kernel: boot a toolstack target with Debian's kernel.")
     kernel = images.locked(spec.images)["kernel"]
     pins = images.locked(toolstack.profile)
-    roots = closure_roots(toolstack.profile, pins)
+    programs = closure_programs(toolstack.profile, pins)
     domu_initrd = initramfs(arts["busybox"], images.cache, extra=Extra(
         sha256_bytes(":".join([FORMAT, "domu", kernel.deb_sha256, *toolstack.domu_modules]).encode()),
         lambda: dom0net.module_files(images, kernel, toolstack.domu_modules)))
@@ -110,7 +110,7 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
     key = sha256_bytes(":".join(inputs).encode())
 
     def files() -> dict[str, Node]:
-        tree = program_files(images, toolstack.profile, pins, roots)
+        tree = images.program_files(toolstack.profile, programs)
         tree |= dom0net.module_files(images, kernel, toolstack.dom0_modules)
         tree |= {path: Node(0o755 if path in SCRIPTS or path == "init" or path.startswith("bin/") else 0o644, data)
                  for path, data in own.items()}
@@ -128,37 +128,13 @@ def dom0_rootfs(spec: TargetSpec, images: Images, arts: dict[str, Artifact]) -> 
     return Artifact("rootfs", entry.path, entry.sha256, "built")
 
 
-def closure_roots(profile: str, pins: dict[str, LockedArtifact]) -> list[str]:
-    """The programs of `profile` whose ELF closure goes in (the manifest's `closure:`), as paths in their packages."""
+def closure_programs(profile: str, pins: dict[str, LockedArtifact]) -> list[str]:
+    """The programs of `profile` whose ELF closure goes in: the manifest's `closure:` artifacts."""
     names = load_manifest()["profiles"].get(profile, {}).get("closure") or []
     if not names or any(name not in pins for name in names):
         raise UsageError(f"image profile {profile} pins no `closure:` programs: give it one in images/manifest.yaml "
                          f"and run `{RELOCK_COMMAND} --profile {profile}`.")
-    return [pins[name].file for name in names]
-
-
-def program_files(images: Images, profile: str, pins: dict[str, LockedArtifact], roots: list[str]) -> dict[str, Node]:
-    """The programs `roots` and what their ELF dependencies reach in the packages `pins` pin, every file the
-    profile pins itself (a library loaded with dlopen, which no ELF header names), and every link of those
-    packages that leads to a program (xenstore-read -> xenstore)."""
-    tree: dict[str, Node] = {}
-    for pin in {p.deb_sha256: p for p in pins.values()}.values():
-        tree |= read_members(images.fetch_deb(pin), lambda path: not path.startswith("usr/share/"))
-    for pin in pins.values():
-        node = tree.get(pin.file)
-        if node is None or node.link is not None or sha256_bytes(node.data) != pin.file_sha256:
-            raise InfrastructureError(f"{pin.file} in {pin.package} {pin.version} is not the file the lock pins "
-                                      f"(SHA256 {pin.file_sha256}): run `{RELOCK_COMMAND} --profile {profile}`.")
-    try:
-        closure = elf.library_closure(roots, tree)
-    except elf.MissingDependency as exc:
-        raise UsageError(f"{exc.needed_by} needs {exc.what}, which no package of image profile {profile} has in "
-                         f"{', '.join(exc.searched)}: run `{RELOCK_COMMAND} --profile {profile}`.") from None
-    except elf.ElfError as exc:
-        raise UsageError(f"image profile {profile}: {exc}: pin packages of dom0's architecture.") from None
-    links = {path: node for path, node in tree.items()
-             if node.link is not None and elf.resolve(tree, path)[-1:] and elf.resolve(tree, path)[-1] in roots}
-    return closure | links | {pin.file: tree[pin.file] for pin in pins.values()}
+    return names
 
 
 def make_ext4(files: dict[str, Node], path: Path, label: str) -> None:
@@ -178,10 +154,6 @@ def make_ext4(files: dict[str, Node], path: Path, label: str) -> None:
             else:
                 target.write_bytes(node.data)
                 target.chmod(node.mode)
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                os.utime(Path(dirpath) / name, (int(EPOCH), int(EPOCH)), follow_symlinks=False)
-        os.utime(root, (int(EPOCH), int(EPOCH)))
         tool = shutil.which("mke2fs") or "/usr/sbin/mke2fs"
         cmd = [tool, "-q", "-F", "-t", "ext4", "-L", label, "-U", UUID, "-b", "4096", "-I", "256",
                "-E", f"hash_seed={UUID},root_owner=0:0", "-O", "^metadata_csum_seed", "-d", str(root), str(path),
@@ -193,12 +165,12 @@ def make_ext4(files: dict[str, Node], path: Path, label: str) -> None:
             raise InfrastructureError("mke2fs is missing: install Debian's e2fsprogs.") from None
         if proc.returncode != 0:
             raise InfrastructureError(f"mke2fs could not build dom0's root disk ({proc.stderr.strip()[-300:]}).")
-        # mke2fs 1.47.0 copies each file's ctime, which no one can set, and its atime, which reading the staging
-        # tree moves: debugfs sets them (and crtime) afterwards.
+        # mke2fs 1.47.0 copies each file's times from the staging tree, and a ctime no one can set: debugfs sets
+        # every time of every inode afterwards.
         paths = ["/", "/lost+found", *sorted("/" + str(p.relative_to(root)) for p in root.rglob("*"))]
         commands = Path(staging) / "times"
         commands.write_text("".join(f'sif "{path}" {field} {FIXED_TIME}\n' for path in paths
-                                    for field in ("atime", "ctime", "crtime")))
+                                    for field in ("atime", "mtime", "ctime", "crtime")))
         proc = subprocess.run([shutil.which("debugfs") or "/usr/sbin/debugfs", "-w", "-f", str(commands), str(path)],
                               capture_output=True, text=True, timeout=300, env=env)
         if proc.returncode != 0 or "debugfs: " in proc.stderr.replace("debugfs 1.", ""):

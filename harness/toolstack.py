@@ -11,6 +11,7 @@ the console monitor's (signatures libxl-error, xenconsoled-error, xenbus-unconne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -133,6 +134,7 @@ def _received(lines: list[str]) -> int:
     return next((int(m.group(1)) for line in lines if (m := re.search(r"(\d+) packets received", line))), 0)
 
 
+@functools.cache
 def known_sha256() -> str:
     return hashlib.sha256(known_content()).hexdigest()
 
@@ -163,8 +165,8 @@ def event_totals(interrupts: str) -> dict[str, int]:
 
 
 def _sha(lines: list[str]) -> str:
-    found = next((m.group(0) for line in lines if (m := re.match(r"[0-9a-f]{64}\b", line))), "")
-    return found
+    """The first SHA256 sha256sum printed, or ""."""
+    return next((m.group(0) for line in lines if (m := re.match(r"[0-9a-f]{64}\b", line))), "")
 
 
 def xl_lines(relayed) -> list[str]:
@@ -246,15 +248,6 @@ def read_xenbus(dom0: GuestShell, deadline_s: float = XENBUS_WAIT_S) -> dict[str
         if all(state == CONNECTED for state in states.values()) or time.monotonic() > end:
             return states
         time.sleep(1)
-
-
-def dom0_memory_mb(xen_cmdline: str) -> int | None:
-    """dom0's memory in MiB as Xen's dom0_mem= gives it (the last one wins), or None when not set in M or G."""
-    found = re.findall(r"(?:^|\s)dom0_mem=(\d+)([MG])\b", xen_cmdline)
-    if not found:
-        return None
-    number, unit = found[-1]
-    return int(number) * (1024 if unit == "G" else 1)
 
 
 # --- the checks --------------------------------------------------------------------------------------

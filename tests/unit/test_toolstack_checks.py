@@ -170,12 +170,6 @@ def test_xl_lines_stop_where_the_domus_kernel_speaks() -> None:
     assert toolstack.xl_lines(lines) == ["Parsing config from /etc/xen/domu.cfg"]
 
 
-def test_dom0_memory_is_read_from_dom0_mem() -> None:
-    assert toolstack.dom0_memory_mb("bootscrub=0 dom0_mem=512M loglvl=all") == 512
-    assert toolstack.dom0_memory_mb("dom0_mem=1G dom0_mem=2G") == 2048
-    assert toolstack.dom0_memory_mb("bootscrub=0") is None
-
-
 def test_the_root_disk_is_the_same_bytes_from_the_same_files(tmp_path: Path) -> None:
     files = {"bin/tool": Node(0o755, b"#!/bin/sh\necho hi\n"), "bin/link": Node(0o777, link="tool"),
              "etc/harness/on-disk": Node(0o644, b"x\n"), "srv/known.bin": Node(0o644, bytes(range(256)) * 64)}
