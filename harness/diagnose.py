@@ -59,6 +59,7 @@ class Diagnosis:
     signature: str | None = None  # conclusive: the failure's signature; None: inconclusive
     seconds_from_quiet: float | None = None  # from quiet_since to the verdict
     earlier: list[list[VcpuSample]] = field(default_factory=list)  # the last probe's samples, same quiet spell
+    moved_on: str = ""  # a guest's line printed while the machine was asked: it was on its way, not stuck
 
     @property
     def conclusive(self) -> bool:
@@ -210,14 +211,16 @@ class Prober:
             diag.earlier = self._last.samples
         self._last = diag
         abort, self.console.abort = self.console.abort, None  # a failed boot's console still answers here
-        last_output = m.last_output
+        last_output, count = m.last_output, m.line_count
         try:
             self._probe(diag, keys, samples, enough)
         except (OSError, pexpect.EOF):  # the machine went away meanwhile: the caller's next read says how
             pass
         finally:
             self.console.abort = abort
-            m.last_output = last_output  # what the probe provoked is not the machine's progress
+            diag.moved_on = next((ln.text for ln in m.since(count) if ln.source not in ("xen", "xen-ring")), "")
+            if not diag.moved_on:
+                m.last_output = last_output  # what the probe provoked (Xen's dumps) is not the machine's progress
         return diag
 
     def _probe(self, diag: Diagnosis, keys: str, samples: int, enough) -> None:
@@ -401,6 +404,9 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
         diag.signature, diag.conclusion = signature, text
         return diag
 
+    if diag.moved_on:
+        diag.signature, diag.conclusion = None, f"the machine went on while it was asked: {diag.moved_on!r}"
+        return diag
     if hypervisor and samples and not xen_printed and all(s.el != 2 for s in samples):
         return conclude("no-el2", f"the CPUs never entered EL2, so Xen cannot run: the machine gives no "
                                   f"virtualization (QEMU's virtualization=on, or firmware that keeps EL2): "

@@ -81,11 +81,14 @@ class ConsoleTap:
 
     def _act(self, watch: QuietWatch) -> None:
         """Let the QuietWatch act; what it reads goes to the next reader. EOF when it found the boot failed."""
-        self.quiet, self._kept = None, bytearray()  # the act reads this console itself
+        # The act reads this console itself: what it reads is kept for the reader, after what the reader had
+        # already received (an echo awaited, or the start of the answer), which the act must not consume.
+        self.quiet, self._kept = None, bytearray()
+        received, self._pending = self._pending, bytearray()
         try:
             watch.act()
         finally:
-            self.quiet, self._pending[:0], self._kept = watch, self._kept, None
+            self.quiet, self._pending, self._kept = watch, received + self._kept, None
         if self.abort and self.abort():
             raise pexpect.EOF("the boot has failed: see the console monitor's verdict")
 

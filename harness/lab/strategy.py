@@ -49,6 +49,9 @@ DETACH_TRIES, DETACH_WAIT_S = 3, 10.0  # escapes sent, and how long dom0's promp
 
 # What a quiet dom0 command can end the boot with: a busy command may look like a spin, never like these.
 COMMAND_CONCLUSIVE = frozenset({"xen-hung", "events-undelivered"})
+# The debug keys such a probe presses: what those two read ('q' and 'e'), no more. Each key stops Xen's CPUs
+# for a dump ('0' even pauses dom0's vCPUs) while dom0 is busy with a command the harness waits for.
+COMMAND_KEYS = "qe"
 
 
 
@@ -291,10 +294,7 @@ class XenStrategy(Strategy):
 
     def _command_probe(self) -> Diagnosis:
         """A probe while a dom0 command runs: only COMMAND_CONCLUSIVE findings conclude; the rest are described."""
-        diag = self.probe()
-        if diag.signature not in COMMAND_CONCLUSIVE:
-            diag.signature = None
-        return diag
+        return self.probe(COMMAND_CONCLUSIVE, COMMAND_KEYS)
 
     def _qemu_command(self, command: str) -> str:
         """A QEMU human-monitor command, on QMP directly: the prober asks from a thread, and labgrid's step
@@ -303,9 +303,18 @@ class XenStrategy(Strategy):
             raise StrategyError("QEMU is not running")
         return self.machine.qmp.execute("human-monitor-command", {"command-line": command})
 
-    def probe(self) -> Diagnosis:
-        """Ask the machine where it is (QEMU's vCPUs, Xen's debug keys) and say what that means; the boot goes on."""
-        diag = decide(self.prober.probe(enough=lambda d: decide(d, self.monitor).conclusive), self.monitor)
+    def probe(self, may_end: frozenset[str] | None = None, keys: str = "") -> Diagnosis:
+        """Ask the machine where it is (QEMU's vCPUs, Xen's debug `keys`, default all) and say what that means;
+        the boot goes on. Only a finding whose signature is in `may_end` (None: any) is a verdict: the rest are
+        described (nothing is when someone asked before the console was quiet for long, `may_end` empty: a
+        machine a few milliseconds into a stage only looks stuck)."""
+
+        def ends(diag: Diagnosis) -> bool:
+            return diag.conclusive and (may_end is None or diag.signature in may_end)
+
+        diag = decide(self.prober.probe(keys, enough=lambda d: ends(decide(d, self.monitor))), self.monitor)
+        if not ends(diag):
+            diag.signature = None
         self.diagnosis = diag
         if self.on_diagnosis and not diag.conclusive:  # a conclusive one is the verdict, reported as such
             self.on_diagnosis(diag)
@@ -379,7 +388,7 @@ class XenStrategy(Strategy):
 
 def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition, what: str, booting: bool = True,
                stopped: Callable[[], Failure] | None = None, powered: Callable[[], bool] | None = None,
-               probe: Callable[[], Diagnosis] | None = None):
+               probe: Callable[[frozenset[str] | None], Diagnosis] | None = None):
     """Read `console` (feeding `monitor`) until `condition()` is true, and return its value.
 
     Raises BootFailure as soon as the monitor names a failure (with its evidence gathered, even
@@ -388,9 +397,10 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
     its power (`powered()`, asked every POWER_CHECK_S of silence: a board's console never closes), or
     past the boot deadline: counted from power-on while `booting`, else from this call.
 
-    With `probe`, a quiet console is asked where it is on the QuietSpells schedule, and whenever someone
-    asks (WHERE_REQUESTED): a conclusive diagnosis ends the boot at once, any other is carried by the hang
-    verdict should the deadline come.
+    With `probe(may_end)`, a quiet console is asked where it is on the QuietSpells schedule, and whenever
+    someone asks (WHERE_REQUESTED): a conclusive diagnosis of a console quiet for the probe deadline ends the
+    boot at once (someone's question before that may end nothing); any other is carried by the hang verdict
+    should the deadline come.
     """
     started = monitor.clock()
     deadline_base = 0.0 if booting else monitor.now()
@@ -413,11 +423,12 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
         silence = monitor.clock() - max(monitor.last_output, started)
         if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or spells.due() <= 0):
             WHERE_REQUESTED.clear()
+            quiet_long_enough = spells.due() <= 0  # else only someone's question: its answer is no verdict
             if powered and not powered():  # a board without power answers nothing: that is no hang
                 monitor.exited(MachineExit(seen="its power went off"))
                 raise BootFailure(monitor.conclude())
             before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
-            diagnosis = probe()
+            diagnosis = probe(None if quiet_long_enough else frozenset())
             spells.probed()
             if diagnosis.conclusive and not monitor.failure:
                 monitor.hang(diagnosis.conclusion, diagnosis.signature).evidence = before

@@ -144,3 +144,74 @@ def test_quiet_spells_probe_three_times_a_spell_and_start_again_on_output():
     assert spells.due() == 1.5  # a new spell
     assert QuietSpells(m, 0).due() == float("inf")  # probing off
     assert QuietSpells(m, 1.5, since=now[0] + 1.0).due() == 2.5  # a wait that began later counts from its start
+
+
+def test_a_machine_that_went_on_while_asked_is_not_stuck():
+    # what proves dom0 silent, but dom0 printed a line while QEMU and Xen were being asked
+    moved = judged(HANDOVER, samples=samples(IDLE, DOM0), moved_on="[    0.000000] Booting Linux on physical CPU 0x0")
+    assert moved.signature is None and "went on while it was asked" in moved.conclusion
+    assert "Booting Linux" in moved.conclusion
+
+
+def test_a_question_asked_before_the_console_was_quiet_long_is_answered_not_judged():
+    """Ctrl-\\ a few milliseconds after Xen handed over: the look finds dom0 running and silent, which after a
+    quiet spell would end the boot; asked at once, it is only described and the wait goes on."""
+    import pexpect
+
+    from harness.diagnose import WHERE_REQUESTED
+    from harness.lab.strategy import wait_until
+    from harness.targets import Deadlines
+
+    m = monitor(HANDOVER)
+    asked = []
+
+    def probe(may_end: frozenset[str] | None) -> Diagnosis:
+        asked.append(may_end)
+        diag = judged(HANDOVER, samples=samples(IDLE, DOM0))
+        assert diag.signature == "dom0-console-silent"  # what a quiet spell's probe would conclude
+        if may_end is not None and diag.signature not in may_end:
+            diag.signature = None
+        return diag
+
+    class Console:
+        reads = 0
+
+        def read(self, size: int, timeout: float, max_size: int) -> bytes:
+            self.reads += 1
+            if self.reads == 2:  # dom0 talks right after the question
+                m.feed(b"[    0.000000] Booting Linux on physical CPU 0x0\n")
+                return b"x"
+            raise pexpect.TIMEOUT("quiet")
+
+    WHERE_REQUESTED.set()
+    try:
+        found = wait_until(Console(), m, Deadlines(probe=1.5), lambda: "dom0:kernel" in m.reached or None,
+                           "dom0's kernel", probe=probe)
+    finally:
+        WHERE_REQUESTED.clear()
+    assert found and asked == [frozenset()] and m.failure is None
+
+
+def test_the_prober_notes_a_guest_line_printed_while_it_asked():
+    import pexpect
+
+    from harness.diagnose import Prober
+
+    m = monitor(HANDOVER)
+    m.start()
+    lines = [b"[    0.000000] Booting Linux on physical CPU 0x0\n"]
+
+    class Console:
+        abort = None
+
+        def read(self, size: int, timeout: float, max_size: int) -> bytes:
+            if not lines:
+                raise pexpect.TIMEOUT("quiet")
+            m.feed(lines.pop())
+            return b"x"
+
+    registers = (DATA / "debugkeys" / "qemu-virt-info-registers.txt").read_text()
+    diag = Prober(Console(), m, qemu=lambda command: registers, hypervisor=False).probe(samples=2)
+    assert diag.moved_on.startswith("[    0.000000] Booting Linux")
+    quiet = Prober(Console(), monitor(HANDOVER), qemu=lambda command: registers, hypervisor=False).probe(samples=2)
+    assert quiet.moved_on == "" and len(quiet.samples) == 2
