@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import pexpect
 
-from .debugkeys import PROBE_KEYS, DebugDump, Registers, parse
+from .debugkeys import PROBE_KEYS, DebugDump, Registers, dump_key, parse
 from .xenlog import EVENT_PPI
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ class Prober:
             pass
         finally:
             self.console.abort = abort
-            diag.moved_on = next((ln.text for ln in m.since(count) if ln.source not in ("xen", "xen-ring")), "")
+            progress = m.progress_since(count)
+            diag.moved_on = progress.text if progress else ""
             if not diag.moved_on:
                 m.last_output = last_output  # what the probe provoked (Xen's dumps) is not the machine's progress
         return diag
@@ -274,8 +275,8 @@ class Prober:
         if not diag.xen_answered:
             return
         if not m.ring_dumps:  # the dumps would wrap Xen's console ring, which the checks read later ('w')
-            self._send(RING_KEY)  # from a tasklet: a pCPU that never lets tasklets run never answers it
-            self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S, until=lambda: m.ring_dumps > 0)
+            # from a tasklet: a pCPU that never lets tasklets run never answers it
+            self._press(RING_KEY.decode(), until=lambda: m.ring_dumps > 0)
             before = m.line_count
         if self.qemu is None and "d" in keys:  # a board: Xen's 'd' dumps are the samples (its PCs, a few times)
             for _ in range(QEMU_SAMPLES):
@@ -296,10 +297,17 @@ class Prober:
         self._switch_to(back)
         diag.dumps = self._save(diag.dump.lines)
 
-    def _press(self, key: str) -> None:
-        """A debug key, and its dump read until Xen has printed nothing more for a while."""
+    def _press(self, key: str, until=None) -> None:
+        """A debug key, and its dump read until `until()` or Xen has printed nothing more for a while.
+
+        Xen runs most keys from a tasklet, and a key pressed before that tasklet ran replaces the one waiting
+        (keyhandler.c keeps one): wait until this key's dump has begun (on a loaded host, seconds) before the
+        next key can be pressed."""
+        start = self.monitor.line_count
         self._send(key.encode())
-        self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S)
+        self._read_for(KEY_DEADLINE_S, until=lambda: any(
+            ln.source == "xen" and dump_key(ln.text) == key for ln in self.monitor.since(start)))
+        self._read_for(KEY_DEADLINE_S, quiet=KEY_QUIET_S, until=until)
 
     def _dump_since(self, start: int) -> DebugDump:
         """What Xen's dumps said since console line `start`, guests' PCs named."""
@@ -478,7 +486,7 @@ def diagnose_log(monitor) -> Diagnosis | None:
 
     A saved log has no times: `quiet_since` is the time of the line before the first dump only when the
     monitor kept it (triage keeps the last lines), else 0.0."""
-    from .debugkeys import KEYS, dump_key, parse
+    from .debugkeys import KEYS
 
     dump = parse(monitor.text("xen"))
     if not dump.registers and not set(dump.keys) & set(KEYS):

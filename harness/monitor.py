@@ -574,6 +574,17 @@ class ConsoleMonitor:
         """The lines kept from line index `start` (a `line_count` taken earlier) on."""
         return self._kept(start)
 
+    def progress_since(self, start: int) -> Line | None:
+        """The first line since line index `start` that shows a guest at work: not Xen's, not empty, not a prompt
+        left waiting that Xen's own line completed ("dom0# (XEN) *** Serial input …" leaves a line "dom0#")."""
+        for line in self._kept(start):
+            if line.source in ("xen", "xen-ring") or not line.text.strip():
+                continue
+            if any(p.match(line.text) or p.match(line.text + " ") for p in self.prompts.values()):
+                continue
+            return line
+        return None
+
     def input_moved_since(self, start: int) -> bool:
         """Xen has said where its serial input went ("*** Serial input to …") since line index `start`."""
         return any(line.source == "xen" and SERIAL_INPUT.match(line.text) for line in self._kept(start))

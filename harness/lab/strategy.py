@@ -407,6 +407,13 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
     checked = started
     spells = QuietSpells(monitor, deadlines.probe, since=started)
     diagnosis = None
+
+    def check_power() -> None:
+        """A board without power answers nothing: that is the lab's, never a hang."""
+        if powered and not powered():
+            monitor.exited(MachineExit(seen="its power went off"))
+            raise BootFailure(monitor.conclude())
+
     while True:
         if monitor.failure:
             if monitor.settled():
@@ -424,21 +431,19 @@ def wait_until(console, monitor: ConsoleMonitor, deadlines: Deadlines, condition
         if probe is not None and not monitor.failure and (WHERE_REQUESTED.is_set() or spells.due() <= 0):
             WHERE_REQUESTED.clear()
             quiet_long_enough = spells.due() <= 0  # else only someone's question: its answer is no verdict
-            if powered and not powered():  # a board without power answers nothing: that is no hang
-                monitor.exited(MachineExit(seen="its power went off"))
-                raise BootFailure(monitor.conclude())
+            check_power()
             before = monitor.lines[-EVIDENCE_BEFORE:]  # the evidence: what the machine printed, not what was asked
             diagnosis = probe(None if quiet_long_enough else frozenset())
             spells.probed()
+            if diagnosis.conclusive:
+                check_power()  # unanswered because it went off meanwhile
             if diagnosis.conclusive and not monitor.failure:
                 monitor.hang(diagnosis.conclusion, diagnosis.signature).evidence = before
                 raise BootFailure(_concluded(monitor, diagnosis))
             continue
         if powered and not monitor.failure and min(silence, monitor.clock() - checked) > POWER_CHECK_S:
             checked = monitor.clock()
-            if not powered():
-                monitor.exited(MachineExit(seen="its power went off"))
-                raise BootFailure(monitor.conclude())
+            check_power()
         if not monitor.failure and silence > deadlines.silence_at(monitor.stage):
             monitor.hang(f"no console output for {silence:.0f} s")
             raise BootFailure(_concluded(monitor, diagnosis))

@@ -224,3 +224,14 @@ def test_the_prober_notes_a_guest_line_printed_while_it_asked():
     assert diag.moved_on.startswith("[    0.000000] Booting Linux")
     quiet = Prober(Console(), monitor(HANDOVER), qemu=lambda command: registers, hypervisor=False).probe(samples=2)
     assert quiet.moved_on == "" and len(quiet.samples) == 2
+
+
+def test_a_prompt_that_xens_line_completed_is_no_progress():
+    """Ctrl-a after dom0's prompt: Xen's "*** Serial input" line completes the prompt's line ("dom0#"), which is
+    the guest waiting, not the guest at work."""
+    m = monitor(DOM0_TALKS + b"dom0# ")
+    count = m.line_count
+    m.feed(b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\n\n")
+    assert m.progress_since(count) is None
+    m.feed(b"[   12.000000] random: crng init done\n")
+    assert m.progress_since(count).text == "[   12.000000] random: crng init done"
