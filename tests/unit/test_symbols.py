@@ -110,13 +110,17 @@ def test_a_kaslr_offset_moves_every_pc_alike(tables, key, pc, printed):
     assert tables[key].lookup(pc + 0x1230000, offset=0x1230000) == printed
 
 
-def test_linux_arm32_names_a_real_dom0s_idle_pc(tables):
-    # qemu-a15's '0' dump: dom0 vCPU0 at PC c041fcc8, R3 c041fcc0 (the idle function it was called
-    # through: cpu_do_idle is a pointer to it), SVC LR c04098c8 (its caller).
-    table = tables["linux-arm32"]
-    assert table.lookup(0xC041FCC8) == "cpu_ca15_do_idle+0x8/0xc"
-    assert table.function(0xC041FCC0) == ("cpu_ca15_do_idle", 0xC041FCC0, 0xC)
-    assert table.lookup(0xC04098C8).startswith("arch_cpu_idle+")
+# qemu-a15's '0' dumps: dom0 vCPU0 at PC, R3 the idle function it was called through (cpu_do_idle is a
+# pointer to it), SVC LR its caller: Linux 6.1 (debian12-armhf) and 6.12 (qemu-a15-linux612, debian13-armhf).
+@pytest.mark.parametrize(("key", "pc", "r3", "lr", "caller"), [
+    ("linux-arm32", 0xC041FCC8, 0xC041FCC0, 0xC04098C8, "arch_cpu_idle+"),
+    ("linux6.12-arm32", 0xC041D548, 0xC041D540, 0xC10028DC, "default_idle_call+"),
+])
+def test_linux_arm32_names_a_real_dom0s_idle_pc(tables, key, pc, r3, lr, caller):
+    table = tables[key]
+    assert table.lookup(pc) == f"cpu_ca15_do_idle+{pc - r3:#x}/0xc"
+    assert table.function(r3) == ("cpu_ca15_do_idle", r3, 0xC)
+    assert table.lookup(lr).startswith(caller)
 
 
 @pytest.mark.parametrize("key", list(IMAGES))
