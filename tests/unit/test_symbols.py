@@ -42,8 +42,9 @@ IMAGES = {
 KALLSYMS = {
     "linux-arm64": DATA / "symbols" / "qemu-virt-dom0-kallsyms-nokaslr.txt",
     "linux6.12-arm64": DATA / "symbols" / "qemu-virt-linux612-dom0-kallsyms-nokaslr.txt",
+    "linux6.12-arm32": DATA / "symbols" / "qemu-a15-linux612-dom0-kallsyms.txt",
 }
-WHOLE_KALLSYMS_READ = ["linux6.12-arm64"]
+WHOLE_KALLSYMS_READ = ["linux6.12-arm64", "linux6.12-arm32"]
 WHOLE_KALLSYMS = re.compile(r"^# md5sum /proc/kallsyms: ([0-9a-f]{32}) \((\d+) lines\)$", re.MULTILINE)
 XEN_SYMBOL = re.compile(r"(?:PC:\s+|\[<)([0-9a-f]{8,16})>?\]?\s+(\S+\+0x[0-9a-f]+/0x[0-9a-f]+)")
 
