@@ -20,10 +20,10 @@ token_index, then the addresses (offsets, base), then seqs: only where the addre
 A name expands to its nm type then the name ("tdomain.c#idle_loop"). The tables are found without a
 symbol map: a single-character token sits at its own index (token '0' is number 0x30), so the run
 "0\\0 1\\0 2\\0" anchors the token table, token_index follows it, and the other tables are walked back
-to from there, each step checked (sizes agree, every marker matches the walk of the names, the
-addresses rise). A lookup is the one Xen and Linux do themselves, so that it prints what they print:
-the last symbol at or below the PC, the first of its aliases, sized to the next higher address; and
-only a text symbol (t, T, w, W) names a PC.
+to from there (or on, to addresses after token_index), each step checked (sizes agree, every marker
+matches the walk of the names, the addresses rise). A lookup is the one Xen and Linux do themselves, so
+that it prints what they print: the last symbol at or below the PC, the first of its aliases, sized to
+the next higher address; and only a text symbol (t, T, w, W) names a PC.
 
 Images are read as they are installed: an arm64 Image (Xen's, or Linux's; gzip'd too) or an arm32
 zImage (Xen's is not compressed; Linux's carries its kernel compressed: Debian's armmp kernel with xz;
