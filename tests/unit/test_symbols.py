@@ -2,15 +2,18 @@
 
 The images are the pinned Debian ones, from the harness cache (fetched when missing). Ground truth:
 Xen's own symbolized PCs and call traces in captured 'd' dumps (arm64 and arm32), dom0's
-/proc/kallsyms read on a nokaslr boot (arm64), and a captured '0' dump of an arm32 dom0 whose
-registers say where its idle function starts and who called it.
+/proc/kallsyms read on nokaslr boots (Linux 6.1 and 6.12 on arm64, 6.12 on arm32: some of its lines and
+the whole file's digest), and a captured '0' dump of an arm32 dom0 whose registers say where its idle
+function starts and who called it. Linux 6.1 and 6.12 lay their tables out in different orders.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import random
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -24,14 +27,24 @@ from harness.images import Images
 from harness.symbols import SymbolTable, table_for
 
 DEBUGKEYS = DATA / "debugkeys"
-KALLSYMS_NOKASLR = DATA / "symbols" / "qemu-virt-dom0-kallsyms-nokaslr.txt"
 # (profile, artifact, kind)
 IMAGES = {
     "xen-arm64": ("debian12-arm64", "xen", "xen"),
     "xen-arm32": ("debian12-armhf", "xen", "xen"),
+    "xen4.20-arm64": ("debian13-arm64", "xen", "xen"),
     "linux-arm64": ("debian12-arm64", "kernel", "linux"),
     "linux-arm32": ("debian12-armhf", "kernel", "linux"),
+    "linux6.12-arm64": ("debian13-arm64", "kernel", "linux"),
+    "linux6.12-arm32": ("debian13-armhf", "kernel", "linux"),
 }
+# dom0's /proc/kallsyms of an image's kernel, read on a nokaslr boot: the whole file's digest (WHOLE_KALLSYMS),
+# then some of its lines
+KALLSYMS = {
+    "linux-arm64": DATA / "symbols" / "qemu-virt-dom0-kallsyms-nokaslr.txt",
+    "linux6.12-arm64": DATA / "symbols" / "qemu-virt-linux612-dom0-kallsyms-nokaslr.txt",
+    "linux6.12-arm32": DATA / "symbols" / "qemu-a15-linux612-dom0-kallsyms.txt",
+}
+WHOLE_KALLSYMS = re.compile(r"^# md5sum /proc/kallsyms: ([0-9a-f]{32}) \((\d+) lines\)$", re.MULTILINE)
 XEN_SYMBOL = re.compile(r"(?:PC:\s+|\[<)([0-9a-f]{8,16})>?\]?\s+(\S+\+0x[0-9a-f]+/0x[0-9a-f]+)")
 
 
@@ -61,31 +74,53 @@ def test_xen_names_pcs_as_xen_printed_them(tables, key, log):
         assert tables[key].lookup(pc) == symbol
 
 
-def test_linux_arm64_matches_dom0s_own_kallsyms(tables):
-    table = tables["linux-arm64"]
-    rows = [line.split() for line in KALLSYMS_NOKASLR.read_text().splitlines() if not line.startswith("#")]
+def kallsyms_rows(key: str) -> list[list[str]]:
+    """(address, type, name) of each of dom0's /proc/kallsyms lines captured for image `key`."""
+    return [line.split() for line in KALLSYMS[key].read_text().splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.parametrize("key", list(KALLSYMS))
+def test_linux_matches_dom0s_own_kallsyms(tables, key):
+    table, rows = tables[key], kallsyms_rows(key)
     assert len(rows) >= 10
     for address, _, name in rows:
         addr = int(address, 16)
-        if name == "_einittext":
-            assert table.function(addr) is None  # the end of init text names nothing
+        if name in symbols.TEXT_ENDS:
+            assert table.function(addr) is None  # the end of a text range names nothing
             continue
         found_name, start, size = table.function(addr + 4)
         assert start == addr and size > 4
         aliases = [n for a, _, n in rows if int(a, 16) == addr]
         assert found_name == aliases[0], "the first alias, as /proc/kallsyms lists them"
-    # a KASLR offset moves every PC by the same amount
-    assert table.lookup(0xFFFF800008BAF4F0 + 0x1230000 + 8, offset=0x1230000) == table.lookup(0xFFFF800008BAF4F8)
-    assert table.lookup(0xFFFF800008BAF4F8).startswith("cpu_do_idle+0x8/")
 
 
-def test_linux_arm32_names_a_real_dom0s_idle_pc(tables):
-    # qemu-a15's '0' dump: dom0 vCPU0 at PC c041fcc8, R3 c041fcc0 (the idle function it was called
-    # through: cpu_do_idle is a pointer to it), SVC LR c04098c8 (its caller).
-    table = tables["linux-arm32"]
-    assert table.lookup(0xC041FCC8) == "cpu_ca15_do_idle+0x8/0xc"
-    assert table.function(0xC041FCC0) == ("cpu_ca15_do_idle", 0xC041FCC0, 0xC)
-    assert table.lookup(0xC04098C8).startswith("arch_cpu_idle+")
+@pytest.mark.parametrize("key", list(KALLSYMS))
+def test_the_whole_table_is_dom0s_kallsyms(tables, key):
+    """/proc/kallsyms prints a line per symbol of this table, in its order: every address, type and name."""
+    table, width = tables[key], len(kallsyms_rows(key)[0][0])
+    digest, lines = WHOLE_KALLSYMS.search(KALLSYMS[key].read_text()).groups()
+    printed = "".join(f"{table.address(i):0{width}x} {table.type(i)} {table.name(i)}\n" for i in range(len(table)))
+    assert (len(table), hashlib.md5(printed.encode()).hexdigest()) == (int(lines), digest)
+
+
+@pytest.mark.parametrize(("key", "pc", "printed"), [("linux-arm64", 0xFFFF800008BAF4F8, "cpu_do_idle+0x8/0x14"),
+                                                    ("linux6.12-arm64", 0xFFFF800080D9A4B8, "clear_page+0x18/0x50")])
+def test_a_kaslr_offset_moves_every_pc_alike(tables, key, pc, printed):
+    assert tables[key].lookup(pc) == printed
+    assert tables[key].lookup(pc + 0x1230000, offset=0x1230000) == printed
+
+
+# qemu-a15's '0' dumps: dom0 vCPU0 at PC, R3 the idle function it was called through (cpu_do_idle is a
+# pointer to it), SVC LR its caller: Linux 6.1 (debian12-armhf) and 6.12 (qemu-a15-linux612, debian13-armhf).
+@pytest.mark.parametrize(("key", "pc", "r3", "lr", "caller"), [
+    ("linux-arm32", 0xC041FCC8, 0xC041FCC0, 0xC04098C8, "arch_cpu_idle+"),
+    ("linux6.12-arm32", 0xC041D548, 0xC041D540, 0xC10028DC, "default_idle_call+"),
+])
+def test_linux_arm32_names_a_real_dom0s_idle_pc(tables, key, pc, r3, lr, caller):
+    table = tables[key]
+    assert table.lookup(pc) == f"cpu_ca15_do_idle+{pc - r3:#x}/0xc"
+    assert table.function(r3) == ("cpu_ca15_do_idle", r3, 0xC)
+    assert table.lookup(lr).startswith(caller)
 
 
 @pytest.mark.parametrize("key", list(IMAGES))
@@ -107,7 +142,7 @@ def test_static_functions_carry_their_file_in_xen(tables):
 
 
 def test_parsing_is_quick(image_paths):
-    for key in ("xen-arm64", "linux-arm64"):
+    for key in ("xen-arm64", "linux-arm64", "linux6.12-arm64"):
         data = image_paths[key].read_bytes()
         t0 = time.perf_counter()
         SymbolTable.from_image(data, IMAGES[key][2])
@@ -210,6 +245,21 @@ def test_a_corrupted_token_index(image_paths):
     data[swapped : swapped + 4] = data[swapped + 2 : swapped + 4] + data[swapped : swapped + 2]
     with pytest.raises(UnusableInput):
         SymbolTable.from_image(bytes(data), "xen")
+
+
+def test_linux_6_12s_addresses_garbled_or_cut(tables, image_paths):
+    """Linux from 6.4 keeps its offsets after token_index: offsets that fall, or an image that ends in
+    them, are no table, said in one sentence."""
+    table, data = tables["linux6.12-arm64"], image_paths["linux6.12-arm64"].read_bytes()
+    offsets = [table.address(i) - table.address(0) for i in range(len(table))]
+    at = data.find(struct.pack("<256I", *offsets[:256]))
+    assert at > 0, "the 6.12 arm64 Image (not compressed) holds its offsets as they are"
+    middle = at + 4 * (len(offsets) // 2)
+    falling = data[:middle] + b"\xff" * 4 + data[middle + 4 :]  # one offset past all that follow it
+    for broken in (falling, data[:middle]):
+        with pytest.raises(UnusableInput) as exc:
+            SymbolTable.from_image(broken, "linux")
+        assert "no Linux symbol table (kallsyms_*)" in one_sentence(exc)
 
 
 def test_a_zimage_without_a_kernel_inside(image_paths):
