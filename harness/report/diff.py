@@ -3,11 +3,13 @@
 1. the hypervisor node dom0 got (compatible, every reg region, interrupts);
 2. dom0's /proc/iomem entries that name Xen;
 3. Xen's claims in its log (version, grant table, event PPI, extended regions, dom0's memory banks and vCPUs);
-4. dom0's kernel: its release, 'Linux version' line, and each line it printed about Xen, in its own wording.
+4. dom0's kernel: its release, 'Linux version' line, its events interrupt;
+5. each line dom0's kernel printed about Xen, in its own wording.
 
-Every section is flattened into field -> value; a field one boot did not record is NOT_RECORDED (an older
-result.json), one it recorded as missing is ABSENT. Lines of the kernel's are paired by their wording with the
-numbers taken out, so 'Xen 4.17 support found' -> 'Xen 4.20 support found' is one change, not two.
+Every section is flattened into field -> value; a field one boot has and the other not is ABSENT there, and a
+section one result.json does not hold (written by a harness that did not keep it) is one NOT_RECORDED change.
+Lines of the kernel's are paired by their wording with the numbers taken out, so 'Xen 4.17 support found' ->
+'Xen 4.20 support found' is one change, not two.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .matrix import NOT_RECORDED, x_y
 
 ABSENT = "absent"
 NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
-SECTIONS = ("hypervisor node", "/proc/iomem (Xen)", "Xen's claims", "dom0's kernel")
+SECTIONS = ("hypervisor node", "/proc/iomem (Xen)", "Xen's claims", "dom0's kernel", "dom0's kernel says")
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,12 @@ def facts(record: dict) -> dict[str, dict[str, str] | None]:
     if dom0:
         irq = dom0.get("event_irq") or {}
         linux = {
-            "release": str(dom0.get("kernel")),
-            **({"Linux version": str(dom0["linux_version"])} if "linux_version" in dom0 else {}),
+            "release": str(dom0.get("kernel")), "Linux version": str(dom0.get("linux_version", NOT_RECORDED)),
             "/sys/hypervisor version": str(dom0.get("hypervisor_version")),
             "events interrupt": f"hwirq {irq.get('hwirq')} on {irq.get('chip')}, {irq.get('type')}" if irq else ABSENT,
-            **{f"says {k!r}": v for k, v in _keyed_lines(dom0.get("xen_lines") or []).items()},
         }
-    return dict(zip(SECTIONS, (node, iomem, claims, linux), strict=True))
+    says = _keyed_lines(dom0["xen_lines"]) if "xen_lines" in dom0 else None
+    return dict(zip(SECTIONS, (node, iomem, claims, linux, says), strict=True))
 
 
 def compare(left: dict, right: dict) -> list[Change]:
@@ -101,10 +102,13 @@ def compare(left: dict, right: dict) -> list[Change]:
         la, lb = a[section], b[section]
         if la is None and lb is None:
             continue
+        if la is None or lb is None:  # one result.json is from a harness that did not keep this section
+            changes.append(Change(section, "recorded", NOT_RECORDED if la is None else "yes",
+                                  NOT_RECORDED if lb is None else "yes"))
+            continue
         fields = list(dict.fromkeys([*(la or {}), *(lb or {})]))
         for name in fields:
-            va = NOT_RECORDED if la is None else la.get(name, ABSENT)
-            vb = NOT_RECORDED if lb is None else lb.get(name, ABSENT)
+            va, vb = la.get(name, ABSENT), lb.get(name, ABSENT)
             if va != vb:
                 changes.append(Change(section, name, va, vb))
     return changes
