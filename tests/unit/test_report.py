@@ -203,3 +203,11 @@ def test_matrix_of_no_session_is_one_sentence_and_exit_2(tmp_path: Path, make, s
     run = harness("matrix", make(tmp_path))
     assert run.returncode == 2, run.stdout + run.stderr
     assert said in one_line_error(run)
+
+
+def test_cells_sort_by_xen_then_linux_as_numbers():
+    base = matrix.cell(record(VIRT))
+    cells = [base | {"xen": {"version": x, "release": x}, "linux": {"version": k, "release": k}, "target": t}
+             for x, k, t in [("4.20", "6.12", "a"), ("4.17", "6.12", "b"), ("4.20", "6.1", "c"), ("4.17", "6.1", "d"),
+                             ("4.9", "6.1", "e"), (None, None, "f")]]
+    assert [c["target"] for c in matrix.sort_cells(cells)] == ["e", "d", "b", "c", "a", "f"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import guest, witnesses, xenlog
+from harness.report import matrix
 
 DATA = Path(__file__).parent / "data" / "witnesses"
 # dom0's kernel log of a qemu-virt boot (Xen 4.17.7, Debian's 6.1.0-56-cloud-arm64), its first 140 lines: up to
@@ -56,3 +57,28 @@ def test_iomem_keeps_the_lines_naming_xen_at_any_depth():
     facts = witnesses.kernel_facts(dmesg(), "", probe)
     assert facts.iomem_xen == []  # Debian's 6.1 lists no Xen entry in /proc/iomem
     assert facts.summary()["iomem_xen"] == []
+
+
+def test_xen_saying_a_32bit_dom0_gets_no_extended_regions_is_kept_and_the_matrix_says_none():
+    a15 = xenlog.parse((DATA / "qemu-a15-xen.log").read_text().splitlines()).to_dict()
+    virt = xenlog.parse((DATA / "qemu-virt-xen.log").read_text().splitlines()).to_dict()
+    assert (a15["no_extended_32bit"], a15["extended"]) == (["d0"], {})
+    assert virt["no_extended_32bit"] == [] and virt["extended"]["d0"]
+    said = matrix.cell({"xen": a15})["witnesses"]["xen"]
+    assert said == {"grant": a15["grant"], "event_ppi": a15["event_ppi"], "extended": "none (32-bit dom0)"}
+    assert matrix.cell({"xen": virt | {"extended": {}}})["witnesses"]["xen"]["extended"] == matrix.NOT_STATED
+
+
+def test_a_kernel_that_lists_its_xen_resources_has_them_read_as_used_regions():
+    """Debian's 6.1 lists none: the real probe with the lines a kernel using the extended regions adds (Linux's
+    arch/arm/xen/enlighten.c 'Xen unused space' over an extended region, unpopulated-alloc's 'Xen scratch' in it)."""
+    probe = (DATA / "qemu-virt-dom0-probe.txt").read_text().splitlines()
+    at = probe.index("60000000-7fffffff : System RAM")
+    planted = ["40400000-5fffffff : Xen unused space", "  40400000-4040ffff : Xen scratch"]
+    facts = witnesses.kernel_facts(dmesg(), "", [*probe[:at], *planted, *probe[at:]])
+    assert facts.iomem_xen == planted
+    assert [name for _, name in facts.iomem].count("Xen unused space") == 1  # still one top-level entry among all
+    record = {"guests": {"dom0": {"xen_lines": []}}, "witnesses": {"dom0": {"kernel": facts.summary()}}}
+    cell = matrix.cell(record)
+    assert cell["witnesses"]["kernel"]["extended"] == ["0x40400000-0x60000000"]  # end exclusive, as Xen says it
+    assert cell["kernel_used"] == {"grant": matrix.NOT_STATED, "unpopulated": ["0x40400000-0x40410000"]}
