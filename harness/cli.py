@@ -434,12 +434,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         raise UsageError(f"{directory} is not a directory: give a session's artifacts directory (it holds one "
                          "directory per target, each with its result.json).")
     found = matrix.collect(directory)
-    if not found:
-        raise UsageError(f"no result.json below {directory}: give the artifacts directory of a session that booted.")
+    for why in found.left_out:
+        print(f"harness: left out of the matrix: {why}", file=sys.stderr)
+    if not found.cells:
+        raise UsageError(f"no readable result.json below {directory}: give the artifacts directory of a session "
+                         "that booted.")
     if args.json:
-        print(json.dumps(matrix.sort_cells([c | {"result": str(p)} for p, c in found]), indent=2))
+        print(json.dumps(matrix.sort_cells([c | {"result": str(p)} for p, c in found.cells]), indent=2))
     else:
-        print(matrix.table([c for _, c in found]))
+        print(matrix.table([c for _, c in found.cells]))
     return EXIT_GOOD
 
 

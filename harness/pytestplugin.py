@@ -36,7 +36,7 @@ TARGETS = pytest.StashKey[dict[str, TargetSpec]]()  # target name -> spec, in --
 ARTIFACTS = pytest.StashKey[Path]()  # the session's artifacts directory
 RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose machine still runs
 BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
-MATRIX_MISSING = pytest.StashKey[str]()  # why the session's matrix.md could not be written
+MATRIX_LEFT_OUT = pytest.StashKey[list[str]]()  # what the session's matrix.md could not show, each with why
 
 SHARED_BOOT = "booted"  # the fixture whose tests share one boot of their target
 CLAIM = ".booted-by"  # in a target's artifacts: who booted it in this session
@@ -110,9 +110,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from .report import matrix
 
     try:
-        matrix.write(config.stash[ARTIFACTS])
-    except (HarnessError, OSError) as exc:  # a report cannot fail the tests it reports on: say why it is missing
-        config.stash[MATRIX_MISSING] = str(exc)
+        left_out = matrix.write(config.stash[ARTIFACTS]).left_out
+    except OSError as exc:  # a report cannot fail the tests it reports on: say why it is missing
+        left_out = [f"matrix.md could not be written ({exc.strerror})"]
+    config.stash[MATRIX_LEFT_OUT] = left_out
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
@@ -120,8 +121,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"harness artifacts (console logs, DTBs, result.json): {config.stash[ARTIFACTS]}")
     if (table := config.stash[ARTIFACTS] / "matrix.md").is_file():
         terminalreporter.write_line(f"harness matrix (Xen x Linux, each witness): {table}")
-    if why := config.stash.get(MATRIX_MISSING, None):
-        terminalreporter.write_line(f"harness matrix: not written: {why}", yellow=True)
+    for why in config.stash.get(MATRIX_LEFT_OUT, []):
+        terminalreporter.write_line(f"harness matrix: left out: {why}", yellow=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -7,7 +7,8 @@
 5. each line dom0's kernel printed about Xen, in its own wording.
 
 Every section is flattened into field -> value; a field one boot has and the other not is ABSENT there, and a
-section one result.json does not hold (written by a harness that did not keep it) is one NOT_RECORDED change.
+section one result.json does not hold (its boot never got that far, or an older harness did not keep it) is one
+NOT_RECORDED change.
 Lines of the kernel's are paired by their wording with the numbers taken out, so 'Xen 4.17 support found' ->
 'Xen 4.20 support found' is one change, not two.
 """
@@ -102,7 +103,7 @@ def compare(left: dict, right: dict) -> list[Change]:
         la, lb = a[section], b[section]
         if la is None and lb is None:
             continue
-        if la is None or lb is None:  # one result.json is from a harness that did not keep this section
+        if la is None or lb is None:  # one boot never got that far, or its harness did not keep this section
             changes.append(Change(section, "recorded", NOT_RECORDED if la is None else "yes",
                                   NOT_RECORDED if lb is None else "yes"))
             continue

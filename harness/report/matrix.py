@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UnusableInput
+
 NOT_STATED = "not stated"  # the witness was asked and said nothing of it
-NOT_RECORDED = "not recorded"  # a result.json from before the harness kept it
+NOT_RECORDED = "not recorded"  # the boot never got that far, or a harness from before it was kept
 WITNESSES = {"xen": "Xen's log", "dt": "dom0's tree", "kernel": "dom0's kernel"}
 RELEASE = re.compile(r"^(\d+)\.(\d+)")
 # /proc/iomem names (harness.witnesses.KernelFacts.iomem_xen): Linux requests the extended regions it found as
@@ -127,24 +130,35 @@ def table(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def collect(directory: Path) -> list[tuple[Path, dict]]:
-    """(path, cell) of every result.json below `directory`: the cell the boot recorded, else one made now."""
+@dataclass
+class Found:
+    """The cells of the result.json files below a directory, and the files left out, each with why."""
+
+    cells: list[tuple[Path, dict]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # one sentence each (UnusableInput's)
+
+
+def collect(directory: Path) -> Found:
+    """Every result.json below `directory`: its path and the cell the boot recorded (else one made now). A file that
+    is no harness result.json (a stray one, an old harness's) is left out, saying why, not the whole table."""
     from ..result import load  # result.py builds cells with this module: load it only when reading files
 
-    found = []
+    found = Found()
     for path in sorted(Path(directory).rglob("result.json")):
-        record = load(path)
-        found.append((path, record.get("matrix") or cell(record)))
+        try:
+            record = load(path)
+        except UnusableInput as exc:
+            found.left_out.append(str(exc))
+            continue
+        found.cells.append((path, record.get("matrix") or cell(record)))
     return found
 
 
-def write(directory: Path) -> list[Path]:
-    """matrix.md and matrix.json in `directory` over every result.json below it; [] (nothing written) when none."""
+def write(directory: Path) -> Found:
+    """matrix.md and matrix.json in `directory` over every result.json below it (nothing written when none)."""
     found = collect(directory)
-    if not found:
-        return []
-    cells = sort_cells([c | {"result": str(p.relative_to(directory))} for p, c in found])
-    md, js = directory / "matrix.md", directory / "matrix.json"
-    md.write_text(table(cells) + "\n")
-    js.write_text(json.dumps(cells, indent=2) + "\n")
-    return [md, js]
+    if found.cells:
+        cells = sort_cells([c | {"result": str(p.relative_to(directory))} for p, c in found.cells])
+        (directory / "matrix.md").write_text(table(cells) + "\n")
+        (directory / "matrix.json").write_text(json.dumps(cells, indent=2) + "\n")
+    return found

@@ -183,10 +183,10 @@ def test_the_table_has_a_row_per_witness_sorted_by_xen_then_linux(tmp_path: Path
 
 
 def test_write_makes_matrix_md_and_json_or_nothing_without_boots(tmp_path: Path):
-    assert matrix.write(tmp_path) == []
+    assert matrix.write(tmp_path) == matrix.Found()
     assert not (tmp_path / "matrix.md").exists()
-    written = matrix.write(session(tmp_path, VIRT, GICV2))
-    assert [p.name for p in written] == ["matrix.md", "matrix.json"]
+    found = matrix.write(session(tmp_path, VIRT, GICV2))
+    assert len(found.cells) == 2 and found.left_out == []
     assert (tmp_path / "matrix.md").read_text() == matrix.table([matrix.cell(record(VIRT)),
                                                                  matrix.cell(record(GICV2))]) + "\n"
     assert [c["result"] for c in json.loads((tmp_path / "matrix.json").read_text())] == [
@@ -196,13 +196,27 @@ def test_write_makes_matrix_md_and_json_or_nothing_without_boots(tmp_path: Path)
 @pytest.mark.parametrize(("make", "said"), [
     (lambda d: d / "nowhere", "is not a directory: give a session's artifacts directory"),
     (lambda d: (d / "f").write_text("x") and d / "f", "is not a directory"),
-    (lambda d: d, "no result.json below"),
-    (lambda d: (d / "t").mkdir() or (d / "t" / "result.json").write_text("{}") and d, "is not a harness result.json"),
-], ids=["missing", "a-file", "no-boots", "a-broken-result"])
+    (lambda d: d, "no readable result.json below"),
+], ids=["missing", "a-file", "no-boots"])
 def test_matrix_of_no_session_is_one_sentence_and_exit_2(tmp_path: Path, make, said: str):
     run = harness("matrix", make(tmp_path))
     assert run.returncode == 2, run.stdout + run.stderr
     assert said in one_line_error(run)
+
+
+def test_a_result_json_that_is_none_is_left_out_saying_why_and_the_others_still_shown(tmp_path: Path):
+    session(tmp_path, VIRT)
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "result.json").write_text('{"tests": 3}')
+    run = harness("matrix", tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [f"harness: left out of the matrix: {tmp_path / 'stray' / 'result.json'} is not "
+                                       "a harness result.json (it has no schema, target, verdict): give a result.json "
+                                       "a boot wrote, or the artifacts directory holding one."]
+    assert run.stdout.count("| Xen's log |") == 1
+    (tmp_path / "qemu-virt" / "result.json").unlink()
+    run = harness("matrix", tmp_path)
+    assert run.returncode == 2 and "no readable result.json below" in run.stderr.splitlines()[-1]
 
 
 def test_cells_sort_by_xen_then_linux_as_numbers():
