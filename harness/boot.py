@@ -373,7 +373,8 @@ class BootSession:
         host_path = self.artifacts / "boot.dtb"
         host = host_path.read_bytes() if spec.domid == 0 and host_path.is_file() else None
         findings, witness, diff = witnesses.judge(build, spec.domid, spec.name, asked, view.fdt, view.dmesg,
-                                                  view.interrupts, probed, host, xen_cmdline)
+                                                  view.interrupts, probed, host, xen_cmdline,
+                                                  self.result.claims.version)
         if diff is not None:
             witness.diff = f"{spec.name}-dt.diff"
             (self.artifacts / witness.diff).write_text(diff)

@@ -213,7 +213,7 @@ def build_findings(data: bytes, args: argparse.Namespace) -> list[Finding]:
 
     if args.profile == "acpi-dom0" and not args.host:
         return []
-    findings, diff = dtbuild.check_data(data, Path(args.host) if args.host else None)
+    findings, diff = dtbuild.check_data(data, Path(args.host) if args.host else None, args.xen_version)
     if diff is not None and not args.json:
         print(diff)
     return findings
@@ -405,8 +405,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
                            "capabilities": sorted(spec.capabilities), "path": str(spec.path)} for spec in specs],
                          indent=2))
         return EXIT_GOOD
+    width = max(len(spec.name) for spec in specs)
     for spec in specs:
-        print(f"{spec.name:20} {spec.description}  [{', '.join(sorted(spec.capabilities))}]")
+        print(f"{spec.name:{width}}  {spec.description}  [{', '.join(sorted(spec.capabilities))}]")
     return EXIT_GOOD
 
 

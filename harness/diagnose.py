@@ -448,10 +448,13 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
     # A spin seen twice: by two probes of one quiet spell, or by QEMU and then by Xen's own 'd' dump (which a
     # CPU spinning with its interrupts off never answers). Under TCG on a loaded host a vCPU waits on a lock
     # for a second whenever its holder's thread is descheduled, and that is no hang.
+    # Only Xen's own code is concluded spinning: a guest's kernel can spend seconds of honest work in one
+    # function (a 32-bit dom0's RSA in mpihelp_submul_1 under TCG), which no sampling tells from a spin; a
+    # guest that truly spins meets its silence deadline, described.
     before = {(s.cpu, _function(s)) for s in _spinning(diag.earlier)}
     before |= {(r.cpu, (r.symbol or "").split("+")[0]) for r in (dump.registers if dump else [])
                if r.cpu is not None and r.symbol and r.who.startswith("CPU")}
-    confirmed = [s for s in spinning if (s.cpu, _function(s)) in before]
+    confirmed = [s for s in spinning if s.el == 2 and (s.cpu, _function(s)) in before]
     if confirmed:
         return conclude("cpu-spinning", "a CPU spins in one place: " + _where(confirmed))
     regs = dump.host() if dump else []

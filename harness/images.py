@@ -127,9 +127,10 @@ def load_source_lock(path: Path = LOCK) -> dict[str, LockedSource]:
 
 
 class Images:
-    def __init__(self, cache: Cache | None = None, lock_path: Path = LOCK) -> None:
+    def __init__(self, cache: Cache | None = None, lock_path: Path = LOCK, manifest_path: Path = MANIFEST) -> None:
         self.cache = cache or Cache()
         self.lock_path = lock_path
+        self.manifest_path = manifest_path
 
     # --- what a boot uses -------------------------------------------------------------------
 
@@ -157,14 +158,18 @@ class Images:
         return self._pinned(locked[name])
 
     def locked(self, profile: str) -> dict[str, LockedArtifact]:
-        """The pins of `profile`, by artifact name."""
+        """The pins of `profile`, by artifact name; a composed profile's are its base's with some taken from
+        other profiles (compose_profile)."""
         locked = load_lock(self.lock_path)
-        if profile not in locked:
-            raise UsageError(
-                f"image profile {profile!r} is not in {self.lock_path.name} "
-                f"(it has: {', '.join(sorted(locked))}): run `{RELOCK_COMMAND}`."
-            )
-        return locked[profile]
+        if profile in locked:
+            return locked[profile]
+        spec = load_manifest(self.manifest_path)["profiles"].get(profile)
+        if spec is not None and "base" in spec:
+            return compose_profile(profile, spec, self.locked)
+        raise UsageError(
+            f"image profile {profile!r} is not in {self.lock_path.name} "
+            f"(it has: {', '.join(sorted(locked))}): run `{RELOCK_COMMAND}`."
+        )
 
     def _pinned(self, entry: LockedArtifact) -> Artifact:
         return Artifact(entry.name, self.fetch(entry), entry.file_sha256, f"debian {entry.package} {entry.version}")
@@ -239,8 +244,8 @@ class Images:
 
     def lock(self, manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
         """Resolve every manifest package to the archive's newest version and rewrite the lock."""
-        manifest = manifest or load_manifest()
-        profiles = {profile: self._lock_profile(manifest, profile) for profile in manifest["profiles"]}
+        manifest = manifest or load_manifest(self.manifest_path)
+        profiles = {profile: self._lock_profile(manifest, profile) for profile in pinning_profiles(manifest)}
         sources = self.lock_sources(manifest)
         document = {
             "comment": f"Written by `{RELOCK_COMMAND}` from images/manifest.yaml; do not edit by hand.",
@@ -257,12 +262,16 @@ class Images:
     def lock_profiles(self, names: list[str], manifest: dict | None = None) -> dict[str, dict[str, LockedArtifact]]:
         """Pin only the profiles `names` and merge them into the lock: every other pin, the sources and
         the `locked` time of the last full re-lock stay byte-identical (a new profile re-pins nothing else)."""
-        manifest = manifest or load_manifest()
+        manifest = manifest or load_manifest(self.manifest_path)
         if unknown := [n for n in names if n not in manifest["profiles"]]:
             raise UsageError(
                 f"image profile {', '.join(unknown)} is not in images/manifest.yaml "
                 f"(it has: {', '.join(manifest['profiles'])}): add it there first."
             )
+        if composed := [n for n in names if n not in pinning_profiles(manifest)]:
+            bases = sorted({p for n in composed for p in composed_of(manifest["profiles"][n])})
+            raise UsageError(f"image profile {', '.join(composed)} pins nothing of its own (it is composed of "
+                             f"{', '.join(bases)}): lock those with `{RELOCK_COMMAND} --profile NAME`.")
         if not self.lock_path.is_file():
             raise UsageError(f"{self.lock_path} is missing: run `{RELOCK_COMMAND}` to pin every profile.")
         profiles = {name: self._lock_profile(manifest, name) for name in names}
@@ -274,7 +283,7 @@ class Images:
 
     def _lock_profile(self, manifest: dict, profile: str) -> dict[str, LockedArtifact]:
         spec = manifest["profiles"][profile]
-        apt = PrivateApt(self.cache, spec["architecture"], manifest["archive"])
+        apt = PrivateApt(self.cache, spec["architecture"], release_archive(manifest, spec["release"], profile))
         apt.update()
         locked: dict[str, LockedArtifact] = {}
         for name, art in spec["artifacts"].items():
@@ -320,13 +329,13 @@ class Images:
 
     def lock_sources(self, manifest: dict | None = None) -> dict[str, LockedSource]:
         """Resolve the manifest's `sources` to exact files, and fetch them once to prove the pool serves them."""
-        manifest = manifest or load_manifest()
+        manifest = manifest or load_manifest(self.manifest_path)
         if not manifest.get("sources"):
             return {}
-        apt = SourceApt(self.cache, manifest["archive"])
-        apt.update()
         sources: dict[str, LockedSource] = {}
         for name, spec in manifest["sources"].items():
+            apt = SourceApt(self.cache, release_archive(manifest, spec["release"], f"source {name}"))
+            apt.update()
             version, files = apt.resolve_source(spec["package"], spec["suite"])
             sources[name] = LockedSource(name, spec["package"], spec["suite"], version, tuple(files))
             try:
@@ -339,6 +348,40 @@ class Images:
                 ) from exc
             log.info("source %s: %s %s (%s)", name, spec["package"], version, spec["suite"])
         return sources
+
+
+def pinning_profiles(manifest: dict) -> list[str]:
+    """The manifest's profiles that pin packages themselves (a composed profile only takes others' pins)."""
+    return [name for name, spec in manifest["profiles"].items() if "base" not in spec]
+
+
+def composed_of(spec: dict) -> list[str]:
+    """The profiles a composed profile takes its pins from: its base, then those it takes artifacts from."""
+    return [spec["base"], *spec.get("take", {}).values()]
+
+
+def compose_profile(name: str, spec: dict,
+                    locked: Callable[[str], dict[str, LockedArtifact]]) -> dict[str, LockedArtifact]:
+    """A composed profile's pins: its `base` profile's, with each artifact named in `take` from the profile
+    given there (a Xen from one release and a kernel from another, without copying a profile)."""
+    pins = dict(locked(spec["base"]))
+    for artifact, source in spec.get("take", {}).items():
+        theirs = locked(source)
+        if artifact not in theirs or artifact not in pins:
+            lacking = source if artifact not in theirs else spec["base"]
+            raise UsageError(f"image profile {name} takes {artifact!r} from {source}, but {lacking} has no such "
+                             f"artifact: fix `take` in images/manifest.yaml.")
+        pins[artifact] = replace(theirs[artifact], name=artifact)
+    return pins
+
+
+def release_archive(manifest: dict, release: str, who: str) -> dict:
+    """The archive (keyring, sources) of Debian `release` (bookworm, trixie) that the manifest lists."""
+    archives = manifest["archives"]
+    if release not in archives:
+        raise UsageError(f"{who} names Debian release {release!r}, which images/manifest.yaml's `archives` does "
+                         f"not list (it lists: {', '.join(archives)}): add its sources there.")
+    return {**archives[release], "name": release}
 
 
 def profile_document(artifacts: dict[str, LockedArtifact]) -> dict[str, dict]:
@@ -449,7 +492,7 @@ class PrivateApt:
 
     def __init__(self, cache: Cache, architecture: str, archive: dict) -> None:
         self.cache = cache
-        self.root = cache.dir("apt", architecture)
+        self.root = cache.dir("apt", f"{archive['name']}-{architecture}")  # one state per release and architecture
         self.architecture = architecture
         sources = self.root / "sources.list"
         kind = self.SOURCES_LINE.format(arch=architecture, keyring=archive["keyring"])

@@ -42,16 +42,19 @@ def target_path(name: str, directory: Path = TARGETS_DIR) -> Path:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UsageError(
-            f"unknown target {name!r}: choose one of {', '.join(names)}, or give a YAML file's path.{hint}"
+            f"unknown target {name!r}: choose one of {', '.join(names)}, a capability some of them have (e.g. "
+            f"xen-matrix: `harness targets` lists them), or give a YAML file's path.{hint}"
         )
     return directory / f"{name}.yaml"
 
 
 def expand(spec: str, directory: Path = TARGETS_DIR) -> list[str]:
-    """`qemu-virt,qemu-a15`, `all` or `path/to/board.yaml` -> target names or paths, each checked."""
+    """`qemu-virt,qemu-a15`, `all`, a capability (`xen-matrix`: every target that has it) or
+    `path/to/board.yaml` -> target names or paths, each checked."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if names == ["all"]:
         return target_names(directory)
+    names = list(dict.fromkeys(found for name in names for found in having(name, directory)))  # a target in two
     for name in names:
         target_path(name, directory)
     if not names:
@@ -60,6 +63,13 @@ def expand(spec: str, directory: Path = TARGETS_DIR) -> list[str]:
     if len(set(stems)) != len(stems):
         raise UsageError(f"--target names one target twice ({', '.join(names)}): give each once.")
     return names
+
+
+def having(name: str, directory: Path = TARGETS_DIR) -> list[str]:
+    """`name` itself when it is a target (or a path), else the targets with capability `name`, if any."""
+    if is_path(name) or name in target_names(directory):
+        return [name]
+    return [t for t in target_names(directory) if load_spec(t, directory).can(name)] or [name]
 
 
 # xen,enhanced values Xen 4.17 understands for a dom0less domU (docs/misc/arm/device-tree/booting.txt):
@@ -335,6 +345,9 @@ def _pinned_dtb(ref: str, profile: str) -> tuple[str, str]:
 
 def load_spec(name: str, directory: Path = TARGETS_DIR) -> TargetSpec:
     """The target `name` (from targets/), or the one in the YAML file `name` (named after the file)."""
+    if (found := having(name, directory)) != [name]:
+        raise UsageError(f"{name} is a capability of {len(found)} targets ({', '.join(found)}), not one target: "
+                         f"boot one of them, or test them all with `./run test --target={name}`.")
     path = target_path(name, directory)
     name = path.stem
     try:

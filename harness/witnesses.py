@@ -476,6 +476,7 @@ def _hex(value: int | None) -> str:
 def judge(
     build: BuildClaims, domid: int, guest: str, asked: Asked, fdt: bytes, dmesg: Iterable[str], interrupts: str,
     probed: Iterable[str], host_dtb: bytes | None = None, xen_cmdline: str | None = None,
+    xen_version: str | None = None,
 ) -> tuple[list[Finding], Witness, str | None]:
     """Every witness of one guest's build: Xen's log against itself and what was asked, the guest's tree against
     Xen's log (and, for dom0 given the host tree, against the host tree), the kernel against the tree. Returns the
@@ -490,7 +491,7 @@ def judge(
                       expected_vcpus=asked.vcpus)
     diff_text = None
     if host_dtb is not None:
-        host_findings, diff_text = dtbuild.diff_host(host_dtb, fdt, xen_cmdline)
+        host_findings, diff_text = dtbuild.diff_host(host_dtb, fdt, xen_cmdline, xen_version)
         findings += host_findings
         witness.differences = sum(1 for line in diff_text.splitlines() if line[:1] in "-+~")
     return findings, witness, diff_text

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from unit.tinyfs import python_on_tmpfs
 
-from harness.images import load_manifest
+from harness.images import load_manifest, release_archive
 
 
 def test_a_full_disk_while_reading_the_archive_index_says_so(tmp_path):
     """`./run images lock` on a full disk: apt cannot write the index, which is no mirror trouble (and apt
     itself exits 0). One real suite, the smallest: with several, apt stalls for good after the error."""
     cache = tmp_path / "cache"
-    archive = {**load_manifest()["archive"], "sources": [{"url": "http://deb.debian.org/debian",
-                                                          "suites": ["bookworm-updates"]}]}
+    bookworm = release_archive(load_manifest(), "bookworm", "this test")
+    archive = {**bookworm, "sources": [{"url": "http://deb.debian.org/debian", "suites": ["bookworm-updates"]}]}
     code = (
         "from pathlib import Path\nfrom harness.cache import Cache\nfrom harness.errors import InfrastructureError\n"
         "from harness.images import SourceApt\n"

@@ -427,12 +427,14 @@ class Difference:
         return f"{self.sign} {target:60} {self.reason or 'UNEXPLAINED'}"
 
 
-def diff_host(host_dtb: bytes, guest_dtb: bytes, xen_cmdline: str | None = None) -> tuple[list[Finding], str]:
+def diff_host(host_dtb: bytes, guest_dtb: bytes, xen_cmdline: str | None = None,
+              xen_version: str | None = None) -> tuple[list[Finding], str]:
     """dom0's tree vs the host tree it was made from: findings for what no rule of Xen's explains (and for
-    Xen's UART or a multiboot module left visible), and the whole difference as text a person reads."""
+    Xen's UART or a multiboot module left visible), and the whole difference as text a person reads. The rules
+    that changed between releases follow `xen_version` ("4.20"; None: either release's)."""
     host, guest = _load(host_dtb, "the host DTB"), _load(guest_dtb, "dom0's DTB")
     uart = console_uart(host_dtb, xen_cmdline)
-    diffs = list(_differences(host, guest, uart))
+    diffs = list(_differences(host, guest, uart, xen_version))
     findings: list[Finding] = []
     guest_paths = {n.path for n in guest.nodes()}
     if uart and uart in guest_paths:
@@ -463,8 +465,20 @@ def _subtree_paths(node: _Node) -> Iterator[str]:
         yield from _subtree_paths(child)
 
 
-def _removal_reason(node: _Node, uart: str | None) -> str:
+# Xen 4.20 hides a dom0less domain's node (/chosen/domU1, compatible "xen,domain") from dom0; 4.17 leaves it
+# there, emptied of its boot modules (seen on Debian's 4.17.7 and 4.20.4; 4.18 and 4.19 were not booted).
+HIDES_DOMAIN_NODES = (4, 20)
+
+
+def _release(version: str | None) -> tuple[int, ...] | None:
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _removal_reason(node: _Node, uart: str | None, xen_version: str | None = None) -> str:
     compatible = set(_strs(node, "compatible"))
+    if "xen,domain" in compatible and (_release(xen_version) or HIDES_DOMAIN_NODES) >= HIDES_DOMAIN_NODES:
+        return "a dom0less domain's node: Xen 4.20 hides it from dom0 (4.17 leaves it)"
     if compatible & set(MULTIBOOT):
         return "a multiboot module: Xen's own boot input"
     if node.path == uart:
@@ -493,7 +507,7 @@ def _uses_ppi(node: _Node) -> bool:
     return len(cells) >= 3 and len(cells) % 3 == 0 and any(cells[i] == 1 for i in range(0, len(cells), 3))
 
 
-def _differences(host: _Tree, guest: _Tree, uart: str | None) -> Iterator[Difference]:
+def _differences(host: _Tree, guest: _Tree, uart: str | None, xen_version: str | None = None) -> Iterator[Difference]:
     host_gic, guest_gic = _gic_node(host), _gic_node(guest)
     # Xen writes dom0's GIC node itself (make_gic_node): both subtrees are judged by dt.build.gic instead.
     host_nodes = {n.path: n for n in host.nodes()}
@@ -506,7 +520,7 @@ def _differences(host: _Tree, guest: _Tree, uart: str | None) -> Iterator[Differ
         if path in rewritten or path in guest_nodes or any(path.startswith(s + "/") for s in skipped):
             continue
         skipped.add(path)
-        yield Difference("-", path, "", _removal_reason(node, uart))
+        yield Difference("-", path, "", _removal_reason(node, uart, xen_version))
     added: set[str] = set()
     for path, node in guest_nodes.items():
         if path in rewritten or path in host_nodes or any(path.startswith(a + "/") for a in added):
@@ -561,12 +575,13 @@ def _property_reason(node: _Node, prop: str, before: bytes | None, after: bytes 
     return ""
 
 
-def check_data(data: bytes, host: pathlib.Path | None = None) -> tuple[list[Finding], str | None]:
+def check_data(data: bytes, host: pathlib.Path | None = None,
+               xen_version: str | None = None) -> tuple[list[Finding], str | None]:
     """`harness check dtb`'s part here: a guest tree (as dt_input read it) judged alone and, given the host's DTB,
     against it (GIC kind, and the difference judged edit by edit: returned as text too)."""
     if host is None:
         return check_build(data), None
     host_data = inputs.read_file(pathlib.Path(host), inputs.DTB)
     _load(host_data, f"the host DTB {host}")  # unreadable: one sentence naming the file
-    findings, text = diff_host(host_data, data)
+    findings, text = diff_host(host_data, data, xen_version=xen_version)
     return check_build(data, expectation_from_host(host_data)) + findings, text

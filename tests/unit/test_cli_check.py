@@ -87,6 +87,16 @@ def test_check_dtb_wrong_compatible_order(swapped_compatible):
     assert "dt.compatible.order" in proc.stdout and "error" in proc.stdout, proc.stdout
 
 
+def test_a_wrong_xen_version_against_a_xen_4_20_dom0_says_expected_and_found():
+    """dom0's tree from a real Xen 4.20 boot (qemu-virt-xen420): right for 4.20, a compatible error for 4.17."""
+    dtb = DATA / "qemu-virt-xen420-dom0.dtb"
+    assert harness("check", "dtb", dtb, "--profile", "dom0", "--xen-version", "4.20").returncode == 0
+    proc = harness("check", "dtb", dtb, "--profile", "dom0", "--xen-version", "4.17", "--json")
+    errors = [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error"]
+    assert proc.returncode == 1 and [(f["rule"], f["expected"], f["found"]) for f in errors] == [
+        ("dt.compatible.version", '"xen,xen-4.17" (the Xen that booted: 4.17)', '"xen,xen-4.20"')], errors
+
+
 def test_check_dtb_json(swapped_compatible):
     proc = harness("check", "dtb", swapped_compatible, "--xen-version", "4.17", "--json")
     assert proc.returncode == 1

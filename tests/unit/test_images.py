@@ -25,6 +25,8 @@ from harness.images import (
     StaleLock,
     extract,
     load_lock,
+    load_manifest,
+    release_archive,
     user_artifact,
 )
 
@@ -367,3 +369,43 @@ def test_profile_goes_with_images_lock_only():
     assert one_line_error(proc) == (
         "harness: --profile goes with `images lock` only: the other actions cover every profile."
     )
+
+
+def composing(tmp_path, profiles: dict) -> Images:
+    """Images over the real lock and a manifest of `profiles` (composed ones over the real lock's)."""
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(json.dumps({"archives": {}, "profiles": profiles}))  # JSON is YAML
+    return Images(Cache(tmp_path / "cache"), manifest_path=manifest)
+
+
+def test_a_composed_profile_is_its_base_with_artifacts_taken_from_another(tmp_path):
+    images = composing(tmp_path, {"mixed": {"base": "debian12-arm64", "take": {"kernel": "debian13-arm64"}}})
+    mixed, old, new = images.locked("mixed"), load_lock()["debian12-arm64"], load_lock()["debian13-arm64"]
+    assert mixed["kernel"] == new["kernel"] and mixed["xen"] == old["xen"] and mixed["busybox"] == old["busybox"]
+
+
+@pytest.mark.parametrize("take, lacking", [({"dtb": "debian13-arm64"}, "debian13-arm64"),
+                                           ({"xen": "debian13-armhf"}, "debian13-armhf")])
+def test_taking_an_artifact_a_profile_lacks_is_one_sentence(tmp_path, take, lacking):
+    images = composing(tmp_path, {"mixed": {"base": "debian12-arm64", "take": take}})
+    with pytest.raises(UsageError) as info:
+        images.locked("mixed")
+    artifact, source = next(iter(take.items()))
+    assert str(info.value) == (f"image profile mixed takes {artifact!r} from {source}, but {lacking} has no such "
+                               "artifact: fix `take` in images/manifest.yaml.")
+
+
+def test_a_release_the_manifest_does_not_list_is_one_sentence():
+    with pytest.raises(UsageError) as info:
+        release_archive({"archives": {"bookworm": {}}}, "forky", "image profile debian14-arm64")
+    assert str(info.value) == ("image profile debian14-arm64 names Debian release 'forky', which "
+                               "images/manifest.yaml's `archives` does not list (it lists: bookworm): add its sources "
+                               "there.")
+
+
+def test_a_composed_profile_is_not_locked_itself(tmp_path):
+    images = composing(tmp_path, {"mixed": {"base": "debian12-arm64", "take": {"kernel": "debian13-arm64"}}})
+    with pytest.raises(UsageError) as info:
+        images.lock_profiles(["mixed"], manifest=load_manifest(images.manifest_path))
+    assert str(info.value) == ("image profile mixed pins nothing of its own (it is composed of debian12-arm64, "
+                               "debian13-arm64): lock those with `./run images lock --profile NAME`.")

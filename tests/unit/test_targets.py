@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 
 from harness import targets
 from harness.errors import UsageError
-from harness.images import load_lock
+from harness.images import Images, load_lock
 
 REAL = yaml.safe_load((targets.TARGETS_DIR / "qemu-virt.yaml").read_text())
 
@@ -50,7 +51,8 @@ def test_misspelt_target_lists_names_and_suggests():
 def test_unlike_name_gets_no_suggestion(directory):
     with pytest.raises(UsageError) as info:
         targets.target_path("zzz", directory)
-    assert str(info.value) == "unknown target 'zzz': choose one of board-a, board-b, or give a YAML file's path."
+    assert str(info.value) == ("unknown target 'zzz': choose one of board-a, board-b, a capability some of them have "
+                               "(e.g. xen-matrix: `harness targets` lists them), or give a YAML file's path.")
 
 
 def test_target_names_are_the_yaml_files(directory):
@@ -72,8 +74,42 @@ def test_expand_empty_and_unknown(directory):
             targets.expand(spec, directory)
     with pytest.raises(UsageError) as info:
         targets.expand("board-a,bord-b", directory)
-    assert str(info.value) == ("unknown target 'bord-b': choose one of board-a, board-b, or give a YAML file's path. "
+    assert str(info.value) == ("unknown target 'bord-b': choose one of board-a, board-b, a capability some of them "
+                               "have (e.g. xen-matrix: `harness targets` lists them), or give a YAML file's path. "
                                "Did you mean 'board-b'?")
+
+
+def test_a_capability_names_every_target_that_has_it(directory):
+    (directory / "board-b.yaml").write_text(VALID + "  capabilities: [dom0, xen-matrix]\n")
+    assert targets.expand("xen-matrix", directory) == ["board-b"]
+    assert targets.expand("board-b,xen-matrix,board-a", directory) == ["board-b", "board-a"]  # each once
+    with pytest.raises(UsageError) as info:  # one boot needs one target
+        targets.load_spec("xen-matrix", directory)
+    assert str(info.value) == ("xen-matrix is a capability of 1 targets (board-b), not one target: boot one of them, "
+                               "or test them all with `./run test --target=xen-matrix`.")
+    matrix = targets.expand("xen-matrix")
+    assert {"qemu-virt", "qemu-virt-xen420", "qemu-virt-linux612", "qemu-virt-xen420-linux61"} <= set(matrix)
+
+
+VERSIONED = re.compile(r"^(xen|linux)-(\d+\.\d+)$")
+
+
+def pinned_versions(profile: str) -> dict[str, str]:
+    """The Xen and Linux X.Y that `profile`'s pins boot, read from the pinned packages' names."""
+    pins = Images().locked(profile)
+    xen = re.search(r"xen-hypervisor-(\d+\.\d+)-", pins["xen"].package)
+    linux = re.search(r"linux-image-(\d+\.\d+)\.", pins["kernel"].package)
+    return {"xen": xen.group(1), "linux": linux.group(1)}
+
+
+@pytest.mark.parametrize("name", [*targets.target_names(), "boards/zcu102", "boards/arndale",
+                                  "experimental/qemu-a15-xl"])
+def test_a_targets_version_capabilities_are_what_its_images_boot(name):
+    """`xen-X.Y` and `linux-X.Y` name what the target's pinned images are, never a wish: the matrix's tests
+    and reports select and label cells by them."""
+    spec = targets.load_spec(str(targets.TARGETS_DIR / f"{name}.yaml"))
+    declared = {m.group(1): m.group(2) for c in spec.capabilities if (m := VERSIONED.match(c))}
+    assert declared == pinned_versions(spec.images), f"{name}: capabilities say {declared}"
 
 
 def test_load_spec_of_qemu_virt():

@@ -435,3 +435,20 @@ def test_an_efi_map_giving_more_than_ram_and_tables_fails():
 
 def test_an_unreadable_efi_map_fails():
     assert only(efi_findings(None)[0], "efi.memory").found == "0xbc2f1368 not mapped by /proc/kcore"
+
+
+def test_a_dom0less_domains_node_may_go_from_xen_4_20_on():
+    """Xen 4.20 hides /chosen/domU1 (compatible "xen,domain") from dom0; 4.17 leaves it: the same dom0 tree is
+    right on one release and a silent change on the other."""
+    def add_domain(fdt: libfdt.Fdt) -> None:
+        node = fdt.add_subnode(fdt.path_offset("/chosen"), "domU1")
+        fdt.setprop(node, "compatible", b"xen,domain\0")
+
+    host = edit(VIRT.host, add_domain)
+    findings, text = dtbuild.diff_host(host, VIRT.fdt, xen_version="4.20")
+    assert not [f for f in findings if f.rule == "dt.host.removed"], findings
+    assert "Xen 4.20 hides it from dom0" in text
+    findings, _ = dtbuild.diff_host(host, VIRT.fdt, xen_version="4.17")
+    found = only(findings, "dt.host.removed")
+    assert (found.where, found.expected, found.found) == ("/chosen/domU1", "present, as in the host's tree",
+                                                          "absent from dom0's")
