@@ -4,6 +4,8 @@ The captures (tests/unit/data/report/) are the result.json of real boots, trimme
 (schema, target, verdict, xen, guests.dom0, witnesses.dom0's xen and kernel, matrix):
 - qemu-virt-result.json and qemu-virt-gicv2-result.json: Debian 12's Xen 4.17.7 and Linux 6.1.0-56-cloud-arm64
   on QEMU virt with GICv3 and with GICv2, the same day;
+- qemu-virt-xen420-result.json and qemu-virt-linux612-result.json: QEMU virt, GICv3, with Debian 13's Xen 4.20.5-pre
+  and Linux 6.12.118+deb13-cloud-arm64, and with Xen 4.17.7 and that 6.12 (a new guest on an old Xen);
 - qemu-a15-older-result.json: Xen 4.17.5 and 6.1.0-50-armmp-lpae on a Cortex-A15, written by the harness before
   it kept the hypervisor node, the kernel's Xen lines and /proc/iomem's (so those are 'not recorded').
 """
@@ -23,7 +25,8 @@ from harness.report import diff, matrix
 from harness.result import SCHEMA_VERSION, load
 
 DATA = Path(__file__).parent / "data" / "report"
-VIRT, GICV2, A15_OLDER = (DATA / f"{name}-result.json" for name in ("qemu-virt", "qemu-virt-gicv2", "qemu-a15-older"))
+VIRT, GICV2, A15_OLDER, XEN420, LINUX612 = (DATA / f"{name}-result.json" for name in (
+    "qemu-virt", "qemu-virt-gicv2", "qemu-a15-older", "qemu-virt-xen420", "qemu-virt-linux612"))
 
 
 def record(path: Path) -> dict:
@@ -52,6 +55,31 @@ def test_gicv3_against_gicv2_differs_in_the_events_interrupts_chip_and_only_ther
     changes = diff.compare(record(VIRT), record(GICV2))
     # the same Xen gave both dom0s the same node, grant table, PPI, extended regions and memory
     assert {c.section for c in changes} == {"dom0's kernel"}, changes
+
+
+def test_what_xen_420_and_linux_612_changed_for_dom0_is_one_command():
+    left, right = record(VIRT), record(XEN420)
+    run = harness("diff", VIRT, XEN420)
+    assert run.returncode == 1, run.stdout + run.stderr
+    changes = {(c.section, c.field): (c.left, c.right) for c in diff.compare(left, right)}
+    l_node, r_node = left["guests"]["dom0"]["hypervisor_node"], right["guests"]["dom0"]["hypervisor_node"]
+    assert changes[("hypervisor node", "compatible")] == (", ".join(l_node["compatible"]),
+                                                          ", ".join(r_node["compatible"]))
+    assert r_node["compatible"][0] == "xen,xen-4.20"  # what the capture says: the booted Xen first
+    for i, (was, now) in enumerate(zip(l_node["reg"][1:], r_node["reg"][1:], strict=True), start=1):
+        assert was != now  # Xen 4.20 ends each extended region 2 MiB lower than 4.17 on this machine
+        assert changes[("hypervisor node", f"reg[{i}] (extended region)")] == (was, now)
+        assert changes[("Xen's claims", f"d0 extended region[{i - 1}]")] == (was, now)  # Xen's log says the same
+    assert ("hypervisor node", "reg[0] (grant table)") not in changes  # the grant table did not move
+    assert changes[("dom0's kernel says", "Xen N.N support found")] == ("Xen 4.17 support found",
+                                                                       "Xen 4.20 support found")
+    assert changes[("dom0's kernel", "release")] == (left["guests"]["dom0"]["kernel"],
+                                                     right["guests"]["dom0"]["kernel"])
+    # 6.12 words every other line about Xen as 6.1 does, and neither lists a Xen entry in /proc/iomem
+    assert {section for section, _ in changes} == {"hypervisor node", "Xen's claims", "dom0's kernel",
+                                                   "dom0's kernel says"}
+    assert len([k for k in changes if k[0] == "dom0's kernel says"]) == 1
+    assert "  compatible: xen,xen-4.17, xen,xen → xen,xen-4.20, xen,xen" in run.stdout.splitlines()
 
 
 def test_the_header_names_each_boots_target_xen_and_linux():
@@ -217,6 +245,12 @@ def test_a_result_json_that_is_none_is_left_out_saying_why_and_the_others_still_
     (tmp_path / "qemu-virt" / "result.json").unlink()
     run = harness("matrix", tmp_path)
     assert run.returncode == 2 and "no readable result.json below" in run.stderr.splitlines()[-1]
+
+
+def test_the_table_of_real_cells_puts_xen_417_before_420_and_linux_61_before_612(tmp_path: Path):
+    run = harness("matrix", session(tmp_path, XEN420, LINUX612, VIRT))
+    order = [(row.split(" | ")[0][2:], row.split(" | ")[1]) for row in run.stdout.splitlines()[2::4]]
+    assert [(x, k.split()[0]) for x, k in order] == [("4.17.7", "6.1"), ("4.17.7", "6.12"), ("4.20.5-pre", "6.12")]
 
 
 def test_cells_sort_by_xen_then_linux_as_numbers():
