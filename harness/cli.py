@@ -5,6 +5,8 @@ guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd fi
 not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
 `harness check` exits 0 clean, 1 findings, 2 unusable input; `harness triage` 0 passed, 1 not (an empty log
 too: no output is a verdict), 2 when the log cannot be read (not a file, too big) or a pattern is no regex.
+`harness diff` exits like diff(1): 0 the same for dom0, 1 different, 2 an input is no harness result.json;
+`harness matrix` 0, or 2 when the directory holds no readable result.json.
 """
 
 from __future__ import annotations
@@ -409,6 +411,42 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return EXIT_GOOD
 
 
+# --- comparing boots ----------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .report import diff
+    from .result import load
+
+    left, right = (Path(args.left), load(Path(args.left))), (Path(args.right), load(Path(args.right)))
+    changes = diff.compare(left[1], right[1])
+    if args.json:
+        print(json.dumps(diff.to_json(left, right, changes), indent=2))
+    else:
+        print(diff.render(left, right, changes))
+    return EXIT_BAD if changes else EXIT_GOOD
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from .report import matrix
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: give a session's artifacts directory (it holds one "
+                         "directory per target, each with its result.json).")
+    found = matrix.collect(directory)
+    for why in found.left_out:
+        print(f"harness: left out of the matrix: {why}", file=sys.stderr)
+    if not found.cells:
+        raise UsageError(f"no readable result.json below {directory}: give the artifacts directory of a session "
+                         "that booted.")
+    if args.json:
+        print(json.dumps(matrix.sort_cells([c | {"result": str(p)} for p, c in found.cells]), indent=2))
+    else:
+        print(matrix.table([c for _, c in found.cells]))
+    return EXIT_GOOD
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"harness": data.version(), "commit": data.commit()}, indent=2))
@@ -489,6 +527,18 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_triage)
 
+    df = sub.add_parser("diff", help="what changed for dom0 between two boots: hypervisor node, /proc/iomem's Xen "
+                                     "entries, Xen's claims, the kernel's Xen lines")
+    df.add_argument("left", help="a result.json, or the artifacts directory holding it")
+    df.add_argument("right", help="the other boot's result.json (or its artifacts directory)")
+    df.add_argument("--json", action="store_true")
+    df.set_defaults(func=cmd_diff)
+
+    mx = sub.add_parser("matrix", help="the Xen x Linux matrix (markdown) over every result.json below a directory")
+    mx.add_argument("directory", help="a session's artifacts directory, e.g. artifacts/<time>-pytest-<pid>")
+    mx.add_argument("--json", action="store_true")
+    mx.set_defaults(func=cmd_matrix)
+
     tl = sub.add_parser("targets", help="list the targets")
     tl.add_argument("--json", action="store_true")
     tl.set_defaults(func=cmd_targets)
@@ -502,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         return cmd_version(args)
     if args.command is None:
-        cli.error("choose a verb: boot, check, images, triage or targets (harness -h says what each does)")
+        cli.error("choose a verb: boot, check, images, triage, diff, matrix or targets (harness -h says what each "
+                  "does)")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="harness: %(message)s", stream=sys.stderr
     )

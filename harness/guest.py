@@ -17,11 +17,20 @@ from dataclasses import dataclass, field
 
 import pexpect
 
-from .errors import HarnessError
+from .errors import HarnessError, UnusableInput
 from .monitor import GUEST_DEBUG, XEN_OWN, XEN_PREFIX, BootFailure, ConsoleMonitor
+from .validate import dt
 
 XEN_LINE = re.compile(f"{XEN_PREFIX.pattern}|{GUEST_DEBUG.pattern}")
 BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+# What a kernel says about Xen as it finds it ('Xen 4.17 support found', 'xen:grant_table: …', 'Grant table
+# initialized', 'xen:events: Using FIFO-based ABI', 'Xen: initializing cpu0'), in the wording of that kernel:
+# kept whole, so a release that words them differently shows in `harness diff`. Not its command line.
+KERNEL_XEN = re.compile(r"\bxen\b|\bxen[\w-]*:|grant.table", re.IGNORECASE)
+KERNEL_NOT_XEN = re.compile(r"^Kernel command line:")
+LINUX_VERSION = re.compile(r"Linux version \S+.*")
+DMESG_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+MAX_XEN_LINES = 60  # result.json stays small when a driver repeats itself
 
 
 class ProbeError(HarnessError):
@@ -148,6 +157,9 @@ class GuestView:
         irq = self.event_irq
         return {
             "kernel": self.uname,
+            "linux_version": linux_version(self.dmesg),
+            "xen_lines": kernel_xen_lines(self.dmesg),
+            "hypervisor_node": hypervisor_node(self.fdt),
             "hypervisor_type": self.hypervisor_type,
             "hypervisor_version": self.hypervisor_version,
             "event_irq": None if irq is None else {
@@ -156,6 +168,31 @@ class GuestView:
             },
             "probe_seconds": self.seconds,
         }
+
+
+def _untimed(line: str) -> str:
+    return DMESG_TIME.sub("", line.rstrip())
+
+
+def linux_version(dmesg: list[str]) -> str | None:
+    """The kernel's 'Linux version RELEASE (builder) … #1 SMP Debian X.Y.Z-N (date)' line, without its time."""
+    return next((m.group(0).strip() for line in dmesg if (m := LINUX_VERSION.search(line))), None)
+
+
+def kernel_xen_lines(dmesg: list[str]) -> list[str]:
+    """The kernel's lines about Xen (KERNEL_XEN), without their times, in order."""
+    lines = [_untimed(line) for line in dmesg if KERNEL_XEN.search(line)]
+    return [line for line in lines if not KERNEL_NOT_XEN.match(line)][:MAX_XEN_LINES]
+
+
+def hypervisor_node(fdt: bytes | None) -> dict | None:
+    """The hypervisor node of the guest's tree, decoded (None without a tree, a node, or a readable tree: the
+    checks report those)."""
+    try:
+        node = dt.read_hypervisor_node(fdt) if fdt else None
+    except UnusableInput:
+        return None
+    return node.summary() if node else None
 
 
 def parse_interrupts(text: str) -> dict[str, tuple[int, list[int], list[str]]]:

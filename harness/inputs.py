@@ -61,6 +61,11 @@ CONSOLE_LOG = Kind(
     "give the path of a saved console log",
     "cut it to the boots you want judged (e.g. with tail -c or split)",
 )
+RESULT_JSON = Kind(
+    "a result.json", 64 * MiB,
+    "give a result.json a boot wrote, or the artifacts directory holding one",
+    "a real one is tens of KiB",
+)
 
 FILE, DIRECTORY, SYMLINK = "a regular file", "a directory", "a symbolic link"
 

@@ -13,6 +13,8 @@ its entry point. What it promises, and how it keeps each promise:
   tests of that target are reported as blocked by it (skipped, naming the error), not as N errors.
 - Every test of a boot carries the boot's facts into junit (target, Xen, kernel, verdict, stage,
   signature, artifacts); the session's artifacts directory is a junit suite property.
+- A session that booted ends with the Xen x Linux matrix over its boots, matrix.md and matrix.json in its
+  artifacts directory (harness/report/matrix.py), written once, by the controller.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ TARGETS = pytest.StashKey[dict[str, TargetSpec]]()  # target name -> spec, in --
 ARTIFACTS = pytest.StashKey[Path]()  # the session's artifacts directory
 RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose machine still runs
 BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
+MATRIX_LEFT_OUT = pytest.StashKey[list[str]]()  # what the session's matrix.md could not show, each with why
 
 SHARED_BOOT = "booted"  # the fixture whose tests share one boot of their target
 CLAIM = ".booted-by"  # in a target's artifacts: who booted it in this session
@@ -99,9 +102,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The matrix over every boot of the session (its workers' too: they wrote into the same directory)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.stash[ARTIFACTS].is_dir():
+        return
+    from .report import matrix
+
+    try:
+        left_out = matrix.write(config.stash[ARTIFACTS]).left_out
+    except OSError as exc:  # a report cannot fail the tests it reports on: say why it is missing
+        left_out = [f"matrix.md could not be written ({exc.strerror})"]
+    config.stash[MATRIX_LEFT_OUT] = left_out
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if config.stash[ARTIFACTS].exists():
         terminalreporter.write_line(f"harness artifacts (console logs, DTBs, result.json): {config.stash[ARTIFACTS]}")
+    if (table := config.stash[ARTIFACTS] / "matrix.md").is_file():
+        terminalreporter.write_line(f"harness matrix (Xen x Linux, each witness): {table}")
+    for why in config.stash.get(MATRIX_LEFT_OUT, []):
+        terminalreporter.write_line(f"harness matrix: left out: {why}", yellow=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

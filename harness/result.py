@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import data
+from . import data, inputs
 from .diagnose import Diagnosis
 from .errors import HarnessError, UnusableInput
 from .findings import Finding, failures
 from .images import Artifact
 from .monitor import Failure, Verdict
+from .report.matrix import cell
 
 SCHEMA_VERSION = 2  # bump when a field changes meaning or goes away; adding one is compatible
 
@@ -37,13 +38,18 @@ FIELDS: dict[str, str] = {
     "lab": "what ran the machine: {qemu: QEMU's version line} (empty for a board without QEMU)",
     "cmdlines": "the command lines booted: {xen: Xen's, dom0: dom0's, <domU name>: each domU's}",
     "milestones": "{milestone key: seconds since power-on}; guest milestones are '<domN>:<key>'",
-    "xen": "what Xen's console claimed: {version, release, boot, grant, event_ppi, extended: {dN: [regions]}}",
-    "guests": "what each guest saw: {name: {kernel, hypervisor_type, hypervisor_version, event_irq: {irq, hwirq, "
-              "chip, type, count, count_later}, probe_seconds}}",
+    "xen": "what Xen's console claimed: {version, release, boot, grant, event_ppi, extended: {dN: [regions]}, "
+           "no_extended_32bit: [dN Xen gave none, being 32-bit], cmdline, ring_start, complaints}",
+    "guests": "what each guest saw: {name: {kernel (uname -r), linux_version (its 'Linux version …' line), "
+              "xen_lines (its log's lines about Xen, without times), hypervisor_node: {path, compatible, reg: "
+              "[regions, the grant table first], interrupts: [cells], event_intid} (null without one), "
+              "hypervisor_type, hypervisor_version, event_irq: {irq, hwirq, chip, type, count, count_later}, "
+              "probe_seconds}}",
     "witnesses": "what Xen's domain builder gave each guest, from three sides: {name: {xen: {memory: "
                  "[banks], total_mb, initrd, vcpus, gic, timer: {phys, virt}}, dt: {memory, cpus, gic: {compatible, "
                  "reg}, timer_intids, bootargs, initrd}, kernel: {memory_kb, memtotal_kb, system_ram, cpus_up, "
-                 "cpus_online, timer, timer_hwirq, cmdline, initrd_unpacked, initrd_freed_kb}, host_diff: the file "
+                 "cpus_online, timer, timer_hwirq, cmdline, initrd_unpacked, initrd_freed_kb, iomem_xen: "
+                 "/proc/iomem's lines naming Xen, as printed}, host_diff: the file "
                  "in the artifacts with dom0's tree vs the host's, each difference judged (null for a domU), "
                  "efi_memory: an ACPI dom0's EFI memory map, ['type start-end'] (null on a device tree)}}",
     "findings": "every check's findings: [{rule, severity, where, expected, found, note}]",
@@ -62,6 +68,9 @@ FIELDS: dict[str, str] = {
                  "pv_disk_sha256_dom0, pv_disk_sha256_domu, pv_read_seconds, written_sha256_domu, "
                  "written_sha256_dom0, domu_events and dom0_events: {before, after: {row: count}}, "
                  "ping_domu_to_dom0, ping_dom0_to_domu}; null on other targets",
+    "matrix": "this boot's cell of the Xen x Linux matrix (harness/report/matrix.py): {target, xen: {version, "
+              "release}, linux: {version (X.Y), release}, witnesses: {xen, dt, kernel: {grant, event_ppi, extended}}, "
+              "kernel_used: {grant, unpopulated}, verdict}; what a witness did not say is 'not stated'",
 }
 
 
@@ -109,7 +118,7 @@ class BootResult:
         return self.verdict
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "schema": SCHEMA_VERSION,
             "harness": {"version": data.version(), "commit": data.commit()},
             "target": self.target,
@@ -131,8 +140,30 @@ class BootResult:
             "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
             "toolstack": self.toolstack.to_dict() if self.toolstack else None,
         }
+        return record | {"matrix": cell(record)}
 
     def write(self) -> Path:
         path = self.artifacts / "result.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def load(path: Path) -> dict:
+    """A result.json a boot wrote (`path` the file, or the artifacts directory holding it), or one sentence saying
+    why it cannot be one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    raw = inputs.read_file(path, inputs.RESULT_JSON)
+    hint = inputs.RESULT_JSON.hint
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UnusableInput(f"{path} is not JSON ({str(exc).splitlines()[0][:80]}): {hint}.") from None
+    missing = [key for key in ("schema", "target", "verdict") if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise UnusableInput(f"{path} is not a harness result.json (it has no {', '.join(missing)}): {hint}.")
+    if not isinstance(record["schema"], int) or record["schema"] > SCHEMA_VERSION:
+        raise UnusableInput(f"{path} has schema {record['schema']!r}, which this harness (schema {SCHEMA_VERSION}) "
+                            "cannot read: compare it with the harness that wrote it.")
+    return record

@@ -66,6 +66,10 @@ K_UNPACK_FAILED = re.compile(r"Initramfs unpacking failed|initrd overlaps in-use
                              r"INITRD: .* is not a valid|disabling initrd")
 K_INITRD_FREED = re.compile(r"Freeing initrd memory: (\d+)K")
 IOMEM = re.compile(r"^([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
+IOMEM_ANY = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")  # nested entries too
+# /proc/iomem entries the kernel names after Xen: 'Xen unused space' (the extended regions it took,
+# arch/arm/xen/enlighten.c) and the 'Xen scratch' pages unpopulated-alloc maps grants and foreign pages into.
+XEN_NAMED = re.compile(r"xen", re.IGNORECASE)
 PAGE = 4096
 MiB = 1 << 20
 # A dom0less domU's GIC is at Xen's fixed guest layout (xen/include/public/arch-arm.h), of the host's version.
@@ -158,6 +162,7 @@ class KernelFacts:
     redistributors: list[int] = field(default_factory=list)
     iomem_gic: dict[str, Region] = field(default_factory=dict)  # GICv3's "GICD", "GICR" in /proc/iomem
     iomem: list[tuple[Region, str]] = field(default_factory=list)  # every top-level /proc/iomem entry
+    iomem_xen: list[str] = field(default_factory=list)  # /proc/iomem's lines naming Xen, at any depth, as printed
     cmdline: str | None = None  # /proc/cmdline
     initrd_unpacked: bool = False
     initrd_failed: str | None = None
@@ -169,6 +174,7 @@ class KernelFacts:
             "system_ram": [str(r) for r in self.iomem_ram], "cpus_up": self.cpus_up,
             "cpus_online": self.cpus_online, "timer": self.timer, "timer_hwirq": self.timer_hwirq,
             "cmdline": self.cmdline, "initrd_unpacked": self.initrd_unpacked, "initrd_freed_kb": self.initrd_freed_kb,
+            "iomem_xen": self.iomem_xen,
         }
 
 
@@ -206,8 +212,10 @@ def kernel_facts(dmesg: Iterable[str], interrupts: str, probed: Iterable[str]) -
             sections[name] = []
         elif name:
             sections[name].append(line)
-    for line in sections.get("iomem", []):  # top-level lines only: nested ones are indented
-        if not (m := IOMEM.match(line)):
+    for line in sections.get("iomem", []):
+        if (m := IOMEM_ANY.match(line)) and XEN_NAMED.search(m.group(4)):
+            facts.iomem_xen.append(line.rstrip())
+        if not (m := IOMEM.match(line)):  # top-level lines only from here: nested ones are indented
             continue
         name, start = m.group(3).strip(), int(m.group(1), 16)
         region = Region(start, int(m.group(2), 16) + 1 - start)  # /proc/iomem's ends are inclusive

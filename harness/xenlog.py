@@ -83,6 +83,7 @@ class XenClaims:
             "grant": str(self.grant) if self.grant else None,
             "event_ppi": self.event_ppi,
             "extended": {f"d{d}": [str(r) for r in regions] for d, regions in self.extended.items()},
+            "no_extended_32bit": [f"d{d}" for d in sorted(self.no_extended_32bit)],
             "cmdline": self.cmdline,
             "ring_start": self.ring_start,
             "complaints": [c.to_dict() for c in self.complaints],

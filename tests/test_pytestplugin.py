@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -68,10 +69,10 @@ def test_shares_again_later_in_the_module(booted, m):
 THREE = "qemu-virt,qemu-virt-gicv2,qemu-a15"
 
 
-def session(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def session(tmp_path: Path, *args: str, conftest: str = CONFTEST) -> tuple[subprocess.CompletedProcess, list[dict]]:
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
-    (project / "conftest.py").write_text(CONFTEST)
+    (project / "conftest.py").write_text(conftest)
     (project / "test_spread.py").write_text(TESTS)
     record = tmp_path / "record.jsonl"
     record.unlink(missing_ok=True)
@@ -122,6 +123,22 @@ def test_junit_carries_each_boots_facts_and_the_sessions_artifacts_from_xdist_wo
                 target, "passed", "passed"), props
         else:
             assert not props, f"{case.get('name')} shares no boot, yet carries {props}"
+
+
+def test_a_session_that_booted_ends_with_its_matrix_and_one_that_did_not_without(tmp_path: Path) -> None:
+    writing = CONFTEST.replace("    yield target_spec.name",
+                               "    result.decide(); result.write()\n    yield target_spec.name")
+    run, _ = session(tmp_path, "-n", "2", f"--target={THREE}", conftest=writing)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (artifacts,) = (tmp_path / "artifacts").iterdir()
+    cells = json.loads((artifacts / "matrix.json").read_text())
+    assert sorted(c["target"] for c in cells) == sorted(THREE.split(",")), cells
+    assert (artifacts / "matrix.md").read_text().count("| Xen's log |") == 3
+    assert f"harness matrix (Xen x Linux, each witness): {artifacts / 'matrix.md'}" in run.stdout
+    shutil.rmtree(tmp_path / "artifacts")
+    run, _ = session(tmp_path, "-n", "0", f"--target={THREE}", "-k", "needs_no_target", conftest=writing)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert not list((tmp_path / "artifacts").rglob("matrix.*")) and "harness matrix" not in run.stdout
 
 
 def test_a_second_boot_of_a_target_is_an_error_not_a_silent_reboot(tmp_path: Path) -> None:

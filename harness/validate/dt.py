@@ -155,6 +155,13 @@ class HypervisorNode:
     def extended(self) -> tuple[Region, ...]:
         return self.regions[1:]
 
+    def summary(self) -> dict:
+        """What result.json keeps of the node: every reg region in order ([0] the grant table, then the
+        extended regions), the interrupts' raw cells and the event INTID they name."""
+        return {"path": self.path, "compatible": list(self.compatible), "reg": [str(r) for r in self.regions],
+                "interrupts": None if self.interrupts is None else list(self.interrupts),
+                "event_intid": self.event_intid}
+
 
 @dataclass(frozen=True)
 class Expectation:
