@@ -184,7 +184,10 @@ class SessionSummary:
                                                                                   entries)))
         from .report.outputs import write_session_report
 
-        config.stash[WRITTEN].extend(write_session_report(directory))
+        try:
+            config.stash[WRITTEN].extend(write_session_report(directory))
+        except HarnessError as exc:  # an unreadable session beside this one: say so, keep the session's outcome
+            session.config.get_terminal_writer().line(f"harness: no report.html: {exc}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
