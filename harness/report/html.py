@@ -131,9 +131,10 @@ def sparkline(target: str, series: list[dict]) -> str:
     points = [e["milestones"][key] for e in reversed(series) if key in e["milestones"]]
     top, w, h = max(points) or 1.0, 160, 30
     step = w / max(len(points) - 1, 1)
-    coords = " ".join(f"{i * step:.1f},{h - 4 - (h - 8) * p / top:.1f}" for i, p in enumerate(points))
+    coords = " ".join(f"{w - (len(points) - 1 - i) * step:.1f},{h - 4 - (h - 8) * p / top:.1f}"
+                      for i, p in enumerate(points))  # the newest at the right end
     last = coords.split()[-1].split(",")
-    return (f'<svg id="trend-{ident(target)}" class="trend" xmlns="http://www.w3.org/2000/svg" width="{w + 90}" '
+    return (f'<svg id="trend-{ident(target)}" class="trend" xmlns="http://www.w3.org/2000/svg" width="{w + 140}" '
             f'height="{h}" role="img" aria-label="{escape(key)} over {len(points)} sessions">'
             f'<polyline points="{coords}" fill="none" stroke="#1565c0" stroke-width="1.5"/>'
             f'<circle cx="{last[0]}" cy="{last[1]}" r="3" fill="#1565c0"/>'
