@@ -72,7 +72,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         result = session.close()
         session_summary.write(run_dir, session_summary.boot_document(
             spec.name, sorted(spec.capabilities), run_dir, started, place=args.place,
-            board=spec.name if spec.board else None))
+            board=spec.name if spec.board else None, arch=spec.arch))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -358,7 +358,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.kcidb:
         from .report import kcidb
 
-        kcidb.write(report.newest, Path(args.kcidb), origin=args.kcidb_origin)
+        kcidb.write(report, Path(args.kcidb), origin=args.kcidb_origin)
     print(outputs.as_json(report) if args.json else outputs.as_text(report))
     if args.output and not args.json:
         print(f"report: {args.output}")

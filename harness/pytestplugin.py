@@ -173,7 +173,8 @@ class SessionSummary:
             spec = specs[name]
             result = summary.read_result(directory / name / "result.json")
             entry = summary.target_entry(sorted(spec.capabilities), result, f"{name}/result.json",
-                                         place=config.getoption("place"), board=name if spec.board else None)
+                                         place=config.getoption("place"), board=name if spec.board else None,
+                                         arch=spec.arch)
             entries[name] = entry | {"tests": recorded["tests"]}
         try:
             artifacts.writable_dir(directory)

@@ -7,7 +7,7 @@ from the session's own test reports and each boot's result.json; `harness report
     {"schema": SCHEMA_VERSION, "kind": "pytest" | "boot", "started": ISO 8601 UTC, "finished": …,
      "harness": {version, commit}, "host": the machine that ran the session,
      "targets": {NAME: {
-        "capabilities": [the target's capabilities],
+        "arch": the target's architecture (arm64, arm32), "capabilities": [the target's capabilities],
         "versions": {xen: "X.Y" (capability xen-X.Y, else Xen's banner), linux: "X.Y" (likewise),
                      xen_release: Xen's banner release, linux_release: dom0's uname -r,
                      xen_image: the Xen image's origin, kernel_image: the kernel's origin,
@@ -94,10 +94,11 @@ def boot_summary(result: dict, result_path: str) -> dict:
 
 
 def target_entry(capabilities: list[str], result: dict | None, result_path: str, place: str | None = None,
-                 board: str | None = None) -> dict:
+                 board: str | None = None, arch: str | None = None) -> dict:
     """One target of a session: its versions, where it ran, its boot (null if it never booted); no tests yet."""
     result = result or None
     return {
+        "arch": arch,
         "capabilities": sorted(capabilities),
         "versions": versions(capabilities, result),
         "where": {"host": (result or {}).get("host") or platform.node(), "place": place, "board": board,
@@ -202,11 +203,11 @@ def load(directory: Path) -> Session:
 
 
 def boot_document(name: str, capabilities: list[str], directory: Path, started: str, place: str | None = None,
-                  board: str | None = None) -> dict:
+                  board: str | None = None, arch: str | None = None) -> dict:
     """A `harness boot` run as a session of one boot: its one test passed, failed, or was an error of the lab
     or of a build that cannot be booted (as pytest reports a boot that could not be had)."""
     result = read_result(directory / "result.json")
-    entry = target_entry(capabilities, result, "result.json", place=place, board=board)
+    entry = target_entry(capabilities, result, "result.json", place=place, board=board, arch=arch)
     boot = entry["boot"] or {}
     verdict = "passed" if boot.get("verdict") == "passed" else \
         "error" if boot.get("class") in ("lab", "untestable-build") or not boot else "failed"

@@ -262,3 +262,35 @@ def test_bad_flags_and_files_are_one_sentence(tmp_path: Path, capsys):
     (tmp_path / "q.yaml").write_text("[{")
     assert "not YAML or JSON" in one_sentence(capsys, s1, "--quarantine", tmp_path / "q.yaml")
     assert outputs.margin("25%") == 0.25 and outputs.margin("0.4") == 0.4
+
+
+def test_kcidb_output_of_a_judged_session_validates_with_kcidb_io(tmp_path: Path, capsys):
+    from kcidb_io.schema import LATEST
+
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt", "qemu-a15"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z", passing("qemu-virt") | {
+        "qemu-a15": (CRASH, {TESTS[0]: ["failed"], TESTS[1]: ["skipped"]})}, xen="sha-b")
+    (s2 / "qemu-a15").mkdir()
+    (s2 / "qemu-a15" / "console.log").write_text("Kernel panic - not syncing: planted\n")
+    out = tmp_path / "kcidb.json"
+    assert report_cli(capsys, s2, s1, "--kcidb", out)[0] == 0
+    data = json.loads(out.read_text())
+    LATEST.validate(data)  # kcidb-io's own check, again, on what was written
+    assert len(data["checkouts"]) == 1 and len(data["builds"]) == 2 and len(data["tests"]) == 4, data
+    failed = next(t for t in data["tests"] if t["status"] == "FAIL")
+    assert failed["id"] == f"xenarmharness:s2:qemu-a15:{TESTS[0]}" and failed["misc"]["class"] == "regression"
+    assert failed["path"] == "xen_harness.test_dom0.test_boot" and "planted" in failed["log_excerpt"]
+    assert failed["log_url"] == (s2 / "qemu-a15" / "console.log").resolve().as_uri()
+    a15 = next(c for c in data["checkouts"] if c["id"] == next(b["checkout_id"] for b in data["builds"]
+                                                               if b["config_name"] == "qemu-a15"))
+    assert a15["misc"]["xen_sha256"] == "sha-b" and a15["misc"]["xen"] == "4.17" and a15["misc"]["linux"] == "6.1"
+    assert {t["status"] for t in data["tests"]} == {"PASS", "FAIL", "SKIP"}
+
+
+def test_what_would_break_the_kcidb_schema_is_one_sentence_and_nothing_written(tmp_path: Path, capsys):
+    s1 = make(tmp_path, "s1", "last night", passing("qemu-virt"))  # not a time: KCIDB's start_time must be one
+    out = tmp_path / "kcidb.json"
+    line = one_sentence(capsys, s1, "--kcidb", out)
+    assert "does not fit schema v5." in line and "at checkouts/0/start_time: 'last night' is not a 'date-time'" in line
+    assert not out.exists()
+    assert "is not a KCIDB origin" in one_sentence(capsys, s1, "--kcidb", out, "--kcidb-origin", "Xen Lab")
