@@ -194,11 +194,20 @@ def load(directory: Path) -> Session:
         tests = target.get("tests") if isinstance(target, dict) else None
         if not isinstance(tests, dict):
             raise _bad(path, f"target {name!r}: expected an object with 'tests'")
+        boot = target.get("boot")
+        if boot is not None and not (isinstance(boot, dict) and isinstance(boot.get("milestones", {}), dict)
+                                     and all(isinstance(s, int | float) for s in boot.get("milestones", {}).values())):
+            raise _bad(path, f"target {name!r}: expected 'boot' to be null or an object with milestones in seconds")
+        if not isinstance(target.get("versions", {}), dict) or not isinstance(target.get("where", {}), dict):
+            raise _bad(path, f"target {name!r}: expected 'versions' and 'where' to be objects")
         for test, entry in tests.items():
-            if not isinstance(entry, dict) or entry.get("verdict") not in TEST_VERDICTS:
+            if not isinstance(entry, dict) or entry.get("verdict") not in TEST_VERDICTS \
+                    or not isinstance(entry.get("attempts", []), list):
                 found = entry.get("verdict") if isinstance(entry, dict) else entry
                 raise _bad(path, f"{name}::{test}: expected a verdict among {', '.join(TEST_VERDICTS)}, "
                                  f"found {found!r}")
+            entry.setdefault("attempts", [entry["verdict"]])  # a file written by hand may leave them out
+            entry.setdefault("message", "")
     return Session(directory, doc)
 
 

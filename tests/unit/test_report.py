@@ -230,6 +230,10 @@ def test_a_test_id_loses_only_its_target_parameter():
     ('{"schema": 99, "started": "x", "targets": {}}', "expected schema 1, found 99"),
     ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {"t": {"verdict": "green"}}}}}',
      "q::t: expected a verdict among passed, failed, error, skipped, found 'green'"),
+    ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {}, "boot": {"milestones": {"x": "slow"}}}}}',
+     "target 'q': expected 'boot' to be null or an object with milestones in seconds"),
+    ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {}, "versions": []}}}',
+     "target 'q': expected 'versions' and 'where' to be objects"),
 ])
 def test_a_bad_session_is_one_sentence_and_exit_2(tmp_path: Path, capsys, content: str | None, expected: str):
     if content is not None:
