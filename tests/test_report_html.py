@@ -1,9 +1,10 @@
 """report.html in a real headless Chromium (Debian's `chromium`): every target's row, its milestone timeline
 and its trend render from a file with no script and nothing fetched; a screenshot is saved beside it.
 
-The sessions are made from a real session.json (a `./run test --target=qemu-virt -m boot` session, captured
-in tests/unit/data/sessions/): the same boot under other targets' names, three sessions in a row, the
-newest with a planted regression (a crash with its console lines, a new Xen) and a slower dom0:shell.
+The sessions are made from a real session.json (a `./run test --target=qemu-virt -m boot` session, its
+test_dom0.py tests captured in tests/unit/data/sessions/): the same boot under other targets' names, three
+sessions in a row, the newest with a planted regression (a crash with its console lines, a new Xen) and a
+slower dom0:shell.
 """
 
 from __future__ import annotations
