@@ -24,8 +24,9 @@ CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
-th.test{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;font-size:12px}
-td.cell{color:#fff;font-size:12px;text-align:center;white-space:nowrap}
+th.test{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;font-size:11px;max-height:22em}
+td.cell{color:#fff;font-size:11px;text-align:center;white-space:nowrap;padding:2px 3px}
+tr.target-row th{white-space:nowrap}.matrix-box{overflow-x:auto}
 .badge{display:inline-block;color:#fff;border-radius:3px;padding:0 6px;margin-right:4px}
 .failure{border-left:6px solid;padding:2px 10px;margin:10px 0;background:#fafafa}
 pre{background:#263238;color:#eceff1;padding:6px;overflow-x:auto;font-size:12px}
@@ -57,13 +58,14 @@ def matrix(report: Report) -> str:
         cells = []
         for test in tests:
             klass = report.cell(target, test)
-            cells.append(f'<td class="cell c-{klass or "none"}" title="{escape(target)}::{escape(test)}">'
-                         f'{escape(klass or "not run")}</td>')
+            word = {"passed": "pass", "skipped": "skip", "": "not run"}.get(klass, klass)  # failures in full
+            cells.append(f'<td class="cell c-{klass or "none"}" title="{escape(target)}::{escape(test)}: '
+                         f'{escape(klass or "not run")}">{escape(word)}</td>')
         where = entry.get("where") or {}
         rows.append(f'<tr id="target-{ident(target)}" class="target-row"><th>{escape(target)}'
                     f'<div class="versions">{escape(versions_line(entry.get("versions")))}'
                     f'{" on " + escape(where["place"]) if where.get("place") else ""}</div></th>{"".join(cells)}</tr>')
-    return f'<table id="matrix"><tr><th>target</th>{head}</tr>{"".join(rows)}</table>'
+    return f'<div class="matrix-box"><table id="matrix"><tr><th>target</th>{head}</tr>{"".join(rows)}</table></div>'
 
 
 def failures(report: Report, out_dir: Path) -> str:
