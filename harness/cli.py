@@ -3,7 +3,8 @@
 Exit status of `harness boot` follows `git bisect run`: 0 good, 1 bad (a check failed, Xen or a
 guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd file is missing or
 not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
-`harness check` exits 0 clean, 1 findings, 2 unusable input; `harness triage` 0 passed, 1 not (an empty log
+`harness check` exits 0 clean, 1 findings, 2 unusable input; `harness report` 0, or 1 when a class named by
+--fail-on occurred, 2 for an unusable session or quarantine file; `harness triage` 0 passed, 1 not (an empty log
 too: no output is a verdict), 2 when the log cannot be read (not a file, too big) or a pattern is no regex.
 `harness diff` exits like diff(1): 0 the same for dom0, 1 different, 2 an input is no harness result.json;
 `harness matrix` 0, or 2 when the directory holds no readable result.json.
@@ -26,6 +27,7 @@ from .artifacts import run_dir_name, writable_dir
 from .errors import HarnessError, InfrastructureError, UnusableInput, UsageError
 from .findings import Finding, failures, render_table
 from .monitor import BootFailure, Line, Verdict
+from .report import session as session_summary
 
 EXIT_GOOD, EXIT_BAD, EXIT_UNTESTABLE, EXIT_LAB = 0, 1, 125, 128
 EXIT_CHECK_UNUSABLE = 2
@@ -59,6 +61,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         spec, run_dir, overrides={"xen": args.xen, "kernel": args.kernel, "initrd": args.initrd},
         on_milestone=progress, tweaks=changes, place=args.place, coordinator=args.lg_coordinator,
     )
+    started = session_summary.now()
     session.on_diagnosis = lambda diag: print("\n".join(f"  {line}" for line in diag.report()), file=out, flush=True)
     where_on_sigquit(out)
     try:
@@ -69,6 +72,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print(f"harness: {exc}", file=out)
     finally:
         result = session.close()
+        session_summary.write(run_dir, session_summary.boot_document(
+            spec.name, sorted(spec.capabilities), run_dir, started, place=args.place,
+            board=spec.name if spec.board else None, arch=spec.arch))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -335,6 +341,32 @@ def cmdline_findings(monitor) -> list[Finding]:
     return checks.check_xen_cmdline(claims, efi=firmware is not None and "U-Boot" not in firmware.text)
 
 
+# --- report -------------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .report import html, judge, outputs
+
+    sessions = outputs.gather([Path(p) for p in args.sessions], Path(args.history) if args.history else None)
+    quarantine = judge.load_quarantine(Path(args.quarantine)) if args.quarantine else []
+    blocking = outputs.fail_on(args.fail_on)
+    if args.last < 2:
+        raise UsageError(f"--last {args.last}: a trend needs at least 2 sessions.")
+    report = judge.judge(sessions, quarantine, date.today(), last=args.last, margin=outputs.margin(args.slowdown))
+    if args.output:
+        html.write(report, Path(args.output))
+    if args.kcidb:
+        from .report import kcidb
+
+        kcidb.write(report, Path(args.kcidb), origin=args.kcidb_origin)
+    print(outputs.as_json(report) if args.json else outputs.as_text(report))
+    if args.output and not args.json:
+        print(f"report: {args.output}")
+    return EXIT_BAD if blocking & set(report.counts()) else EXIT_GOOD
+
+
 # --- images and targets -------------------------------------------------------------------------
 
 
@@ -539,6 +571,24 @@ def parser() -> argparse.ArgumentParser:
     mx.add_argument("--json", action="store_true")
     mx.set_defaults(func=cmd_matrix)
 
+    rp = sub.add_parser("report", help="judge a session against earlier ones: each failure's class (regression, "
+                                       "still-failing, …), trends; text, --json, HTML (-o), KCIDB (--kcidb)")
+    rp.add_argument("sessions", nargs="+", metavar="SESSION_DIR",
+                    help="session directories (each holding session.json); the newest by start time is judged")
+    rp.add_argument("--history", metavar="DIR", help="a directory of earlier session directories")
+    rp.add_argument("-o", "--output", metavar="report.html", help="write the self-contained HTML report here")
+    rp.add_argument("--fail-on", metavar="CLASS[,CLASS]", help="exit 1 when a failure of these classes occurred, "
+                                                             "e.g. regression")
+    rp.add_argument("--quarantine", metavar="FILE", help="YAML or JSON list of {pattern: 'target::test', reason, "
+                                                         "expires: YYYY-MM-DD}")
+    rp.add_argument("--slowdown", default="25%", help="flag a milestone slower than its recent median by this "
+                                                      "margin (default 25%%)")
+    rp.add_argument("--last", type=int, default=10, help="sessions the trends look back over (default 10)")
+    rp.add_argument("--kcidb", metavar="FILE", help="write the judged session as KCIDB JSON (validated)")
+    rp.add_argument("--kcidb-origin", default="xenarmharness", help="KCIDB origin of the ids (default xenarmharness)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_report)
+
     tl = sub.add_parser("targets", help="list the targets")
     tl.add_argument("--json", action="store_true")
     tl.set_defaults(func=cmd_targets)
@@ -552,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         return cmd_version(args)
     if args.command is None:
-        cli.error("choose a verb: boot, check, images, triage, diff, matrix or targets (harness -h says what each "
-                  "does)")
+        cli.error("choose a verb: boot, check, images, triage, report, diff, matrix or targets (harness -h says "
+                  "what each does)")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="harness: %(message)s", stream=sys.stderr
     )

@@ -15,6 +15,9 @@ its entry point. What it promises, and how it keeps each promise:
   signature, artifacts); the session's artifacts directory is a junit suite property.
 - A session that booted ends with the Xen x Linux matrix over its boots, matrix.md and matrix.json in its
   artifacts directory (harness/report/matrix.py), written once, by the controller.
+- The session ends with its summary, session.json (harness/report/session.py), from every test's reports
+  and each boot's result.json, and report.html judging it against the earlier sessions beside it
+  (`harness report`); the terminal summary names both.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .boot import BootSession
 from .errors import HarnessError
 from .lab.process import die_with_parent
 from .monitor import BootFailure, Verdict, verdict_class
+from .report import session as summary
 from .result import BootResult
 from .targets import TargetSpec
 
@@ -37,6 +41,8 @@ ARTIFACTS = pytest.StashKey[Path]()  # the session's artifacts directory
 RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose machine still runs
 BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
 MATRIX_LEFT_OUT = pytest.StashKey[list[str]]()  # what the session's matrix.md could not show, each with why
+STARTED = pytest.StashKey[str]()  # the session's start, UTC
+WRITTEN = pytest.StashKey[list[Path]]()  # session.json and report.html, once written
 
 SHARED_BOOT = "booted"  # the fixture whose tests share one boot of their target
 CLAIM = ".booted-by"  # in a target's artifacts: who booted it in this session
@@ -81,6 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TARGETS] = {spec.name: spec for spec in specs}
     config.stash[RUNNING] = {}
     config.stash[BLOCKED] = {}
+    config.stash[STARTED] = summary.now()
+    config.stash[WRITTEN] = []
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(SessionSummary(config), "harness-session-summary")
     if artifacts.SESSION_ENV not in os.environ:  # the controller (or a run without xdist): its workers inherit it
         root = (config.getoption("artifacts") or artifacts.default_root()).resolve()
         os.environ[artifacts.SESSION_ENV] = str(artifacts.run_dir_name(root, "pytest"))  # made by the first boot
@@ -123,6 +133,83 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"harness matrix (Xen x Linux, each witness): {table}")
     for why in config.stash.get(MATRIX_LEFT_OUT, []):
         terminalreporter.write_line(f"harness matrix: left out: {why}", yellow=True)
+    for path in config.stash[WRITTEN]:
+        terminalreporter.write_line(f"harness {path.name}: {path}")
+
+
+# --- session.json -----------------------------------------------------------------------------------------
+
+
+def attempt_verdict(report: pytest.TestReport, so_far: str | None) -> str | None:
+    """A test attempt's verdict after one of its phases: a setup or teardown failure is an error, a call's a
+    failure, a skip wherever it happens a skip; a passing phase changes nothing."""
+    if report.skipped:
+        return "skipped"
+    if report.failed:
+        return "failed" if report.when == "call" else (so_far if so_far == "failed" else "error")
+    return so_far or ("passed" if report.when == "call" else None)
+
+
+def why(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
+        return str(report.longrepr[2])
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return crash.message if crash is not None else report.longreprtext
+
+
+class SessionSummary:
+    """The controller's record of every target's tests (xdist forwards its workers' reports to it), written
+    as session.json when the session ends, with report.html judging it against the sessions beside it."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.tests: dict[str, dict[str, dict]] = {}  # target -> {test: its entry}
+        self.attempt: dict[str, tuple[str | None, str]] = {}  # nodeid -> this attempt's verdict so far, why
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        target = getattr(report, "harness_target", None)  # set where the test ran (pytest_runtest_makereport)
+        if target is None:
+            return
+        so_far, reason = self.attempt.get(report.nodeid, (None, ""))
+        verdict = attempt_verdict(report, so_far)
+        if verdict != so_far and verdict != "passed":
+            reason = why(report)
+        if report.when != "teardown":
+            self.attempt[report.nodeid] = (verdict, reason)
+            return
+        self.attempt.pop(report.nodeid, None)
+        if verdict is not None:
+            entry = self.tests.setdefault(target, {"tests": {}})
+            summary.record_attempt(entry, summary.test_name(report.nodeid, target), verdict, reason)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.tests:
+            return  # no target's test ran (the unit tests): no session to summarize
+        config = self.config
+        directory = config.stash[ARTIFACTS]
+        specs = config.stash[TARGETS]
+        entries = {}
+        for name, recorded in self.tests.items():
+            spec = specs[name]
+            result = summary.read_result(directory / name / "result.json")
+            entry = summary.target_entry(sorted(spec.capabilities), result, f"{name}/result.json",
+                                         place=config.getoption("place"), board=name if spec.board else None,
+                                         arch=spec.arch)
+            entries[name] = entry | {"tests": recorded["tests"]}
+        try:
+            artifacts.writable_dir(directory)
+        except HarnessError as exc:
+            session.config.get_terminal_writer().line(f"harness: no session.json: {exc}")
+            return
+        config.stash[WRITTEN].append(summary.write(directory, summary.document("pytest", config.stash[STARTED],
+                                                                                  entries)))
+        from .report.outputs import write_session_report
+
+        try:
+            config.stash[WRITTEN].extend(write_session_report(directory))
+        except HarnessError as exc:  # an unreadable session beside this one: say so, keep the session's outcome
+            session.config.get_terminal_writer().line(f"harness: no report.html: {exc}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -272,10 +359,15 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         running.pop(name).close()
 
 
-def pytest_runtest_makereport(item: pytest.Item, call) -> None:
-    """Every test of a boot carries the boot's facts into junit (its reports carry them from xdist workers)."""
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Every test of a boot carries the boot's facts into junit (its reports carry them from xdist workers);
+    every report of a target's test names its target, for session.json (xdist sends a report's attributes)."""
     if call.when == "setup" and shares_boot(item) and (session := item.config.stash[RUNNING].get(target_of(item))):
         item.user_properties += [(f"harness:{k}", v) for k, v in boot_facts(session.result).items() if v]
+    report = yield
+    report.harness_target = target_of(item)
+    return report
 
 
 def boot_facts(result: BootResult) -> dict[str, str | None]:

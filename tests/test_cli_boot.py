@@ -18,6 +18,14 @@ from harness.xenbuild import build_xen, xen_source
 pytestmark = [pytest.mark.boot, pytest.mark.requires("fault-injection"), pytest.mark.requires("extended-regions")]
 
 
+def one_boot_session(artifacts: Path) -> tuple[dict, dict]:
+    """The session.json a `harness boot --artifacts DIR` run writes: its one target, and its one test."""
+    doc = json.loads((artifacts / "session.json").read_text())
+    assert doc["kind"] == "boot" and len(doc["targets"]) == 1, doc
+    [target] = doc["targets"].values()
+    return target, target["tests"]["harness boot"]
+
+
 def harness(*args: str, artifacts: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", "boot", *args, "--artifacts", str(artifacts)],
                           capture_output=True, text=True, timeout=900)
@@ -43,6 +51,7 @@ def test_a_build_that_cannot_boot_is_untestable(what: str, target_spec: TargetSp
     assert run.returncode == 125, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert "--xen" in run.stdout + run.stderr or "Xen image" in run.stdout + run.stderr
+    assert one_boot_session(tmp_path / "run")[1]["verdict"] == "error"  # as pytest reports a boot it cannot have
 
 
 def test_a_bad_boot_exits_1_with_its_timeline(target_spec: TargetSpec, tmp_path: Path) -> None:
@@ -51,6 +60,13 @@ def test_a_bad_boot_exits_1_with_its_timeline(target_spec: TargetSpec, tmp_path:
     assert "Xen banner" in run.stdout and "dom0 loading" in run.stdout  # the milestones it reached
     assert "verdict: CRASHED (xen-dom0-memory after 'dom0-loading')" in run.stdout
     assert "Failed to allocate requested dom0 memory" in run.stdout  # the evidence
+    target, test = one_boot_session(tmp_path / "run")
+    boot = target["boot"]
+    assert (test["verdict"], boot["verdict"], boot["class"], boot["stage"], boot["signature"]) == (
+        "failed", "crashed", "build", "dom0-loading", "xen-dom0-memory"), target
+    assert any("Failed to allocate requested dom0 memory" in line for line in boot["evidence"]), boot["evidence"]
+    assert (tmp_path / "run" / boot["console"]).is_file() and "xen-banner" in boot["milestones"]
+    assert target["versions"]["xen"] == next(c[4:] for c in target["capabilities"] if c.startswith("xen-"))
 
 
 def test_a_scheduler_xen_does_not_have_fails_the_boot(target_spec: TargetSpec, tmp_path: Path) -> None:
@@ -69,6 +85,8 @@ def test_a_lab_failure_exits_128(target_spec: TargetSpec, tmp_path: Path) -> Non
     run = harness("--target", str(target_spec.path), "--fault", "qemu-rejects-option", artifacts=tmp_path / "run")
     assert run.returncode == 128, run.stdout + run.stderr
     assert "invalid option" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
+    target, test = one_boot_session(tmp_path / "run")
+    assert (test["verdict"], target["boot"]["class"]) == ("error", "lab"), target
 
 
 def test_ctrl_backslash_asks_where_the_boot_is_and_goes_on(target_spec: TargetSpec, tmp_path: Path) -> None:

@@ -182,3 +182,43 @@ def test_an_untestable_build_is_one_error_and_blocks_the_targets_other_tests(tmp
     assert "1 error" in summary and "skipped" in summary and "passed" not in summary, run.stdout[-3000:]
     assert "qemu-virt: untestable build: --xen" in run.stdout, run.stdout[-3000:]
     assert "blocked: qemu-virt could not be booted (untestable build" in run.stdout, run.stdout[-3000:]
+
+
+VERDICTS = '''
+import pytest
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("planted setup failure")
+
+def test_fails(booted):
+    assert 1 == 2, "planted failure"
+
+def test_skips(booted):
+    pytest.skip("planted skip")
+
+def test_errors(booted, broken):
+    pass
+'''
+
+
+def test_the_session_writes_session_json_and_its_report_from_xdist_workers(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "test_verdicts.py").write_text(VERDICTS)
+    run, _ = session(tmp_path, "-n", "2", "--target=qemu-virt,qemu-a15", "test_verdicts.py",
+                     "test_spread.py::test_shares_the_boot", "test_spread.py::test_needs_no_target")
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    [directory] = (tmp_path / "artifacts").glob("*-pytest-*")
+    doc = json.loads((directory / "session.json").read_text())
+    assert (doc["schema"], doc["kind"], sorted(doc["targets"])) == (1, "pytest", ["qemu-a15", "qemu-virt"]), doc
+    for target in doc["targets"].values():
+        verdicts = {test: t["verdict"] for test, t in target["tests"].items()}
+        assert verdicts == {"test_verdicts.py::test_fails": "failed", "test_verdicts.py::test_skips": "skipped",
+                            "test_verdicts.py::test_errors": "error",
+                            **{f"test_spread.py::test_shares_the_boot[{n}]": "passed" for n in range(8)}}, verdicts
+        assert "planted failure" in target["tests"]["test_verdicts.py::test_fails"]["message"]
+        assert "planted setup failure" in target["tests"]["test_verdicts.py::test_errors"]["message"]
+        assert target["boot"] is None and target["versions"]["xen"] in ("4.17", "4.20"), target  # the fake boot
+    assert f"harness session.json: {directory / 'session.json'}" in run.stdout, run.stdout[-2000:]
+    assert f"harness report.html: {directory / 'report.html'}" in run.stdout, run.stdout[-2000:]
+    assert 'id="target-qemu-a15"' in (directory / "report.html").read_text()

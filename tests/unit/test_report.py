@@ -1,261 +1,300 @@
-"""`harness diff` and `harness matrix` over captured real result.json files, and over inputs that are none.
-
-The captures (tests/unit/data/report/) are the result.json of real boots, trimmed to the keys the reports read
-(schema, target, verdict, xen, guests.dom0, witnesses.dom0's xen and kernel, matrix):
-- qemu-virt-result.json and qemu-virt-gicv2-result.json: Debian 12's Xen 4.17.7 and Linux 6.1.0-56-cloud-arm64
-  on QEMU virt with GICv3 and with GICv2, the same day;
-- qemu-virt-xen420-result.json and qemu-virt-linux612-result.json: QEMU virt, GICv3, with Debian 13's Xen 4.20.5-pre
-  and Linux 6.12.118+deb13-cloud-arm64, and with Xen 4.17.7 and that 6.12 (a new guest on an old Xen);
-- qemu-a15-older-result.json: Xen 4.17.5 and 6.1.0-50-armmp-lpae on a Cortex-A15, written by the harness before
-  it kept the hypervisor node, the kernel's Xen lines and /proc/iomem's (so those are 'not recorded').
-"""
+"""`harness report`: each failure's class against earlier sessions, on small synthetic session.json files built
+by the harness's own writer; trends and slowdowns; bad inputs refused in one sentence."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from datetime import date
 from pathlib import Path
 
 import pytest
-from test_cli_check import harness, one_line_error
+from test_cli_check import harness
 
-from harness.errors import UnusableInput
-from harness.report import diff, matrix
-from harness.result import SCHEMA_VERSION, load
+from harness.cli import main
+from harness.errors import UsageError
+from harness.report import judge, outputs, session
 
-DATA = Path(__file__).parent / "data" / "report"
-VIRT, GICV2, A15_OLDER, XEN420, LINUX612 = (DATA / f"{name}-result.json" for name in (
-    "qemu-virt", "qemu-virt-gicv2", "qemu-a15-older", "qemu-virt-xen420", "qemu-virt-linux612"))
-
-
-def record(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-# --- harness diff ---------------------------------------------------------------------------------
-
-
-def test_the_same_boot_twice_is_no_difference_and_exits_0():
-    run = harness("diff", VIRT, VIRT)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.splitlines()[-1] == "no difference for dom0"
-    assert json.loads(harness("diff", "--json", VIRT, VIRT).stdout)["same"] is True
+TODAY = date(2026, 12, 3)
+GOOD_BOOT = {"verdict": "passed", "milestones": {"xen-banner": 0.05, "dom0:kernel": 0.6, "dom0:shell": 4.0}}
+CRASH = {"verdict": "crashed", "failure": {"verdict": "crashed", "stage": "dom0:kernel", "signature": "guest-panic",
+                                           "evidence": ["    1.20s  Kernel panic - not syncing: planted"]},
+         "milestones": {"xen-banner": 0.05, "dom0:kernel": 0.6}}
+HANG = {"verdict": "hung", "failure": {"verdict": "hung", "stage": "dom0:init", "signature": "dom0-console-silent",
+                                       "evidence": ["    9.00s  (XEN) silence"]},
+        "milestones": {"xen-banner": 0.05, "dom0:kernel": 0.6}}
+LAB = {"verdict": "infrastructure-error", "error": "QEMU exited before Xen's banner (planted)", "milestones": {}}
+TESTS = ("tests/test_dom0.py::test_boot", "tests/test_dom0.py::test_grant_table")
 
 
-def test_gicv3_against_gicv2_differs_in_the_events_interrupts_chip_and_only_there_for_dom0():
-    left, right = record(VIRT)["guests"]["dom0"], record(GICV2)["guests"]["dom0"]
-    assert left["event_irq"]["chip"] != right["event_irq"]["chip"]  # what the two captures say: GICv3, GIC-0
-    run = harness("diff", VIRT, GICV2)
-    assert run.returncode == 1, run.stdout + run.stderr
-    l_irq, r_irq = left["event_irq"], right["event_irq"]
-    expected = (f"  events interrupt: hwirq {l_irq['hwirq']} on {l_irq['chip']}, {l_irq['type']} → "
-                f"hwirq {r_irq['hwirq']} on {r_irq['chip']}, {r_irq['type']}")
-    assert expected in run.stdout.splitlines(), run.stdout
-    changes = diff.compare(record(VIRT), record(GICV2))
-    # the same Xen gave both dom0s the same node, grant table, PPI, extended regions and memory
-    assert {c.section for c in changes} == {"dom0's kernel"}, changes
+def build(xen: str = "sha-a") -> dict:
+    return {"images": {"xen": {"sha256": xen, "origin": f"debian xen {xen}"},
+                       "kernel": {"sha256": "k1", "origin": "debian linux"}}}
 
 
-def test_what_xen_420_and_linux_612_changed_for_dom0_is_one_command():
-    left, right = record(VIRT), record(XEN420)
-    run = harness("diff", VIRT, XEN420)
-    assert run.returncode == 1, run.stdout + run.stderr
-    changes = {(c.section, c.field): (c.left, c.right) for c in diff.compare(left, right)}
-    l_node, r_node = left["guests"]["dom0"]["hypervisor_node"], right["guests"]["dom0"]["hypervisor_node"]
-    assert changes[("hypervisor node", "compatible")] == (", ".join(l_node["compatible"]),
-                                                          ", ".join(r_node["compatible"]))
-    assert r_node["compatible"][0] == "xen,xen-4.20"  # what the capture says: the booted Xen first
-    for i, (was, now) in enumerate(zip(l_node["reg"][1:], r_node["reg"][1:], strict=True), start=1):
-        assert was != now  # Xen 4.20 ends each extended region 2 MiB lower than 4.17 on this machine
-        assert changes[("hypervisor node", f"reg[{i}] (extended region)")] == (was, now)
-        assert changes[("Xen's claims", f"d0 extended region[{i - 1}]")] == (was, now)  # Xen's log says the same
-    assert ("hypervisor node", "reg[0] (grant table)") not in changes  # the grant table did not move
-    assert changes[("dom0's kernel says", "Xen N.N support found")] == ("Xen 4.17 support found",
-                                                                       "Xen 4.20 support found")
-    assert changes[("dom0's kernel", "release")] == (left["guests"]["dom0"]["kernel"],
-                                                     right["guests"]["dom0"]["kernel"])
-    # 6.12 words every other line about Xen as 6.1 does, and neither lists a Xen entry in /proc/iomem
-    assert {section for section, _ in changes} == {"hypervisor node", "Xen's claims", "dom0's kernel",
-                                                   "dom0's kernel says"}
-    assert len([k for k in changes if k[0] == "dom0's kernel says"]) == 1
-    assert "  compatible: xen,xen-4.17, xen,xen → xen,xen-4.20, xen,xen" in run.stdout.splitlines()
+def make(root: Path, name: str, started: str, targets: dict[str, tuple[dict, dict[str, list[str]]]],
+         xen: str = "sha-a") -> Path:
+    """A session directory: {target: (result.json's fields, {test: attempts})}."""
+    directory = root / name
+    directory.mkdir(parents=True)
+    entries = {}
+    for target, (result, tests) in targets.items():
+        entry = session.target_entry(["xen-4.17", "linux-6.1"], result | build(xen) | {"host": "lab1"},
+                                     f"{target}/result.json")
+        for test, attempts in tests.items():
+            for verdict in attempts:
+                session.record_attempt(entry, test, verdict, f"planted {verdict}" if verdict != "passed" else "")
+        entries[target] = entry
+    doc = session.document("pytest", started, entries)
+    session.write(directory, doc)
+    return directory
 
 
-def test_the_header_names_each_boots_target_xen_and_linux():
-    lines = harness("diff", VIRT, GICV2).stdout.splitlines()
-    for line, path in zip(lines[:2], (VIRT, GICV2), strict=True):
-        r = record(path)
-        for said in (r["target"], f"Xen {r['xen']['release']}", f"Linux {r['guests']['dom0']['kernel']}", str(path)):
-            assert said in line, f"expected {said!r} in the header line {line!r}"
+def report_cli(capsys, *args) -> tuple[int, str, str]:
+    """`harness report ARGS` in this process (the real exit status is tested once, in a subprocess)."""
+    code = main(["report", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
-def test_another_xen_and_kernel_show_as_field_left_to_right_and_what_the_older_boot_did_not_keep():
-    left, right = record(VIRT), record(A15_OLDER)
-    changes = {(c.section, c.field): (c.left, c.right) for c in diff.compare(left, right)}
-    assert changes[("Xen's claims", "version")] == (left["xen"]["release"], right["xen"]["release"])
-    assert changes[("Xen's claims", "grant table")] == (left["xen"]["grant"], right["xen"]["grant"])
-    assert changes[("Xen's claims", "d0 extended region[0]")] == (left["xen"]["extended"]["d0"][0], diff.ABSENT)
-    assert changes[("dom0's kernel", "release")] == (left["guests"]["dom0"]["kernel"],
-                                                     right["guests"]["dom0"]["kernel"])
-    for section in ("hypervisor node", "/proc/iomem (Xen)", "dom0's kernel says"):  # one line each, not one a field
-        assert [k for k in changes if k[0] == section] == [(section, "recorded")]
-        assert changes[(section, "recorded")] == ("yes", matrix.NOT_RECORDED)
-    assert changes[("dom0's kernel", "Linux version")] == (left["guests"]["dom0"]["linux_version"],
-                                                           matrix.NOT_RECORDED)
-    out = json.loads(harness("diff", "--json", VIRT, A15_OLDER).stdout)
-    assert out["same"] is False and out["right"]["target"] == "qemu-a15" and out["right"]["linux_version"] == "6.1"
-    assert {"section": "Xen's claims", "field": "grant table", "left": left["xen"]["grant"],
-            "right": right["xen"]["grant"]} in out["differences"]
+def one_sentence(capsys, *args) -> str:
+    code, out, err = report_cli(capsys, *args)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith("harness: "), (code, out, err)
+    return err
 
 
-def test_a_kernel_line_worded_alike_with_other_numbers_is_one_change():
-    left = record(VIRT)
-    right = json.loads(json.dumps(left))
-    lines = right["guests"]["dom0"]["xen_lines"]
-    found = lines.index("Xen 4.17 support found")
-    lines[found] = "Xen 4.20 support found"
-    assert [(c.field, c.left, c.right) for c in diff.compare(left, right)] == [
-        ("Xen N.N support found", "Xen 4.17 support found", "Xen 4.20 support found")]
+def passing(*targets: str, boot: dict = GOOD_BOOT) -> dict:
+    return {t: (boot, {test: ["passed"] for test in TESTS}) for t in targets}
 
 
-def test_an_artifacts_directory_is_read_as_its_result_json(tmp_path: Path):
-    shutil.copy(VIRT, tmp_path / "result.json")
-    assert harness("diff", tmp_path, VIRT).returncode == 0
+def classes(report: judge.Report) -> dict[str, str]:
+    return {f"{f.target}::{f.test}": f.klass for f in report.failures}
 
 
-def fifo(tmp_path: Path) -> Path:
-    os.mkfifo(tmp_path / "fifo.json")
-    return tmp_path / "fifo.json"
+def load(*dirs: Path) -> list[session.Session]:
+    return [session.load(d) for d in dirs]
 
 
-@pytest.mark.parametrize(("make", "said"), [
-    (lambda d: d / "missing.json", "does not exist: give a result.json a boot wrote"),
-    (lambda d: d, "result.json does not exist: give a result.json a boot wrote, or the artifacts directory"),
-    (lambda d: (d / "log.json").write_text("(XEN) Xen version 4.17\n") and d / "log.json", "is not JSON"),
-    (lambda d: (d / "list.json").write_text("[1, 2]") and d / "list.json",
-     "is not a harness result.json (it has no schema, target, verdict)"),
-    (lambda d: (d / "other.json").write_text('{"schema": 2, "name": "x"}') and d / "other.json",
-     "is not a harness result.json (it has no target, verdict)"),
-    (lambda d: (d / "new.json").write_text(json.dumps({"schema": SCHEMA_VERSION + 1, "target": "t",
-                                                       "verdict": "passed"})) and d / "new.json",
-     f"which this harness (schema {SCHEMA_VERSION}) cannot read"),
-    (lambda d: (d / "deep.json").write_text("[" * 100_000) and d / "deep.json", "is not JSON"),
-    (fifo, "is a FIFO, not a file"),
-], ids=["missing", "directory-without-result", "not-json", "json-list", "other-json", "newer-schema", "deep",
-        "fifo"])
-def test_an_input_that_is_no_result_json_is_one_sentence_and_exit_2(tmp_path: Path, make, said: str):
-    bad = make(tmp_path)
-    run = harness("diff", "--json", VIRT, bad)
-    assert run.returncode == 2, f"expected exit 2, found {run.returncode}: {run.stdout}{run.stderr}"
-    line = one_line_error(run)
-    assert said in line and str(bad) in line, f"expected {said!r} naming {bad}, found {line!r}"
-    with pytest.raises(UnusableInput, match="give a result.json a boot wrote|compare it with the harness"):
-        load(bad)
+def test_a_planted_regression_is_the_one_regression_and_the_rest_is_as_before(tmp_path: Path):
+    before = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt", "qemu-a15"))
+    targets = passing("qemu-virt") | {"qemu-a15": (CRASH, {TESTS[0]: ["failed"], TESTS[1]: ["passed"]})}
+    after = make(tmp_path, "s2", "2026-12-02T00:00:00Z", targets, xen="sha-b")  # a new Xen
+    report = judge.judge(load(after, before), [], TODAY)
+    assert classes(report) == {f"qemu-a15::{TESTS[0]}": "regression"}, classes(report)
+    failure = report.failures[0]
+    assert (failure.baseline, failure.stage, failure.signature) == ("s1", "dom0:kernel", "guest-panic"), failure
+    assert failure.evidence == CRASH["failure"]["evidence"] and failure.console == "qemu-a15/console.log"
+    assert report.cell("qemu-virt", TESTS[0]) == "passed" and report.cell("qemu-a15", TESTS[1]) == "passed"
 
 
-def test_diff_wants_two_boots():
-    run = harness("diff", VIRT)
-    assert run.returncode == 2 and "the following arguments are required: right" in run.stderr
+def test_fail_on_regression_exits_1_only_for_a_regression(tmp_path: Path):
+    before = make(tmp_path, "h/s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    after = make(tmp_path, "s2", "2026-12-02T00:00:00Z", {"qemu-virt": (CRASH, {TESTS[0]: ["failed"]})}, xen="sha-b")
+    proc = harness("report", after, "--history", before.parent, "--fail-on", "regression")
+    assert proc.returncode == 1 and "regression" in proc.stdout, proc.stdout + proc.stderr
+    assert harness("report", after, "--history", before.parent, "--fail-on", "lab,never-passed").returncode == 0
 
 
-# --- the matrix -----------------------------------------------------------------------------------
+def test_same_failure_as_the_baseline_is_still_failing_and_another_is_failing_differently(tmp_path: Path):
+    s0 = make(tmp_path, "s0", "2026-11-30T00:00:00Z", passing("qemu-virt"))
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", {"qemu-virt": (CRASH, {TESTS[0]: ["failed"]})}, xen="sha-b")
+    same = make(tmp_path, "s2", "2026-12-02T00:00:00Z", {"qemu-virt": (CRASH, {TESTS[0]: ["failed"]})}, xen="sha-c")
+    other = make(tmp_path, "s3", "2026-12-02T00:00:00Z", {"qemu-virt": (HANG, {TESTS[0]: ["failed"]})}, xen="sha-c")
+    assert classes(judge.judge(load(same, s1, s0), [], TODAY)) == {f"qemu-virt::{TESTS[0]}": "still-failing"}
+    report = judge.judge(load(other, s1, s0), [], TODAY)
+    assert classes(report) == {f"qemu-virt::{TESTS[0]}": "failing-differently"}
+    assert "crashed / dom0:kernel / guest-panic then, failed / hung / dom0:init" in report.failures[0].why, \
+        report.failures[0].why
 
 
-def test_a_cell_says_what_each_witness_said_of_dom0():
-    r = record(VIRT)
-    cell, dom0 = matrix.cell(r), r["guests"]["dom0"]
-    assert cell == r["matrix"]  # the boot wrote the cell this harness makes of its record
-    assert cell["xen"] == {"version": r["xen"]["version"], "release": r["xen"]["release"]}
-    assert cell["linux"] == {"version": "6.1", "release": dom0["kernel"]}
-    assert cell["witnesses"]["xen"] == {"grant": r["xen"]["grant"], "event_ppi": r["xen"]["event_ppi"],
-                                        "extended": r["xen"]["extended"]["d0"]}
-    reg = dom0["hypervisor_node"]["reg"]
-    assert cell["witnesses"]["dt"] == {"grant": reg[0], "event_ppi": dom0["hypervisor_node"]["event_intid"],
-                                       "extended": reg[1:]}
-    # Debian's 6.1 says no address of its grant table or extended regions, and lists none in /proc/iomem
-    assert cell["witnesses"]["kernel"] == {"grant": matrix.NOT_STATED, "event_ppi": dom0["event_irq"]["hwirq"],
-                                           "extended": matrix.NOT_STATED}
-    assert cell["kernel_used"] == {"grant": matrix.NOT_STATED, "unpopulated": matrix.NOT_STATED}
-    assert cell["verdict"] == r["verdict"]
+def test_a_test_that_never_passed_is_never_passed_with_or_without_history(tmp_path: Path):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", {"qemu-virt": (CRASH, {TESTS[0]: ["failed"]})})
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z", {"qemu-virt": (HANG, {TESTS[0]: ["failed"]})}, xen="sha-b")
+    assert classes(judge.judge(load(s2, s1), [], TODAY)) == {f"qemu-virt::{TESTS[0]}": "never-passed"}
+    assert classes(judge.judge(load(s2), [], TODAY)) == {f"qemu-virt::{TESTS[0]}": "never-passed"}
 
 
-def test_an_older_record_makes_a_cell_saying_what_it_did_not_keep():
-    cell = matrix.cell(record(A15_OLDER))
-    assert cell["witnesses"]["dt"] == dict.fromkeys(("grant", "event_ppi", "extended"), matrix.NOT_RECORDED)
-    assert cell["kernel_used"]["unpopulated"] == matrix.NOT_RECORDED
-    assert cell["witnesses"]["xen"]["extended"] == matrix.NOT_STATED  # that harness did not keep Xen's 32-bit line
+def test_a_pass_on_retest_or_with_the_same_versions_is_intermittent(tmp_path: Path):
+    retest = make(tmp_path, "r", "2026-12-02T00:00:00Z", {"qemu-virt": (GOOD_BOOT, {TESTS[0]: ["failed", "passed"]})})
+    report = judge.judge(load(retest), [], TODAY)
+    assert classes(report) == {f"qemu-virt::{TESTS[0]}": "intermittent"} and "retest" in report.failures[0].why
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z", {"qemu-virt": (HANG, {TESTS[0]: ["failed"]})})  # same Xen
+    report = judge.judge(load(s2, s1), [], TODAY)
+    assert classes(report) == {f"qemu-virt::{TESTS[0]}": "intermittent"}, report.failures
+    assert "passed in s1 with the same Xen and kernel" in report.failures[0].why
 
 
-def session(tmp_path: Path, *captures: Path) -> Path:
-    for path in captures:  # one directory per target, as a pytest session writes them
-        (tmp_path / record(path)["target"]).mkdir()
-        shutil.copy(path, tmp_path / record(path)["target"] / "result.json")
-    return tmp_path
+def test_a_lab_failure_is_lab_whatever_the_history(tmp_path: Path):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z",
+              {"qemu-virt": (LAB, {TESTS[0]: ["error"], TESTS[1]: ["skipped"]})},
+              xen="sha-b")
+    report = judge.judge(load(s2, s1), [], TODAY)
+    assert classes(report) == {f"qemu-virt::{TESTS[0]}": "lab"}, classes(report)
+    assert "QEMU exited before Xen's banner" in report.failures[0].why
 
 
-def test_the_table_has_a_row_per_witness_sorted_by_xen_then_linux(tmp_path: Path):
-    run = harness("matrix", session(tmp_path, VIRT, A15_OLDER, GICV2))
-    assert run.returncode == 0, run.stderr
-    rows = [line.split(" | ") for line in run.stdout.splitlines()[2:]]
-    assert len(rows) == 3 * 4
-    firsts = [row[2] for row in rows if row[2]]
-    assert firsts == ["qemu-a15", "qemu-virt", "qemu-virt-gicv2"]  # Xen 4.17.5 before 4.17.7, then by target
-    virt = rows[4:8]
-    v = record(VIRT)
-    assert [row[3] for row in virt] == ["Xen's log", "dom0's tree", "dom0's kernel", "kernel used"]
-    assert virt[0][4:7] == [v["xen"]["grant"], str(v["xen"]["event_ppi"]), ", ".join(v["xen"]["extended"]["d0"])]
-    assert virt[0][0] == "| " + v["xen"]["release"] and virt[0][7] == v["verdict"] + " |"
-    cells = json.loads(harness("matrix", "--json", tmp_path).stdout)
-    assert [c["target"] for c in cells] == firsts and cells[1]["result"].endswith("qemu-virt/result.json")
+def quarantine_file(tmp_path: Path, expires: str) -> Path:
+    path = tmp_path / "quarantine.yaml"
+    path.write_text(f"- pattern: 'qemu-a15::*test_boot'\n  reason: bug 42, a15 panics under TCG\n"
+                    f"  expires: {expires}\n")
+    return path
 
 
-def test_write_makes_matrix_md_and_json_or_nothing_without_boots(tmp_path: Path):
-    assert matrix.write(tmp_path) == matrix.Found()
-    assert not (tmp_path / "matrix.md").exists()
-    found = matrix.write(session(tmp_path, VIRT, GICV2))
-    assert len(found.cells) == 2 and found.left_out == []
-    assert (tmp_path / "matrix.md").read_text() == matrix.table([matrix.cell(record(VIRT)),
-                                                                 matrix.cell(record(GICV2))]) + "\n"
-    assert [c["result"] for c in json.loads((tmp_path / "matrix.json").read_text())] == [
-        "qemu-virt/result.json", "qemu-virt-gicv2/result.json"]
+def test_quarantine_until_it_expires_then_the_failure_is_classed_and_the_entry_reported(tmp_path: Path):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-a15"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z", {"qemu-a15": (CRASH, {TESTS[0]: ["failed"]})}, xen="sha-b")
+    active = judge.load_quarantine(quarantine_file(tmp_path, "2026-12-31"))
+    report = judge.judge(load(s2, s1), active, TODAY)
+    assert classes(report) == {f"qemu-a15::{TESTS[0]}": "quarantined"} and report.expired == []
+    assert report.failures[0].quarantine == "bug 42, a15 panics under TCG"
+    expired = judge.load_quarantine(quarantine_file(tmp_path, "2026-12-01"))
+    report = judge.judge(load(s2, s1), expired, TODAY)
+    assert classes(report) == {f"qemu-a15::{TESTS[0]}": "regression"}
+    assert report.expired == [{"pattern": "qemu-a15::*test_boot", "reason": "bug 42, a15 panics under TCG",
+                               "expires": "2026-12-01", "would_match": [f"qemu-a15::{TESTS[0]}"]}], report.expired
+    assert "expired 2026-12-01" in report.failures[0].quarantine
 
 
-@pytest.mark.parametrize(("make", "said"), [
-    (lambda d: d / "nowhere", "is not a directory: give a session's artifacts directory"),
-    (lambda d: (d / "f").write_text("x") and d / "f", "is not a directory"),
-    (lambda d: d, "no readable result.json below"),
-], ids=["missing", "a-file", "no-boots"])
-def test_matrix_of_no_session_is_one_sentence_and_exit_2(tmp_path: Path, make, said: str):
-    run = harness("matrix", make(tmp_path))
-    assert run.returncode == 2, run.stdout + run.stderr
-    assert said in one_line_error(run)
+def test_red_since_its_first_failing_session_with_the_attempts_since(tmp_path: Path):
+    red = {"qemu-virt": (CRASH, {TESTS[0]: ["failed"]})}
+    dirs = [make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt")),
+            make(tmp_path, "s2", "2026-12-02T00:00:00Z", red),
+            make(tmp_path, "s3", "2026-12-03T00:00:00Z", passing("qemu-a15")),  # another target only
+            make(tmp_path, "s4", "2026-12-04T00:00:00Z", red)]
+    trend = judge.judge(load(*dirs), [], TODAY).trends["qemu-virt"]["red"]
+    assert trend == {"red": True, "since": "2026-12-02T00:00:00Z", "since_session": "s2", "attempts": 2,
+                     "last_green": "s1"}, trend
 
 
-def test_a_result_json_that_is_none_is_left_out_saying_why_and_the_others_still_shown(tmp_path: Path):
-    session(tmp_path, VIRT)
-    (tmp_path / "stray").mkdir()
-    (tmp_path / "stray" / "result.json").write_text('{"tests": 3}')
-    run = harness("matrix", tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines() == [f"harness: left out of the matrix: {tmp_path / 'stray' / 'result.json'} is not "
-                                       "a harness result.json (it has no schema, target, verdict): give a result.json "
-                                       "a boot wrote, or the artifacts directory holding one."]
-    assert run.stdout.count("| Xen's log |") == 1
-    (tmp_path / "qemu-virt" / "result.json").unlink()
-    run = harness("matrix", tmp_path)
-    assert run.returncode == 2 and "no readable result.json below" in run.stderr.splitlines()[-1]
+def boot_at(shell: float, banner: float = 0.05) -> dict:
+    return {"verdict": "passed", "milestones": {"xen-banner": banner, "dom0:shell": shell}}
 
 
-def test_the_table_of_real_cells_puts_xen_417_before_420_and_linux_61_before_612(tmp_path: Path):
-    run = harness("matrix", session(tmp_path, XEN420, LINUX612, VIRT))
-    order = [(row.split(" | ")[0][2:], row.split(" | ")[1]) for row in run.stdout.splitlines()[2::4]]
-    assert [(x, k.split()[0]) for x, k in order] == [("4.17.7", "6.1"), ("4.17.7", "6.12"), ("4.20.5-pre", "6.12")]
+@pytest.mark.parametrize(("newest", "banner", "flagged"), [
+    (6.0, 0.05, ["dom0:shell"]),  # 50% and 2 s slower than the median 4.0
+    (4.3, 0.05, []),  # within 25%
+    (4.0, 0.2, []),  # xen-banner 4x slower, but by 0.15 s: TCG's jitter, not a slowdown
+])
+def test_a_milestone_slower_than_its_recent_median_by_the_margin_is_flagged(tmp_path: Path, newest, banner, flagged):
+    earlier = [make(tmp_path, f"s{i}", f"2026-12-0{i}T00:00:00Z", {"qemu-virt": (boot_at(s), {TESTS[0]: ["passed"]})})
+               for i, s in enumerate([3.9, 4.0, 4.2], 1)]
+    last = make(tmp_path, "s9", "2026-12-09T00:00:00Z",
+                {"qemu-virt": (boot_at(newest, banner), {TESTS[0]: ["passed"]})})
+    trend = judge.judge(load(last, *earlier), [], TODAY, margin=0.25).trends["qemu-virt"]
+    assert [s["milestone"] for s in trend["slowdowns"]] == flagged, trend["slowdowns"]
+    assert [m["session"] for m in trend["milestones"]] == ["s9", "s3", "s2", "s1"]
+    if flagged:
+        assert trend["slowdowns"][0]["median"] == 4.0 and trend["slowdowns"][0]["sessions"] == 3
 
 
-def test_cells_sort_by_xen_then_linux_as_numbers():
-    base = matrix.cell(record(VIRT))
-    cells = [base | {"xen": {"version": x, "release": x}, "linux": {"version": k, "release": k}, "target": t}
-             for x, k, t in [("4.20", "6.12", "a"), ("4.17", "6.12", "b"), ("4.20", "6.1", "c"), ("4.17", "6.1", "d"),
-                             ("4.9", "6.1", "e"), (None, None, "f")]]
-    assert [c["target"] for c in matrix.sort_cells(cells)] == ["e", "d", "b", "c", "a", "f"]
+def test_json_has_one_line_per_failure_and_text_names_each(tmp_path: Path, capsys):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z",
+              {"qemu-virt": (CRASH, {TESTS[0]: ["failed"], TESTS[1]: ["error"]})},
+              xen="sha-b")
+    code, out, _ = report_cli(capsys, s2, s1, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    lines = [line for line in out.splitlines() if '"class": ' in line]
+    assert len(lines) == 2 == len(doc["failures"]), out
+    assert {f["class"] for f in doc["failures"]} == {"regression"} and doc["counts"] == {"regression": 2}
+    text = report_cli(capsys, s2, s1)[1]
+    assert f"regression           qemu-virt::{TESTS[0]}  failed (crashed at dom0:kernel [guest-panic])" in text, text
+
+
+def test_a_harness_boot_run_is_a_session_of_one_boot(tmp_path: Path):
+    (tmp_path / "result.json").write_text(json.dumps(CRASH | build() | {"target": "qemu-virt"}))
+    doc = session.boot_document("qemu-virt", ["xen-4.17", "linux-6.1"], tmp_path, "2026-12-02T00:00:00Z")
+    target = doc["targets"]["qemu-virt"]
+    assert target["tests"] == {session.BOOT_TEST: {"verdict": "failed", "attempts": ["failed"],
+                                                  "message": "guest-panic dom0:kernel"}}, target["tests"]
+    assert (target["boot"]["class"], target["boot"]["console"], target["versions"]["xen"]) == \
+        ("build", "console.log", "4.17")
+    (tmp_path / "result.json").write_text(json.dumps(LAB))
+    doc = session.boot_document("qemu-virt", [], tmp_path, "2026-12-02T00:00:00Z")
+    assert doc["targets"]["qemu-virt"]["tests"][session.BOOT_TEST]["verdict"] == "error"
+
+
+def test_a_test_id_loses_only_its_target_parameter():
+    assert session.test_name("t.py::test_boot[qemu-virt]", "qemu-virt") == "t.py::test_boot"
+    assert session.test_name("t.py::test_x[qemu-virt-3]", "qemu-virt") == "t.py::test_x[3]"
+    assert session.test_name("t.py::test_x[missing-kernel-qemu-a15]", "qemu-a15") == "t.py::test_x[missing-kernel]"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "holds no session.json"),
+    ("{not json", "not JSON"),
+    ("[]", "expected an object, found list"),
+    ('{"schema": 99, "started": "x", "targets": {}}', "expected schema 1, found 99"),
+    ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {"t": {"verdict": "green"}}}}}',
+     "q::t: expected a verdict among passed, failed, error, skipped, found 'green'"),
+    ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {}, "boot": {"milestones": {"x": "slow"}}}}}',
+     "target 'q': expected 'boot' to be null or an object with milestones in seconds"),
+    ('{"schema": 1, "started": "x", "targets": {"q": {"tests": {}, "versions": []}}}',
+     "target 'q': expected 'versions' and 'where' to be objects"),
+])
+def test_a_bad_session_is_one_sentence_and_exit_2(tmp_path: Path, capsys, content: str | None, expected: str):
+    if content is not None:
+        (tmp_path / "session.json").write_text(content)
+    line = one_sentence(capsys, tmp_path)
+    assert expected in line, line
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("- pattern: 'a::b'\n  reason: r\n", "entry 1: expected pattern, reason and expires, found ['pattern', 'reason']"),
+    ("- pattern: 'a::b'\n  reason: r\n  expires: soon\n", "entry 1: expires 'soon' is not a date"),
+    ("- pattern: 'no-separator'\n  reason: r\n  expires: 2026-01-01\n", "expected a 'target::test' pattern"),
+    ("pattern: x\n", "expected a list, found dict"),
+    ("[{", "not YAML or JSON"),
+])
+def test_a_bad_quarantine_file_is_one_sentence(tmp_path: Path, content: str, expected: str):
+    path = tmp_path / "q.yaml"
+    path.write_text(content)
+    with pytest.raises(UsageError, match="--quarantine") as caught:
+        judge.load_quarantine(path)
+    assert expected in str(caught.value), caught.value
+
+
+def test_bad_flags_and_files_are_one_sentence(tmp_path: Path, capsys):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    assert "not a class; choose among regression" in one_sentence(capsys, s1, "--fail-on", "regresion")
+    assert "is not a margin" in one_sentence(capsys, s1, "--slowdown", "fast")
+    assert "is not a directory" in one_sentence(capsys, s1, "--history", tmp_path / "nope")
+    assert "cannot be read" in one_sentence(capsys, s1, "--quarantine", tmp_path / "nope.yaml")
+    (tmp_path / "q.yaml").write_text("[{")
+    assert "not YAML or JSON" in one_sentence(capsys, s1, "--quarantine", tmp_path / "q.yaml")
+    assert outputs.margin("25%") == 0.25 and outputs.margin("0.4") == 0.4
+
+
+def test_kcidb_output_of_a_judged_session_validates_with_kcidb_io(tmp_path: Path, capsys):
+    from kcidb_io.schema import LATEST
+
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt", "qemu-a15"))
+    s2 = make(tmp_path, "s2", "2026-12-02T00:00:00Z", passing("qemu-virt") | {
+        "qemu-a15": (CRASH, {TESTS[0]: ["failed"], TESTS[1]: ["skipped"]})}, xen="sha-b")
+    (s2 / "qemu-a15").mkdir()
+    (s2 / "qemu-a15" / "console.log").write_text("Kernel panic - not syncing: planted\n")
+    out = tmp_path / "kcidb.json"
+    assert report_cli(capsys, s2, s1, "--kcidb", out)[0] == 0
+    data = json.loads(out.read_text())
+    LATEST.validate(data)  # kcidb-io's own check, again, on what was written
+    assert len(data["checkouts"]) == 1 and len(data["builds"]) == 2 and len(data["tests"]) == 4, data
+    failed = next(t for t in data["tests"] if t["status"] == "FAIL")
+    assert failed["id"] == f"xenarmharness:s2:qemu-a15:{TESTS[0]}" and failed["misc"]["class"] == "regression"
+    assert failed["path"] == "xen_harness.test_dom0.test_boot" and "planted" in failed["log_excerpt"]
+    assert failed["log_url"] == (s2 / "qemu-a15" / "console.log").resolve().as_uri()
+    a15 = next(c for c in data["checkouts"] if c["id"] == next(b["checkout_id"] for b in data["builds"]
+                                                               if b["config_name"] == "qemu-a15"))
+    assert a15["misc"]["xen_sha256"] == "sha-b" and a15["misc"]["xen"] == "4.17" and a15["misc"]["linux"] == "6.1"
+    assert {t["status"] for t in data["tests"]} == {"PASS", "FAIL", "SKIP"}
+
+
+def test_what_would_break_the_kcidb_schema_is_one_sentence_and_nothing_written(tmp_path: Path, capsys):
+    s1 = make(tmp_path, "s1", "last night", passing("qemu-virt"))  # not a time: KCIDB's start_time must be one
+    out = tmp_path / "kcidb.json"
+    line = one_sentence(capsys, s1, "--kcidb", out)
+    assert "does not fit schema v5." in line and "at checkouts/0/start_time: 'last night' is not a 'date-time'" in line
+    assert not out.exists()
+    assert "is not a KCIDB origin" in one_sentence(capsys, s1, "--kcidb", out, "--kcidb-origin", "Xen Lab")
