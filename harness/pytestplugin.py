@@ -9,8 +9,10 @@ its entry point. What it promises, and how it keeps each promise:
   target are kept together (the ones that share its boot first), and under xdist the plugin's own
   scheduler gives each target's tests to one worker. A claim file in the target's artifacts makes a
   second boot an error instead of a silent overwrite of the first one's logs.
-- A boot the lab could not run, or a build that cannot be booted, is one pytest *error*; the other
-  tests of that target are reported as blocked by it (skipped, naming the error), not as N errors.
+- A boot the lab could not run, or a build that cannot be booted, is one pytest *error*. A lab failure (at
+  the boot, or in a test since: the console or the power gone, a place lost) ends that target's session:
+  its remaining tests are errors, "not run (lab)", never failures, and the other targets go on. After an
+  untestable build they are blocked (skipped, naming it), as bisect's "skip this commit" wants.
 - Every test of a boot carries the boot's facts into junit (target, Xen, kernel, verdict, stage,
   signature, artifacts); the session's artifacts directory is a junit suite property.
 - A session that booted ends with the Xen x Linux matrix over its boots, matrix.md and matrix.json in its
@@ -334,7 +336,7 @@ def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifac
         result = session.close()
         running.pop(name, None)
         why = result.error or (result.failure.message() if result.failure else "")
-        words = "untestable build" if verdict is Verdict.UNTESTABLE else "infrastructure error"
+        words = "untestable build" if verdict is Verdict.UNTESTABLE else LAB
         pytestconfig.stash[BLOCKED][name] = f"{words}: {why}"
         pytest.fail(f"{name}: {words}: {why}", pytrace=False)
     yield session
@@ -342,12 +344,20 @@ def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifac
     session.close()
 
 
+LAB = "infrastructure error"  # how BLOCKED words a lab failure (an untestable build is the other kind)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test whose target's shared boot already ended in a lab error is blocked by it, not another error."""
+    """A test of a target whose boot cannot be had: after a lab failure (at its boot or in a test since) it is
+    an error, "not run (lab)", never a failure; after an untestable build it is blocked (skipped), as bisect's
+    "skip this commit" wants. The other targets go on."""
     name = target_of(item)
-    if shares_boot(item) and (why := item.config.stash[BLOCKED].get(name)):
-        pytest.skip(f"blocked: {name} could not be booted ({why.splitlines()[0]})")
+    if not shares_boot(item) or not (why := item.config.stash[BLOCKED].get(name)):
+        return
+    if why.startswith(LAB):
+        pytest.fail(f"not run (lab): {name}: {why.splitlines()[0]}", pytrace=False)
+    pytest.skip(f"blocked: {name} could not be booted ({why.splitlines()[0]})")
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -367,6 +377,13 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         item.user_properties += [(f"harness:{k}", v) for k, v in boot_facts(session.result).items() if v]
     report = yield
     report.harness_target = target_of(item)
+    failure = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(failure, BootFailure) and failure.infrastructure and shares_boot(item):
+        # the console or the power gone, a place lost: the lab ended this target's session
+        name = target_of(item)
+        item.config.stash[BLOCKED][name] = f"{LAB}: {failure.failure.message()}"
+        if session := item.config.stash[RUNNING].pop(name, None):
+            session.close()
     return report
 
 

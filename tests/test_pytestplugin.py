@@ -222,3 +222,37 @@ def test_the_session_writes_session_json_and_its_report_from_xdist_workers(tmp_p
     assert f"harness session.json: {directory / 'session.json'}" in run.stdout, run.stdout[-2000:]
     assert f"harness report.html: {directory / 'report.html'}" in run.stdout, run.stdout[-2000:]
     assert 'id="target-qemu-a15"' in (directory / "report.html").read_text()
+
+
+LAB_MIDWAY = '''
+import pytest
+from harness.monitor import BootFailure, Failure, Verdict
+
+def test_1_passes(booted):
+    pass
+
+def test_2_loses_the_console(booted):
+    raise BootFailure(Failure(Verdict.INFRASTRUCTURE, "dom0:shell", "console-lost", "the console went away", None))
+
+def test_3_after(booted):
+    pass
+
+def test_4_after(booted):
+    pass
+'''
+
+
+def test_a_lab_failure_midway_ends_that_targets_session_and_the_rest_are_errors_not_run(tmp_path: Path) -> None:
+    """The console gone in a test: that test reports it, the target's remaining tests are errors "not run (lab)"
+    (never failures, never passes), and the other target's tests go on."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "test_lab.py").write_text(LAB_MIDWAY)
+    run, _ = session(tmp_path, "-n", "0", "-rE", "--target=qemu-virt", "test_lab.py",
+                     "test_spread.py::test_needs_no_target")
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary.startswith("1 failed, 13 passed") and "2 errors" in summary and "skipped" not in summary, \
+        run.stdout[-3000:]  # 13: test_1 and the other target-free tests
+    for test in ("test_3_after", "test_4_after"):
+        assert f"ERROR test_lab.py::{test}[qemu-virt] - Failed: not run (lab): qemu-virt" in run.stdout, run.stdout
+    assert "not run (lab): qemu-virt: infrastructure error: infrastructure-error after stage 'dom0:shell': the " \
+           "console went away" in run.stdout, run.stdout[-3000:]

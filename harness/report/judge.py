@@ -3,7 +3,8 @@
 A failure's class is decided by a fixed sequence of questions, as OSSTest's flight report does
 (`sg-report-flight`), each answer kept as the failure's `why`:
 
-1. Did the lab fail (the boot's class is lab: infrastructure-error)?                 -> lab
+1. Did the lab fail (the boot's class is lab: infrastructure-error; or a test since, so that the target's
+   session ended: "not run (lab)", or the test that met it)?                        -> lab
 2. Does an unexpired quarantine entry (`target::test` glob) match it?                -> quarantined
 3. Did it pass on a retest in this session, or in another session of the same
    versions (the same Xen and kernel files booted)?                                 -> intermittent
@@ -28,6 +29,9 @@ import yaml
 
 from ..errors import UsageError
 from .session import Session
+
+# How the pytest plugin words a lab failure in a test after the boot, and the tests it left unrun.
+LAB_MIDWAY = ("not run (lab): ", "infrastructure-error after stage ")
 
 CLASSES = ("regression", "still-failing", "failing-differently", "never-passed", "intermittent", "lab",
            "quarantined")
@@ -150,6 +154,8 @@ def decide(f: Failure, newest: Session, earlier: list[Session], quarantine: list
     target, test = f.target, f.test
     if (newest.targets[target].get("boot") or {}).get("class") == "lab":
         return "lab", f"the lab failed, not the build: {(newest.targets[target]['boot'].get('error') or '')[:200]}"
+    if f.message.startswith(LAB_MIDWAY):  # the lab failed in a test after the boot (harness/pytestplugin.py)
+        return "lab", f"the lab failed, not the build: {f.message[:200]}"
     for q in quarantine:
         if q.matches(target, test):
             if q.expires >= today:

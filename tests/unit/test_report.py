@@ -135,6 +135,19 @@ def test_a_lab_failure_is_lab_whatever_the_history(tmp_path: Path):
     assert "QEMU exited before Xen's banner" in report.failures[0].why
 
 
+def test_a_lab_failure_in_a_test_after_the_boot_is_lab_and_so_are_the_tests_it_left_unrun(tmp_path: Path):
+    s1 = make(tmp_path, "s1", "2026-12-01T00:00:00Z", passing("qemu-virt"))
+    entry = session.target_entry(["xen-4.17", "linux-6.1"], GOOD_BOOT | build("sha-b"), "qemu-virt/result.json")
+    session.record_attempt(entry, TESTS[0], "failed", "infrastructure-error after stage 'dom0:shell': its power "
+                                                      "went off")
+    session.record_attempt(entry, TESTS[1], "error", "not run (lab): qemu-virt: infrastructure error: …")
+    s2 = tmp_path / "s2"
+    s2.mkdir()
+    session.write(s2, session.document("pytest", "2026-12-02T00:00:00Z", {"qemu-virt": entry}))
+    report = judge.judge(load(s2, s1), [], TODAY)
+    assert classes(report) == {f"qemu-virt::{t}": "lab" for t in TESTS}, classes(report)  # not regressions
+
+
 def quarantine_file(tmp_path: Path, expires: str) -> Path:
     path = tmp_path / "quarantine.yaml"
     path.write_text(f"- pattern: 'qemu-a15::*test_boot'\n  reason: bug 42, a15 panics under TCG\n"
