@@ -24,7 +24,10 @@ its entry point. What it promises, and how it keeps each promise:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,8 @@ RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose mach
 BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
 MATRIX_LEFT_OUT = pytest.StashKey[list[str]]()  # what the session's matrix.md could not show, each with why
 STARTED = pytest.StashKey[str]()  # the session's start, UTC
+BASELINE = pytest.StashKey[dict[str, set[str]]]()  # target -> the tests its baseline passed (retested on failure)
+SHARED = pytest.StashKey[dict[str, "SharedBoot"]]()  # target -> its boot as its tests see it
 WRITTEN = pytest.StashKey[list[Path]]()  # session.json and report.html, once written
 
 SHARED_BOOT = "booted"  # the fixture whose tests share one boot of their target
@@ -52,6 +57,14 @@ CLAIM = ".booted-by"  # in a target's artifacts: who booted it in this session
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "Xen on Arm boot harness")
+    group.addoption("--history", default=None, type=Path,
+                    help="earlier sessions (directories holding session.json) that say which tests passed in the "
+                         "baseline; default: the artifacts root. A boot test that fails here but passed in its "
+                         "baseline is retested once on a fresh boot")
+    group.addoption("--no-retest", action="store_true", help="never retest a failure that passed in the baseline")
+    group.addoption("--quarantine-verify", metavar="FILE", type=Path, default=None,
+                    help="run only the tests an unexpired entry of this quarantine file (harness report's) "
+                         "matches, and say which entries can be released (every test they match passed)")
     group.addoption("--target", default=None,
                     help="target(s): names from targets/, comma-separated, 'all', or a YAML file's path "
                          "(default: --lg-env's file, else $HARNESS_TARGET, else qemu-virt)")
@@ -90,6 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUNNING] = {}
     config.stash[BLOCKED] = {}
     config.stash[STARTED] = summary.now()
+    config.stash[SHARED] = {}
     config.stash[WRITTEN] = []
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(SessionSummary(config), "harness-session-summary")
@@ -97,6 +111,8 @@ def pytest_configure(config: pytest.Config) -> None:
         root = (config.getoption("artifacts") or artifacts.default_root()).resolve()
         os.environ[artifacts.SESSION_ENV] = str(artifacts.run_dir_name(root, "pytest"))  # made by the first boot
     config.stash[ARTIFACTS] = Path(os.environ[artifacts.SESSION_ENV])
+    history = config.getoption("history") or config.stash[ARTIFACTS].parent
+    config.stash[BASELINE] = {} if config.getoption("no_retest") else baseline_passes(history, config.stash[ARTIFACTS])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -137,6 +153,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"harness matrix: left out: {why}", yellow=True)
     for path in config.stash[WRITTEN]:
         terminalreporter.write_line(f"harness {path.name}: {path}")
+    if (recorded := config.pluginmanager.get_plugin("harness-session-summary")) is not None:
+        for line in quarantine_verdicts(config, recorded.tests):
+            terminalreporter.write_line(f"harness quarantine: {line}", green=line.startswith("release"))
 
 
 # --- session.json -----------------------------------------------------------------------------------------
@@ -147,6 +166,8 @@ def attempt_verdict(report: pytest.TestReport, so_far: str | None) -> str | None
     failure, a skip wherever it happens a skip; a passing phase changes nothing."""
     if report.skipped:
         return "skipped"
+    if report.outcome == RERUN:  # a failed attempt, retested
+        return "failed"
     if report.failed:
         return "failed" if report.when == "call" else (so_far if so_far == "failed" else "error")
     return so_far or ("passed" if report.when == "call" else None)
@@ -234,16 +255,59 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Deselect what a target cannot run; then each target's tests together, the shared boot's first."""
     specs = config.stash[TARGETS]
     order = {name: i for i, name in enumerate(specs)}
+    quarantine = quarantined(config)
     keep, drop = [], []
     for item in items:
         name = target_of(item)
         needs = [m.args[0] for m in item.iter_markers("requires")]
-        (drop if name is not None and not all(specs[name].can(n) for n in needs) else keep).append(item)
+        runs = name is None or all(specs[name].can(n) for n in needs)
+        if quarantine is not None:  # --quarantine-verify: only the target tests an entry matches
+            runs = runs and name is not None and any(q.matches(name, summary.test_name(item.nodeid, name))
+                                                     for q in quarantine)
+        (keep if runs else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
     per_target = sorted((i for i in keep if target_of(i) is not None),
                         key=lambda i: (order[target_of(i)], not shares_boot(i)))
     items[:] = per_target + [i for i in keep if target_of(i) is None]
+
+
+QUARANTINE = pytest.StashKey[list]()  # --quarantine-verify's unexpired entries
+
+
+def quarantined(config: pytest.Config) -> list | None:
+    """--quarantine-verify's unexpired entries (harness.report.judge.Quarantine), or None without it."""
+    path = config.getoption("quarantine_verify")
+    if path is None:
+        return None
+    if QUARANTINE not in config.stash:
+        from datetime import date
+
+        from .report.judge import load_quarantine
+
+        try:
+            entries = load_quarantine(path)
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[QUARANTINE] = [q for q in entries if q.expires >= date.today()]
+    return config.stash[QUARANTINE]
+
+
+def quarantine_verdicts(config: pytest.Config, tests: dict[str, dict]) -> list[str]:
+    """--quarantine-verify's answer, one line per entry: release it (every test it matches ran and passed) or
+    keep it (naming what failed, or that nothing it matches ran)."""
+    lines = []
+    for q in quarantined(config) or []:  # loaded here too: under xdist the controller collects nothing
+        ran = {f"{target}::{test}": entry["verdict"] for target, t in tests.items()
+               for test, entry in t["tests"].items() if q.matches(target, test)}
+        failed = sorted(name for name, verdict in ran.items() if verdict != "passed")
+        if not ran:
+            lines.append(f"keep    {q.pattern}: no test it matches ran here ({q.reason})")
+        elif failed:
+            lines.append(f"keep    {q.pattern}: still failing: {', '.join(failed)} ({q.reason})")
+        else:
+            lines.append(f"release {q.pattern}: its {len(ran)} test(s) passed ({q.reason}, until {q.expires})")
+    return lines
 
 
 def target_scope(nodeid: str, names: list[str]) -> str | None:
@@ -307,22 +371,29 @@ def claim_boot(directory: Path) -> None:
         f.write(me + "\n")
 
 
-@pytest.fixture(scope="session")
-def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifacts: Path, overrides):
-    """The target booted, every guest probed and checked, once for all the tests that ask.
+class SharedBoot:
+    """A target's boot as its tests see it (the `booted` fixture): the BootSession's attributes, and `reboot`,
+    which a retest calls to put a fresh boot of the same target in its place for the tests that follow."""
 
-    A boot that crashes or hangs is recorded, not raised: test_boot reports it as a failure with its
-    evidence, and the other tests fail pointing at it. A lab failure (QEMU missing, download failed,
-    the machine killed) or a build that cannot be booted is one error; the target's other tests are
-    reported as blocked by it.
-    """
-    name = target_spec.name
-    directory = session_artifacts / name
+    def __init__(self, session, reboot: Callable[[], object]) -> None:
+        self.__dict__.update(session=session, _reboot=reboot)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["session"], name)
+
+    def reboot(self) -> None:
+        self.__dict__["session"] = self.__dict__["_reboot"]()
+
+
+def boot_target(pytestconfig: pytest.Config, spec: TargetSpec, directory: Path, overrides) -> BootSession:
+    """`spec` booted into `directory` (claimed: one boot per directory), every guest probed and checked; a lab
+    failure or an untestable build is recorded in BLOCKED and fails the caller (one error)."""
+    name = spec.name
     try:
         claim_boot(directory)
     except HarnessError as exc:
         pytest.fail(str(exc), pytrace=False)
-    session = BootSession(target_spec, directory, overrides, place=pytestconfig.getoption("place"),
+    session = BootSession(spec, directory, overrides, place=pytestconfig.getoption("place"),
                           coordinator=pytestconfig.getoption("lg_coordinator", default=None))
     running = pytestconfig.stash[RUNNING]
     running[name] = session
@@ -339,12 +410,98 @@ def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifac
         words = "untestable build" if verdict is Verdict.UNTESTABLE else LAB
         pytestconfig.stash[BLOCKED][name] = f"{words}: {why}"
         pytest.fail(f"{name}: {words}: {why}", pytrace=False)
-    yield session
-    running.pop(name, None)
-    session.close()
+    return session
+
+
+@pytest.fixture(scope="session")
+def booted(pytestconfig: pytest.Config, target_spec: TargetSpec, session_artifacts: Path, overrides):
+    """The target booted, every guest probed and checked, once for all the tests that ask (a retest boots it
+    again: pytest_runtest_protocol).
+
+    A boot that crashes or hangs is recorded, not raised: test_boot reports it as a failure with its
+    evidence, and the other tests fail pointing at it. A lab failure (QEMU missing, download failed,
+    the machine killed) or a build that cannot be booted is one error; the target's other tests are
+    errors "not run (lab)", or blocked by the untestable build (pytest_runtest_setup).
+    """
+    name = target_spec.name
+    retests = itertools.count(1)
+
+    def reboot() -> BootSession:  # a retest's fresh boot, into <target>-retest-N beside the first
+        if session := pytestconfig.stash[RUNNING].pop(name, None):
+            session.close()
+        return boot_target(pytestconfig, target_spec, session_artifacts / f"{name}-retest-{next(retests)}", overrides)
+
+    shared = pytestconfig.stash[SHARED][name] = SharedBoot(
+        boot_target(pytestconfig, target_spec, session_artifacts / name, overrides), reboot)
+    yield shared
+    pytestconfig.stash[RUNNING].pop(name, None)
+    shared.session.close()
 
 
 LAB = "infrastructure error"  # how BLOCKED words a lab failure (an untestable build is the other kind)
+RERUN = "rerun"  # the outcome of a failed attempt that was retested (pytest-rerunfailures' word)
+
+
+def baseline_passes(history: Path, current: Path) -> dict[str, set[str]]:
+    """target -> the tests its baseline passed: for each target × test, the newest session under `history` (not
+    `current`) that ran it. A directory there that is no readable session is passed over."""
+    from .report import session as sessions
+
+    found = []
+    for directory in sorted(history.iterdir()) if history.is_dir() else []:
+        if directory.resolve() != current.resolve() and (directory / sessions.FILE).is_file():
+            try:
+                found.append(sessions.load(directory))
+            except HarnessError:
+                continue
+    passed: dict[str, set[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    for earlier in sorted(found, key=lambda s: s.started, reverse=True):
+        for target, entry in earlier.targets.items():
+            for test, result in entry["tests"].items():
+                if result["verdict"] == "skipped" or (target, test) in seen:
+                    continue
+                seen.add((target, test))
+                if result["verdict"] == "passed":
+                    passed.setdefault(target, set()).add(test)
+    return passed
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A boot test that fails but passed in its baseline (a regression, or a flake) is retested once, at once,
+    on a fresh boot of its target: the failed attempt is reported as a rerun, the retest as the test's result,
+    and session.json keeps both attempts (`harness report` calls a pass on retest intermittent)."""
+    name = target_of(item)
+    test = summary.test_name(item.nodeid, name) if name else None
+    if test is None or not shares_boot(item) or test not in item.config.stash[BASELINE].get(name, ()):
+        return None
+    from _pytest.runner import runtestprotocol
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    shared = item.config.stash[SHARED].get(name)  # set up by the first run, when this is the target's first test
+    retest = shared is not None and name not in item.config.stash[BLOCKED] and any(
+        r.when == "call" and r.failed for r in reports)
+    if retest:
+        for report in reports:
+            if report.when == "call" and report.failed:
+                report.outcome = RERUN
+            item.ihook.pytest_runtest_logreport(report=report)
+        with contextlib.suppress(pytest.fail.Exception):  # the fresh boot met the lab: the retest says so
+            shared.reboot()
+        runtestprotocol(item, nextitem=nextitem, log=True)
+    else:
+        for report in reports:
+            item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    if report.outcome == RERUN:
+        return RERUN, "R", ("RERUN", {"yellow": True})
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -256,3 +256,92 @@ def test_a_lab_failure_midway_ends_that_targets_session_and_the_rest_are_errors_
         assert f"ERROR test_lab.py::{test}[qemu-virt] - Failed: not run (lab): qemu-virt" in run.stdout, run.stdout
     assert "not run (lab): qemu-virt: infrastructure error: infrastructure-error after stage 'dom0:shell': the " \
            "console went away" in run.stdout, run.stdout[-3000:]
+
+
+RETEST_CONFTEST = '''
+import itertools, types, pytest
+from harness.pytestplugin import RUNNING, SHARED, SharedBoot, claim_boot
+from harness.result import BootResult
+
+pytest_plugins = ("harness.pytestplugin",)
+
+@pytest.fixture(scope="session")
+def booted(pytestconfig, target_spec, session_artifacts):
+    numbers = itertools.count(1)
+
+    def boot():  # a boot that passed, numbered: the real guard claims each boot's directory
+        n = next(numbers)
+        claim_boot(session_artifacts / f"{target_spec.name}-{n}")
+        result = BootResult(target_spec.name, session_artifacts / target_spec.name)
+        session = types.SimpleNamespace(result=result, close=lambda: None, number=n)
+        pytestconfig.stash[RUNNING][target_spec.name] = session
+        return session
+
+    shared = pytestconfig.stash[SHARED][target_spec.name] = SharedBoot(boot(), boot)
+    yield shared
+'''
+
+RETESTED = '''
+def test_flaky(booted):
+    assert booted.number == 2, f"planted: fails on boot {booted.number}"
+
+def test_broken(booted):
+    assert False, "planted: fails on every boot"
+
+def test_new(booted):
+    assert False, "planted: no baseline"
+
+def test_after(booted):
+    assert booted.number == 3, "the tests after a retest use the fresh boot (test_broken's retest was the third)"
+'''
+
+
+def test_a_failure_that_passed_in_the_baseline_is_retested_once_on_a_fresh_boot(tmp_path: Path) -> None:
+    """The baseline (an earlier session in the artifacts root) passed test_flaky and test_broken: each is retested
+    once on a fresh boot, its failed attempt reported as a rerun; test_new has no baseline and is not retested;
+    session.json keeps both attempts, and harness report calls the pass on retest intermittent."""
+    from harness.report import session as sessions
+
+    earlier = tmp_path / "artifacts" / "20261201-000000-pytest-1"
+    earlier.mkdir(parents=True)
+    entry = sessions.target_entry(["xen-4.17", "linux-6.1"], None, "qemu-virt/result.json")
+    for test in ("test_retest.py::test_flaky", "test_retest.py::test_broken"):
+        sessions.record_attempt(entry, test, "passed")
+    sessions.write(earlier, sessions.document("pytest", "2026-12-01T00:00:00Z", {"qemu-virt": entry}))
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "test_retest.py").write_text(RETESTED)
+    run, _ = session(tmp_path, "-n", "0", "--target=qemu-virt", "test_retest.py", conftest=RETEST_CONFTEST)
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary.startswith("2 failed, 2 passed") and "2 rerun" in summary, run.stdout[-3000:]
+    [directory] = [d for d in (tmp_path / "artifacts").glob("*-pytest-*") if d != earlier]
+    tests = json.loads((directory / "session.json").read_text())["targets"]["qemu-virt"]["tests"]
+    assert {t: e["attempts"] for t, e in tests.items()} == {
+        "test_retest.py::test_flaky": ["failed", "passed"], "test_retest.py::test_broken": ["failed", "failed"],
+        "test_retest.py::test_new": ["failed"], "test_retest.py::test_after": ["passed"]}, tests
+    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(directory), "--history",
+                             str(tmp_path / "artifacts"), "--json"], capture_output=True, text=True, cwd=ROOT)
+    classes = {f["test"]: f["class"] for f in json.loads(report.stdout)["failures"]}
+    assert classes == {"test_retest.py::test_flaky": "intermittent", "test_retest.py::test_broken": "regression",
+                       "test_retest.py::test_new": "never-passed"}, report.stdout + report.stderr
+
+
+def test_quarantine_verify_runs_only_the_quarantined_tests_and_says_which_entries_can_go(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "test_verdicts.py").write_text(VERDICTS)
+    quarantine = tmp_path / "quarantine.yaml"
+    quarantine.write_text("- pattern: 'qemu-virt::test_spread.py::test_shares_the_boot*'\n  reason: bug 1\n"
+                          "  expires: 2099-01-01\n"
+                          "- pattern: 'qemu-virt::test_verdicts.py::test_fails'\n  reason: bug 2\n"
+                          "  expires: 2099-01-01\n"
+                          "- pattern: 'qemu-virt::test_verdicts.py::test_skips'\n  reason: bug 3, long gone\n"
+                          "  expires: 2000-01-01\n")
+    run, rows = session(tmp_path, "-n", "2", "--target=qemu-virt", f"--quarantine-verify={quarantine}",
+                        "test_verdicts.py", "test_spread.py")
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary.startswith("1 failed, 8 passed"), run.stdout[-3000:]  # nothing else ran: not the expired entry's
+    assert {r["kind"] for r in rows} == {"shared"}, rows
+    assert "harness quarantine: release qemu-virt::test_spread.py::test_shares_the_boot*: its 8 test(s) passed " \
+           "(bug 1, until 2099-01-01)" in run.stdout, run.stdout[-3000:]
+    assert "harness quarantine: keep    qemu-virt::test_verdicts.py::test_fails: still failing: " \
+           "qemu-virt::test_verdicts.py::test_fails (bug 2)" in run.stdout, run.stdout[-3000:]
+    assert "bug 3" not in run.stdout  # expired: it quarantines nothing, so there is nothing to verify
