@@ -79,6 +79,8 @@ def compile_dts(path: pathlib.Path, text: bytes) -> bytes:
 def _dtc_error(proc: subprocess.CompletedProcess) -> str:
     if proc.returncode == -signal.SIGXFSZ:
         return f"it compiles to more than the {inputs.human(inputs.DTB.limit)} a DTB may be"
+    if proc.returncode in (-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGKILL):  # malloc failed under the cap
+        return f"it needs more than the {inputs.human(DTC_MEMORY)} of memory dtc may use"
     if proc.returncode < 0:
         return f"dtc was stopped by signal {-proc.returncode}"
     lines = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]

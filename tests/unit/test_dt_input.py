@@ -104,9 +104,18 @@ def test_a_dts_dtc_cannot_compile_is_refused_with_dtcs_error(dom0_dts):
 
 def test_a_dts_that_would_compile_to_gigabytes_is_stopped(tmp_path):
     path = tmp_path / "huge.dts"
-    path.write_text('/dts-v1/;\n/ { blob = /incbin/("/dev/zero", 0, 0x6400000); };\n')  # 100 MiB of zeros
+    path.write_text('/dts-v1/;\n/ { blob = /incbin/("/dev/zero", 0, 0x1800000); };\n')  # 24 MiB of zeros
     with pytest.raises(UnusableInput, match=r"huge.dts is a DTS that dtc cannot compile \(it compiles to more than "
                                             r"the 16 MiB a DTB may be\)"):
+        dt_input.read(path)
+
+
+def test_a_dts_that_takes_more_memory_than_dtc_may_use_is_stopped(tmp_path):
+    path = tmp_path / "greedy.dts"  # 2 GiB of zeros read into dtc's memory before anything is written
+    path.write_text('/dts-v1/;\n/ { blob = /incbin/("/dev/zero", 0, 0x80000000); };\n')
+    # dtc says so itself when its realloc fails, and aborts when something else's malloc does: either is one line
+    with pytest.raises(UnusableInput, match=r"greedy.dts is a DTS that dtc cannot compile \((it needs more than "
+                                            r"the 1 GiB of memory dtc may use|FATAL ERROR: \w+\(\) failed .*)\)"):
         dt_input.read(path)
 
 
