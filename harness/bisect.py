@@ -461,7 +461,8 @@ class BootRunner:
             image, how, build_s = self.image_of(rev)
         except BuildFailed as exc:
             return Trial(BUILD_FAILED, why=str(exc).splitlines()[0], evidence=str(exc).splitlines()[1:],
-                         build_s=round(time.monotonic() - started, 1), booted=False)
+                         build_s=round(time.monotonic() - started, 1), build="cached" if exc.cached else "built",
+                         booted=False)
         run_dir = self.artifacts / f"{self.tried:02d}-{_short(rev)}"
         tweaks = None
         nth = self.boots_of[rev] = self.boots_of.get(rev, 0) + 1

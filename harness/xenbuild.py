@@ -60,6 +60,8 @@ class BuildFailed(InfrastructureError):
     """make failed on the tree: for the pinned source the harness's problem, for a bisected commit that commit's
     (git bisect's "skip"). A full disk, a missing tool or a timeout are plain InfrastructureErrors."""
 
+    cached = False  # the failure was recorded by an earlier build of the same inputs
+
 
 def xen_source(lock_path: Path = LOCK) -> LockedSource:
     """The `xen` source package the lock pins."""
@@ -100,16 +102,21 @@ def build_xen(
     return _cached(cache, name, build)
 
 
-def build_git_tree(cache: Cache, tree: Path, arch: str = "arm64", config: Mapping[str, str] = DEFAULT_CONFIG,
-                   log_name: str | None = None) -> tuple[Artifact, bool]:
+def build_git_tree(cache: Cache, tree: Path, arch: str = "arm64",
+                   config: Mapping[str, str] = DEFAULT_CONFIG) -> tuple[Artifact, bool]:
     """Xen built from the git worktree `tree` as it is checked out (a clean checkout: the key is its commit's tree
     hash), in place: make recompiles what the last checkout changed. (the artifact, whether it came from the cache).
-    A tree that does not compile raises BuildFailed."""
+    A tree that does not compile raises BuildFailed (and again at once for the same key: `<key>.failed`)."""
     config = _checked(config, arch)
     commit = _git(tree, "rev-parse", "HEAD")
     name = git_build_key(_git(tree, "rev-parse", "HEAD^{tree}"), arch, config, toolchain_version(arch))[:32]
     if (entry := cache.lookup("xen-builds", name)) is not None:
         return _artifact(entry), True
+    failed = cache.root / "xen-builds" / f"{name}.failed"  # the same tree, config and compiler fail the same way
+    if failed.is_file():
+        exc = BuildFailed(failed.read_text())
+        exc.cached = True
+        raise exc
     items = " ".join(f"{k}={v}" for k, v in sorted(config.items()))
     stamp = datetime.fromisoformat(_git(tree, "log", "-1", "--format=%cI", "HEAD")).astimezone(UTC)
 
@@ -118,7 +125,11 @@ def build_git_tree(cache: Cache, tree: Path, arch: str = "arm64", config: Mappin
             image, dotconfig = compile_tree(tree, arch, config, run, stamp, f"git {commit[:12]} xen-arm-harness build")
         store(out, image, dotconfig, {"origin": f"built git {commit} {items}".strip(), "arch": arch, "config": config})
 
-    return _cached(cache, name, build, log_name), False
+    try:
+        return _cached(cache, name, build), False
+    except BuildFailed as exc:
+        failed.write_text(str(exc))
+        raise
 
 
 def build_key(source: LockedSource, arch: str, config: Mapping[str, str], toolchain: str,
@@ -149,9 +160,9 @@ def _checked(config: Mapping[str, str], arch: str) -> dict[str, str]:
     return config
 
 
-def _cached(cache: Cache, name: str, build: Callable[[Path, Path], None], log_name: str | None = None) -> Artifact:
+def _cached(cache: Cache, name: str, build: Callable[[Path, Path], None]) -> Artifact:
     """The cache entry `xen-builds/<name>`, made by `build(out, log)` when missing; its log beside it."""
-    build_log = cache.root / "xen-builds" / f"{log_name or name}.log"
+    build_log = cache.root / "xen-builds" / f"{name}.log"
     entry = cache.entry("xen-builds", name, lambda out: build(out, build_log), size=BUILD_SPACE_BYTES)
     return _artifact(entry)
 
@@ -160,11 +171,6 @@ def _artifact(entry) -> Artifact:
     image = entry.path / "xen"
     origin = json.loads((entry.path / "build.json").read_text())["origin"]
     return Artifact("xen", image, entry.digests[image], origin)
-
-
-def build_log_of(artifact: Artifact) -> Path:
-    """Where the build of a cached image logged (beside its entry)."""
-    return artifact.path.parent.with_name(f"{artifact.path.parent.name}.log")
 
 
 def toolchain_version(arch: str) -> str:
