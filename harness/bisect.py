@@ -127,7 +127,7 @@ class Bisector:
     def mark(self, rev: str, mark: Mark) -> None: ...
     def found(self) -> tuple[str | None, list[str]]: ...  # (culprit, []) or (None, the candidates skips hide it among)
     def parent(self, rev: str) -> str: ...
-    def steps_left(self) -> int: ...
+    def steps_left(self) -> int: ...  # steps after the one being tested
     def describe(self, rev: str) -> dict: ...  # hash/name, subject, author
 
 
@@ -174,8 +174,9 @@ class ListBisector(Bisector):
     def parent(self, rev: str) -> str:
         return self.revs[self.revs.index(rev) - 1]
 
-    def steps_left(self) -> int:
-        return math.ceil(math.log2(max(1, self.hi - self.lo - len([i for i in self.skipped if self.lo < i < self.hi]))))
+    def steps_left(self) -> int:  # after the one being tested, as git bisect counts them
+        candidates = self.hi - self.lo - sum(1 for i in self.skipped if self.lo < i < self.hi)
+        return max(0, math.ceil(math.log2(max(1, candidates))) - 1)
 
     def describe(self, rev: str) -> dict:
         return self._describe(rev) if self._describe else {"rev": rev}
@@ -630,8 +631,8 @@ def step_line(step: Step, progress: str, describe: Callable[[str], dict]) -> str
         times.append(f"boot {t.boot_s:.1f} s")
     what = t.verdict + (f" at {t.stage}: {t.signature}" if t.signature else "")
     note = f"; {step.note}" if step.note else ""
-    return (f"{progress}: {_short(step.rev)} {d.get('subject', '')[:50]!r}  {', '.join(times) or '-'}  "
-            f"=> {step.mark} ({what}{note})")
+    subject = f" {d['subject'][:50]!r}" if d.get("subject") else ""
+    return f"{progress}: {_short(step.rev)}{subject}  {', '.join(times) or '-'}  => {step.mark} ({what}{note})"
 
 
 def render_text(report: Report) -> str:
