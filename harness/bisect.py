@@ -381,8 +381,9 @@ class Proof:
                 step = self.test(rev, phase)
                 if step.mark is not want:
                     who = "parent" if rev == parent else "candidate"
-                    return "inconsistent", (f"a confirmation boot of the {who} was {step.mark} ({_said(step)}), not "
-                                            f"{want}: the results disagree, so no commit is named"), \
+                    said = (f"could not be tested in confirmation ({_said(step)})" if step.mark is Mark.SKIP else
+                            f"gave both results: {want} before, {step.mark} in confirmation ({_said(step)})")
+                    return "inconsistent", f"{_short(rev)} ({who}) {said}; no commit is named", \
                         {"inconsistent": self._results(culprit, parent)}
             return "complete", "both ends reproduced; parent and culprit alternated pass, fail, pass, fail", \
                 {"culprit": culprit, "parent": parent}
