@@ -646,6 +646,8 @@ def render_text(report: Report) -> str:
         f = report.failure
         lines += [f"its failure: {f['class']} at stage '{f['stage']}', signature {f['signature']} ({f['why']})"]
         lines += [f"    {line}" for line in f["console"][:12]]
+        if f["artifacts"]:
+            lines.append(f"    (its boot: {f['artifacts']}/console.log, result.json)")
     if report.candidates:
         lines += ["", "the first bad one is among:"] + [f"    {c['rev']} {c.get('subject', '')}"
                                                         for c in report.candidates]
@@ -682,7 +684,9 @@ def render_markdown(report: Report) -> str:
         if "author" in c:
             out += [f"Author: {c['author']}", "", f"    {c['subject']}"]
         out += ["```", "", f"Fails: **{f['class']}** at stage `{f['stage']}`, signature `{f['signature']}` "
-                f"({f['why']})", "", "```", *f["console"], "```", ""]
+                f"({f['why']})", "", "```", *f["console"], "```", "",
+                f"Its boot's console and result: `{f['artifacts']}/console.log`, `result.json`." if f["artifacts"]
+                else "", ""]
     if report.candidates:
         out += ["## Candidates (skips hide the culprit among them)", ""]
         out += [f"- `{c['rev']}` {c.get('subject', '')}" for c in report.candidates] + [""]
