@@ -3,6 +3,8 @@
 Exit status of `harness boot` follows `git bisect run`: 0 good, 1 bad (a check failed, Xen or a
 guest crashed or hung), 125 cannot test this build (a --xen/--kernel/--initrd file is missing or
 not bootable), 128 the lab failed (QEMU missing, download failed: fix it, then go on bisecting).
+`harness bisect` exits 0 complete (culprit proven), 3 inconclusive (skips hide it), 4 inconsistent (a revision gave
+both results), 5 unreproducible (an end did not reproduce), 2 bad input, 128 the lab failed.
 `harness check` exits 0 clean, 1 findings, 2 unusable input; `harness report` 0, or 1 when a class named by
 --fail-on occurred, 2 for an unusable session or quarantine file; `harness triage` 0 passed, 1 not (an empty log
 too: no output is a verdict), 2 when the log cannot be read (not a file, too big) or a pattern is no regex.
@@ -158,6 +160,72 @@ def summary(result, spec) -> str:
     if result.diagnosis is not None:  # its debug-key dumps are named relative to the artifacts just printed
         lines += result.diagnosis.report()
     return "\n".join(lines)
+
+
+# --- bisect -------------------------------------------------------------------------------------
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """Bisect a Xen git tree (--repo) or ordered prebuilt builds (--builds) on a target, with proof."""
+    import signal
+
+    from . import bisect
+    from .faults import BY_NAME
+    from .images import Images
+
+    if bool(args.repo) == bool(args.builds):
+        raise UsageError("give --repo XEN_SRC (a git checkout) or --builds DIR (prebuilt images), one of them.")
+    if args.repo and not (args.good and args.bad):
+        raise UsageError("--repo needs --good REV and --bad REV: a commit that boots and one that does not.")
+    if args.builds and args.build_config:
+        raise UsageError("--build-config goes with --repo: the images in --builds are built already.")
+    config = build_config(args.build_config)
+    spec = targets.load_spec(args.target)
+    out = sys.stderr if args.json else sys.stdout
+    images = Images()
+    if args.repo:
+        repo = Path(args.repo).expanduser().resolve()
+        good, bad, count = bisect.check_range(repo, args.good, args.bad)
+        if spec.arch != "arm64":
+            raise UsageError(f"{spec.name} boots an {spec.arch} Xen, and the harness builds Xen for arm64 only: "
+                             "choose an arm64 target, or bisect prebuilt images with --builds.")
+        config = {**(spec.xen_build or {}), **config}
+    else:
+        found = bisect.pick_builds(bisect.builds_in(Path(args.builds).expanduser().resolve()), args.good, args.bad)
+    root = Path(args.artifacts).expanduser().resolve() if args.artifacts else \
+        run_dir_name(writable_dir(artifacts.default_root(), f"${artifacts.ROOT_ENV}"), f"bisect-{spec.name}")
+    run_dir = writable_dir(root)
+    flake = bisect.flake_hook(os.environ.get(bisect.FLAKE_ENV))
+    if flake and flake[1] not in BY_NAME:
+        raise UsageError(f"{bisect.FLAKE_ENV} names an unknown fault {flake[1]!r}: see harness/faults.py.")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed bisection cleans up as on Ctrl-C
+    print(f"harness: bisecting on {spec.name}; artifacts in {run_dir}", file=out, flush=True)
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    if args.repo:
+        report = bisect.bisect_repo(spec, args.target, repo, good, bad, count, config, run_dir, images, flake,
+                                    args.same_failure, say)
+    else:
+        report = bisect.bisect_builds(spec, args.target, found, run_dir, images, flake, args.same_failure, say)
+    bisect.save(report, run_dir)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(bisect.render_text(report))
+    return report.exit_status
+
+
+def build_config(items: list[str] | None) -> dict[str, str]:
+    """--build-config K=V… as Kconfig items."""
+    config = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--build-config {item!r} is not K=V: give a Kconfig item, e.g. CONFIG_DEBUG=y.")
+        config[key if key.startswith("CONFIG_") else f"CONFIG_{key}"] = value
+    return config
 
 
 # --- check --------------------------------------------------------------------------------------
@@ -589,6 +657,23 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=cmd_report)
 
+    bi = sub.add_parser("bisect", help="find the Xen commit (or prebuilt build) that broke a target's boot, and prove "
+                                       "it: both ends reproduced, then parent and culprit alternated")
+    bi.add_argument("--repo", metavar="XEN_SRC", help="a Xen git checkout (never touched: a scratch worktree is used)")
+    bi.add_argument("--builds", metavar="DIR", help="instead of --repo: ordered prebuilt Xen images, one per entry "
+                                                    "(a file, or a directory with `xen`), in name order")
+    bi.add_argument("--good", metavar="REV", help="a commit (or build name) that boots; builds: default the first")
+    bi.add_argument("--bad", metavar="REV", help="a commit (or build name) that does not; builds: default the last")
+    bi.add_argument("--target", default="qemu-virt", help="the target to boot on (default: qemu-virt)")
+    bi.add_argument("--build-config", nargs="+", metavar="K=V", help="Kconfig items on top of defconfig (and of the "
+                                                                      "target's own), e.g. CONFIG_DEBUG=y")
+    bi.add_argument("--same-failure", action="store_true",
+                    help="bad only when a step fails with the bad end's class, stage and signature (else skipped)")
+    bi.add_argument("--artifacts", help="directory for the steps' boots and bisect.json/bisect.md "
+                                        "(default: artifacts/<time>-bisect-<target>-<pid>)")
+    bi.add_argument("--json", action="store_true", help="print bisect.json on stdout, progress on stderr")
+    bi.set_defaults(func=cmd_bisect)
+
     tl = sub.add_parser("targets", help="list the targets")
     tl.add_argument("--json", action="store_true")
     tl.set_defaults(func=cmd_targets)
@@ -602,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         return cmd_version(args)
     if args.command is None:
-        cli.error("choose a verb: boot, check, images, triage, report, diff, matrix or targets (harness -h says "
-                  "what each does)")
+        cli.error("choose a verb: boot, bisect, check, images, triage, report, diff, matrix or targets (harness -h "
+                  "says what each does)")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="harness: %(message)s", stream=sys.stderr
     )

@@ -4,7 +4,9 @@ archive. The real builds are in tests/test_build_xen.py (they take minutes, not 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -12,7 +14,15 @@ import pytest
 from harness.cache import Cache
 from harness.errors import InfrastructureError, UsageError
 from harness.images import Images, LockedSourceFile, StaleLock, load_lock, load_manifest, load_source_lock
-from harness.xenbuild import DEFAULT_CONFIG, build_key, build_xen, xen_source
+from harness.xenbuild import (
+    DEFAULT_CONFIG,
+    BuildFailed,
+    build_git_tree,
+    build_key,
+    build_xen,
+    git_build_key,
+    xen_source,
+)
 
 TOOLCHAIN = "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0"  # for the pure key tests
 
@@ -81,3 +91,28 @@ def test_a_lock_without_sources_says_to_relock(tmp_path):
     assert load_lock(lock_path) == {}
     with pytest.raises(UsageError, match=r"\./run images lock"):
         load_source_lock(lock_path)
+
+
+def test_a_git_tree_is_keyed_by_its_tree_hash_and_config():
+    base = git_build_key("a" * 40, "arm64", {}, TOOLCHAIN)
+    assert git_build_key("a" * 40, "arm64", {}, TOOLCHAIN) == base
+    assert len({base, git_build_key("b" * 40, "arm64", {}, TOOLCHAIN),
+                git_build_key("a" * 40, "arm64", {"CONFIG_DEBUG": "y"}, TOOLCHAIN)}) == 3
+
+
+def test_a_git_tree_that_does_not_build_fails_once_then_from_the_cache(tmp_path):
+    """make really runs (and fails) in the tree the first time; the same tree, config and compiler then fail at once."""
+    tree = tmp_path / "xen-src"
+    (tree / "xen").mkdir(parents=True)
+    (tree / "xen" / "Makefile").write_text("defconfig:\n\t@echo 'xen/Makefile: broken on purpose'; exit 2\n")
+    env = {"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@b.invalid", "GIT_COMMITTER_NAME": "A",
+           "GIT_COMMITTER_EMAIL": "a@b.invalid", "PATH": os.environ["PATH"]}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "broken"]):
+        subprocess.run(["git", "-C", str(tree), *cmd], check=True, env=env, capture_output=True)
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(BuildFailed, match="exited 2") as first:
+        build_git_tree(cache, tree, config={})
+    assert not first.value.cached and "broken on purpose" in str(first.value)
+    with pytest.raises(BuildFailed, match="exited 2") as again:
+        build_git_tree(cache, tree, config={})
+    assert again.value.cached
