@@ -434,12 +434,15 @@ def decide(diag: Diagnosis, monitor) -> Diagnosis:
         return conclude("xen-hung", f"Xen does not answer its console (three Ctrl-a gave no '*** Serial input' "
                                     f"line): Xen is hung: {where}")
     if hypervisor and "xen-handover" in reached and "dom0-loading" in reached and "dom0" not in sources:
-        # dom0 past its boot, yet silent: a vCPU in user space or idle. Before that a kernel is silent by right: a
+        # dom0 past its console's setup, yet silent: a vCPU in user space or idle, or a second vCPU of dom0's up
+        # (Linux brings its secondary CPUs up after console_init). Before that a kernel is silent by right: a
         # 32-bit zImage unpacks itself, and a kernel proper reads its device tree before its console is up
-        # (Linux 6.12 LPAE spends seconds in fdt_* under TCG); neither ever idles.
+        # (Linux 6.12 LPAE spends seconds in fdt_* under TCG), on its boot vCPU alone.
         running = [s for s in latest if s.el == 0 or (s.el == 1 and IDLE.search(s.symbol or ""))]
-        guest_regs = [r for r in (dump.registers if dump else [])
-                      if r.domain == 0 and (r.el == 0 or (r.el == 1 and IDLE.search(r.symbol or "")))]
+        dom0_regs = [r for r in (dump.registers if dump else []) if r.domain == 0 and (r.el == 0 or r.symbol)]
+        guest_regs = [r for r in dom0_regs if r.el == 0 or IDLE.search(r.symbol or "")]
+        if len({r.vcpu for r in dom0_regs if r.vcpu is not None}) > 1:
+            guest_regs = dom0_regs
         if running or guest_regs:
             where = _where(running) if running else "; ".join(f"{r.who} pc {r.pc:#x} {r.symbol}" for r in guest_regs)
             return conclude("dom0-console-silent", "dom0 is running but has printed nothing since Xen handed over: "

@@ -78,6 +78,15 @@ def test_dom0_console_silent():
     early = (1, 0xc0fc636c, "fdt_get_property_by_offset_+0x0/0x50 [linux]")
     assert judged(HANDOVER, samples=samples(IDLE, early)).signature is None
     assert judged(HANDOVER, samples=samples(IDLE, DOM0)).signature is None
+    # a second vCPU of dom0's up: past console_init (a dom0 that panicked silently, say), whatever they run
+    stopped = Registers("Dom0 vcpu#0", None, 0, 0, 0xffff800008026ae8, "local_cpu_stop+0x44/0x4c [linux]",
+                        "64-bit EL1h", 1)
+    delaying = Registers("CPU1 guest d0v1", 1, 0, 1, 0xffff800008b705c0, "__delay_cycles+0x5c/0x7c [linux]",
+                         "64-bit EL1h", 1)
+    assert judged(HANDOVER, dump=DebugDump("d0", [stopped, delaying]),
+                  xen_answered=True).signature == "dom0-console-silent"
+    offline = Registers("Dom0 vcpu#1", None, 0, 1, 0x0, None, "64-bit EL1h", 1)  # never brought up: PC 0
+    assert judged(HANDOVER, dump=DebugDump("d0", [stopped, offline]), xen_answered=True).signature is None
     # a 32-bit zImage unpacking itself (MMU off, no symbol): silent, and healthy
     unpacking = (1, 0x67a01234, None)
     assert judged(HANDOVER, samples=samples(IDLE, unpacking, step=0x100)).signature is None
