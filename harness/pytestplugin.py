@@ -47,7 +47,7 @@ RUNNING = pytest.StashKey[dict[str, BootSession]]()  # booted targets whose mach
 BLOCKED = pytest.StashKey[dict[str, str]]()  # target -> why its shared boot could not be had
 MATRIX_LEFT_OUT = pytest.StashKey[list[str]]()  # what the session's matrix.md could not show, each with why
 STARTED = pytest.StashKey[str]()  # the session's start, UTC
-BASELINE = pytest.StashKey[dict[str, set[str]]]()  # target -> the tests its baseline passed (retested on failure)
+EARLIER = pytest.StashKey[list]()  # the sessions before this one, newest first (read at the first retest question)
 SHARED = pytest.StashKey[dict[str, "SharedBoot"]]()  # target -> its boot as its tests see it
 WRITTEN = pytest.StashKey[list[Path]]()  # session.json and report.html, once written
 
@@ -111,8 +111,6 @@ def pytest_configure(config: pytest.Config) -> None:
         root = (config.getoption("artifacts") or artifacts.default_root()).resolve()
         os.environ[artifacts.SESSION_ENV] = str(artifacts.run_dir_name(root, "pytest"))  # made by the first boot
     config.stash[ARTIFACTS] = Path(os.environ[artifacts.SESSION_ENV])
-    history = config.getoption("history") or config.stash[ARTIFACTS].parent
-    config.stash[BASELINE] = {} if config.getoption("no_retest") else baseline_passes(history, config.stash[ARTIFACTS])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -442,29 +440,25 @@ LAB = "infrastructure error"  # how BLOCKED words a lab failure (an untestable b
 RERUN = "rerun"  # the outcome of a failed attempt that was retested (pytest-rerunfailures' word)
 
 
-def baseline_passes(history: Path, current: Path) -> dict[str, set[str]]:
-    """target -> the tests its baseline passed: for each target × test, the newest session under `history` (not
-    `current`) that ran it. A directory there that is no readable session is passed over."""
-    from .report import session as sessions
+def passed_in_baseline(config: pytest.Config, target: str, test: str) -> bool:
+    """Whether the baseline of target × test passed it: the newest session under --history (default: the artifacts
+    root; not this one) that ran it (harness.report.judge.baseline). The sessions are read once, at the first boot
+    test (a session of unit tests never reads them); one that cannot be read is passed over."""
+    if EARLIER not in config.stash:
+        from .report import session as sessions
 
-    found = []
-    for directory in sorted(history.iterdir()) if history.is_dir() else []:
-        if directory.resolve() != current.resolve() and (directory / sessions.FILE).is_file():
-            try:
-                found.append(sessions.load(directory))
-            except HarnessError:
-                continue
-    passed: dict[str, set[str]] = {}
-    seen: set[tuple[str, str]] = set()
-    for earlier in sorted(found, key=lambda s: s.started, reverse=True):
-        for target, entry in earlier.targets.items():
-            for test, result in entry["tests"].items():
-                if result["verdict"] == "skipped" or (target, test) in seen:
-                    continue
-                seen.add((target, test))
-                if result["verdict"] == "passed":
-                    passed.setdefault(target, set()).add(test)
-    return passed
+        history = config.getoption("history") or config.stash[ARTIFACTS].parent
+        current = config.stash[ARTIFACTS].resolve()
+        found = []
+        for directory in sorted(history.iterdir()) if history.is_dir() else []:
+            if directory.resolve() != current and (directory / sessions.FILE).is_file():
+                with contextlib.suppress(HarnessError):
+                    found.append(sessions.load(directory))
+        config.stash[EARLIER] = sorted(found, key=lambda s: s.started, reverse=True)
+    from .report.judge import baseline
+
+    found = baseline(config.stash[EARLIER], target, test)
+    return found is not None and found[1]["verdict"] == "passed"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -474,7 +468,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     and session.json keeps both attempts (`harness report` calls a pass on retest intermittent)."""
     name = target_of(item)
     test = summary.test_name(item.nodeid, name) if name else None
-    if test is None or not shares_boot(item) or test not in item.config.stash[BASELINE].get(name, ()):
+    if (test is None or not shares_boot(item) or item.config.getoption("no_retest")
+            or not passed_in_baseline(item.config, name, test)):
         return None
     from _pytest.runner import runtestprotocol
 

@@ -112,6 +112,11 @@ def ran(session: Session, target: str, test: str) -> dict | None:
     return entry if entry and entry["verdict"] != "skipped" else None
 
 
+def baseline(earlier: list[Session], target: str, test: str) -> tuple[Session, dict] | None:
+    """The newest of `earlier` (newest first) that ran target × test, and the test's entry there."""
+    return next(((s, e) for s in earlier if (e := ran(s, target, test))), None)
+
+
 def how_failed(session: Session, target: str, test: str) -> tuple:
     boot = session.targets[target].get("boot") or {}
     return session.targets[target]["tests"][test]["verdict"], boot.get("verdict"), boot.get("stage"), \
@@ -171,14 +176,14 @@ def decide(f: Failure, newest: Session, earlier: list[Session], quarantine: list
     if not any(e["verdict"] == "passed" or "passed" in e["attempts"] for _, e in history):
         seen = f"in {len(history)} earlier session{'s' if len(history) != 1 else ''}" if history else "before"
         return "never-passed", f"never passed: not in this session, not {seen}"
-    baseline, base = history[0]
-    f.baseline = baseline.name
+    base_session, base = baseline(earlier, target, test)
+    f.baseline = base_session.name
     if base["verdict"] == "passed":
-        return "regression", f"passed in the baseline {baseline.name} ({baseline.started})"
-    then, now = how_failed(baseline, target, test), how_failed(newest, target, test)
+        return "regression", f"passed in the baseline {base_session.name} ({base_session.started})"
+    then, now = how_failed(base_session, target, test), how_failed(newest, target, test)
     if then == now:
-        return "still-failing", f"failed the same way in the baseline {baseline.name}"
-    return "failing-differently", (f"the baseline {baseline.name} failed otherwise: "
+        return "still-failing", f"failed the same way in the baseline {base_session.name}"
+    return "failing-differently", (f"the baseline {base_session.name} failed otherwise: "
                                    f"{' / '.join(str(x) for x in then)} then, {' / '.join(str(x) for x in now)} now")
 
 
