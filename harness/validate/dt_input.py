@@ -8,7 +8,6 @@ file), as ``dtc -I fs`` reads it. Each reading says which layout it saw; the val
 from __future__ import annotations
 
 import pathlib
-import resource
 import shutil
 import signal
 import stat
@@ -27,6 +26,7 @@ FDT_MAGIC = (libfdt.FDT_MAGIC & 0xFFFFFFFF).to_bytes(4, "big")  # the binding gi
 DTS_TAG = b"/dts-v1/"
 DTC_SECONDS = 30  # a real DTS compiles in well under a second
 DTC_MEMORY = 1 << 30  # address space for dtc: a hostile /incbin/ cannot take the machine's memory
+PRLIMIT = "prlimit"  # util-linux, Essential in Debian
 
 
 def read(path: pathlib.Path) -> tuple[bytes, inputs.Reading]:
@@ -55,17 +55,14 @@ def compile_dts(path: pathlib.Path, text: bytes) -> bytes:
     if dtc is None:
         raise InfrastructureError(f"{path} is a DTS and dtc is not installed: install Debian's device-tree-compiler "
                                   "(./run does it), or give the compiled .dtb")
-    limit = inputs.DTB.limit
-
-    def bounded() -> None:  # in the child: its output file and its memory are capped
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_AS, (DTC_MEMORY, DTC_MEMORY))
-
+    # util-linux's prlimit caps dtc's output file and memory, not a preexec_fn: Python run between fork and
+    # exec crashes a process that has loaded gRPC (harness/lab/process.py), and dtc's "failure" was that crash
+    bounded = [PRLIMIT, f"--fsize={inputs.DTB.limit}", f"--as={DTC_MEMORY}", "--"]
     with tempfile.TemporaryDirectory(prefix="harness-dtc-") as tmp:
         out = pathlib.Path(tmp) / "out.dtb"
         try:  # the path, not stdin: a DTS's /include/ names files beside it
-            proc = subprocess.run([dtc, "-q", "-I", "dts", "-O", "dtb", "-o", str(out), str(path)], capture_output=True,
-                                  timeout=DTC_SECONDS, preexec_fn=bounded, stdin=subprocess.DEVNULL)
+            proc = subprocess.run([*bounded, dtc, "-q", "-I", "dts", "-O", "dtb", "-o", str(out), str(path)],
+                                  capture_output=True, timeout=DTC_SECONDS, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise UnusableInput(f"{path}: dtc did not compile it within {DTC_SECONDS} s: "
                                 "compile it yourself (dtc -O dtb) and give the .dtb") from None
